@@ -1,0 +1,52 @@
+"""``mednext-zoo`` command line: a thin dispatcher over the package's layers.
+
+Each module in this package that defines ``register(subparsers)`` adds its subcommands; the
+parser it creates sets ``func`` (called with the parsed namespace, returns an exit code).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from typing import Optional, Sequence
+
+from ..errors import MedNeXtZooError
+from ..version import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='mednext-zoo',
+        description='MedNeXt / MedUNeXt (Xue et al., PLoS One 2026): models, weights, benchmarks, fine-tuning.',
+    )
+    parser.add_argument('--version', action='version', version=f'mednext-zoo {__version__}')
+    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith('_'):
+            continue
+        module = importlib.import_module(f'{__name__}.{info.name}')
+        register = getattr(module, 'register', None)
+        if register is not None:
+            register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, 'func', None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MedNeXtZooError as e:
+        print(f'mednext-zoo {args.command}: error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'mednext-zoo {args.command}: interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())
