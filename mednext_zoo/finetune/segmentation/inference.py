@@ -1,0 +1,172 @@
+"""Slice-wise inference of whole volumes, written back in the source geometry; PNG overlays.
+
+The protocol's inference (TransUNet): each slice is resized to the model size, predicted, argmax-ed, and the
+label map resized back to the native slice size with nearest neighbour; the slices are stacked in the volume's
+own order and :meth:`Volume.to_native` restores the file's axis order, so the NIfTI written here carries the
+source affine and lines up with the source image voxel for voxel.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...errors import UserInputError
+from .data import Volume
+from .preprocess import SYNAPSE_WINDOW, check_volume_size, normalize_intensity, resize_labels, resize_slices, stack_25d
+
+__all__ = ['volume_inputs', 'predict_volume', 'save_nifti', 'save_png_mask', 'save_prediction', 'save_overlays',
+           'atomic_write']
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def volume_inputs(vol: Volume, img_size: int, intensity: str = 'none',
+                  window: Tuple[float, float] = SYNAPSE_WINDOW, context: int = 1,
+                  normalized: Optional[np.ndarray] = None) -> torch.Tensor:
+    """Model inputs of every slice: ``D, C * context, S, S`` (C = 3 for colour images, else 1)."""
+    check_volume_size(vol.image.shape[1:3], vol.image_path, model_size=img_size)
+    img = normalized if normalized is not None else normalize_intensity(vol.image, intensity, window)
+    if img.ndim == 4:  # colour 2D image D, H, W, 3
+        if context != 1:
+            raise UserInputError(f'{vol.image_path}: 2.5D context needs grayscale volumes, not colour images.')
+        return resize_slices(np.moveaxis(img, -1, 1), (img_size, img_size))
+    t = resize_slices(img, (img_size, img_size))
+    return stack_25d(t, context)
+
+
+@torch.no_grad()
+def predict_volume(model: nn.Module, vol: Volume, img_size: int, intensity: str = 'none',
+                   window: Tuple[float, float] = SYNAPSE_WINDOW, context: int = 1, batch_size: int = 16,
+                   tta: bool = False, device: Optional[torch.device] = None,
+                   amp_dtype: Optional[torch.dtype] = None) -> np.ndarray:
+    """Label map ``D, H, W`` (int16, slices-first like ``vol.image``) predicted slice by slice.
+
+    ``tta`` averages the softmax over the identity and horizontal / vertical flips.
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x = volume_inputs(vol, img_size, intensity, window, context)
+    preds = []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size].to(device)
+        flips: Sequence[Tuple[int, ...]] = ((), (-1,), (-2,)) if tta else ((),)
+        prob = None
+        for dims in flips:
+            inp = torch.flip(xb, dims) if dims else xb
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+                out = model(inp)
+            p = out.float().softmax(1)
+            p = torch.flip(p, dims) if dims else p
+            prob = p if prob is None else prob + p
+        preds.append(prob.argmax(1).cpu())
+    model.train(was_training)
+    lab = torch.cat(preds)
+    return resize_labels(lab, vol.image.shape[1:3]).numpy().astype(np.int16)
+
+
+def save_nifti(pred: np.ndarray, vol: Volume, path: str) -> str:
+    """Write a ``D, H, W`` prediction as NIfTI in the source image's geometry (affine, axis order)."""
+    import nibabel as nib
+
+    data = vol.to_native(np.asarray(pred)).astype(np.int16)
+    img = nib.Nifti1Image(data, vol.affine)
+    if vol.header is not None:
+        img.header.set_zooms(tuple(vol.header.get_zooms()[:data.ndim]))
+        img.header.set_xyzt_units(*vol.header.get_xyzt_units())
+        with contextlib.suppress(Exception):
+            img.header.set_qform(vol.header.get_qform(), code=int(vol.header['qform_code']))
+            img.header.set_sform(vol.header.get_sform(), code=int(vol.header['sform_code']))
+    img.header.set_data_dtype(np.int16)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = '.nii.gz' if path.endswith('.gz') else '.nii'
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=suffix)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_png_mask(pred: np.ndarray, path: str) -> str:
+    """Write a 2D label map as an 8-bit PNG (class indices as pixel values)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(pred, dtype=np.uint8)).save(buf, format='PNG')
+    atomic_write(path, buf.getvalue())
+    return path
+
+
+def save_prediction(pred: np.ndarray, vol: Volume, out_dir: str) -> str:
+    """NIfTI for NIfTI sources (source affine), else NIfTI with the stored geometry or a PNG for 2D images."""
+    if vol.header is None and vol.native_ndim == 2:
+        return save_png_mask(pred[0], os.path.join(out_dir, f'{vol.case_id}_pred.png'))
+    return save_nifti(pred, vol, os.path.join(out_dir, f'{vol.case_id}_pred.nii.gz'))
+
+
+def save_overlays(vol: Volume, pred: np.ndarray, out_dir: str, slices: Optional[Sequence[int]] = None,
+                  num_classes: Optional[int] = None, gt: Optional[np.ndarray] = None, max_slices: int = 3) -> List[str]:
+    """PNG overlays (image in grey, prediction in colour; ground truth beside it when given) of chosen slices.
+
+    ``slices`` defaults to the ``max_slices`` slices with the most predicted foreground.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    d = vol.image.shape[0]
+    if slices is None:
+        fg = (pred > 0).reshape(d, -1).sum(1)
+        slices = sorted(np.argsort(-fg, kind='stable')[:max_slices].tolist())
+    bad = [s for s in slices if not 0 <= s < d]
+    if bad:
+        raise UserInputError(f'{vol.case_id}: slices {bad} are outside 0..{d - 1}.')
+    k = int(num_classes or max(int(pred.max()), int(gt.max()) if gt is not None else 0) + 1)
+    cmap = plt.get_cmap('tab10' if k <= 10 else 'tab20')
+    paths = []
+    for s in slices:
+        img = vol.image[s]
+        if img.ndim == 2:
+            lo, hi = np.percentile(img, (1, 99))
+            img = np.clip((img - lo) / (hi - lo + 1e-8), 0, 1)
+        panels = [('prediction', pred[s])] + ([('ground truth', gt[s])] if gt is not None else [])
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+        for ax, (title, lab) in zip(axes[0], panels):
+            ax.imshow(img, cmap='gray' if img.ndim == 2 else None)
+            masked = np.ma.masked_where(lab == 0, lab)
+            ax.imshow(masked, cmap=cmap, vmin=0, vmax=cmap.N - 1, alpha=0.45, interpolation='nearest')
+            ax.set_title(f'{vol.case_id} slice {s}: {title}', fontsize=8)
+            ax.axis('off')
+        buf = io.BytesIO()
+        fig.savefig(buf, format='png', dpi=100, bbox_inches='tight')
+        plt.close(fig)
+        path = os.path.join(out_dir, f'{vol.case_id}_slice{s:03d}.png')
+        atomic_write(path, buf.getvalue())
+        paths.append(path)
+    return paths
