@@ -31,7 +31,7 @@ def make_phantom(shape: Tuple[int, int, int] = (48, 48, 12), spacing: Tuple[floa
     body = (((grid[..., :2] - ext[:2] / 2) / (ext[:2] * 0.45)) ** 2).sum(-1) <= 1
     image[body] = 0.0
     centres = {1: (0.35, 0.4), 2: (0.65, 0.35), 3: (0.6, 0.68)}
-    radii = {1: (0.2, 0.17, 0.35), 2: (0.09, 0.09, 0.25), 3: (0.12, 0.09, 0.3)}
+    radii = {1: (0.2, 0.17, 0.4), 2: (0.11, 0.11, 0.35), 3: (0.14, 0.11, 0.35)}
     for k in organs:
         c = np.array([*centres[k], 0.5]) + rng.uniform(-0.04, 0.04, 3)
         r = np.array(radii[k]) * rng.uniform(0.85, 1.15, 3)

@@ -1,0 +1,674 @@
+"""Segmentation fine-tuning on the task-agnostic engine: ``fit`` / ``evaluate`` / ``predict``.
+
+``fit(SegConfig(data='Task01/', out='runs/seg', model='medunext_base'))`` trains slice-wise on the volumes of
+a dataset (any layout of :mod:`.data`) and leaves a run folder::
+
+    RUN_DIR/config.json          resolved settings (label map, intensity, img size, splits)
+    RUN_DIR/splits.csv           the split of every case (patient-grouped)
+    RUN_DIR/metrics.jsonl        one line per epoch (train loss; val loss and pooled slice Dice)
+    RUN_DIR/checkpoints/         resumable state (engine); best.safetensors
+    RUN_DIR/eval-<split>/        per-volume 3D metrics in both modes: cases.csv, metrics.json, report.md,
+                                 dice_box_<mode>.png, overlays/
+    RUN_DIR/export/              save_pretrained folder (+ segmentation.json: how to preprocess)
+
+``--protocol synapse|acdc`` fixes the label map, the case lists, the intensity recipe and the evaluation
+split of the published protocol (see ``docs/segmentation.md``).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import inspect
+import io
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ...errors import UserInputError
+from ..engine import Task
+from .data import SegDataset, Volume, VolumeRecord, discover, load_volume
+from .inference import atomic_write, predict_volume, save_overlays, save_prediction
+from .losses import DiceCELoss
+from .metrics import MODES, evaluate_case, summarize
+from .preprocess import (
+    INTENSITY_MODES,
+    SYNAPSE_WINDOW,
+    augment_pair,
+    check_volume_size,
+    normalize_intensity,
+    resize_labels,
+    resize_slices,
+)
+from .protocols import (
+    LabelMap,
+    Protocol,
+    check_label_names,
+    get_label_map,
+    get_protocol,
+    grouped_kfold,
+    protocol_split,
+)
+from .report import dice_boxplot, markdown_table, write_case_csv
+
+__all__ = ['SegConfig', 'SliceDataset', 'SegmentationTask', 'fit', 'evaluate', 'predict', 'load_run_model',
+           'evaluate_volumes', 'resolve_label_map', 'assign_case_splits', 'create_segmenter']
+
+RUN_KIND = 'segmentation'
+
+
+@dataclass
+class SegConfig:
+    """A segmentation fine-tuning run. Defaults follow the Synapse / ACDC recipe (PROTOCOLS.md).
+
+    The paper trains with Adam, batch 12, 100 epochs at 224x224; its learning rate did not survive in the text,
+    so ``lr`` 1e-3 with a cosine decay is our default.
+    """
+    data: str
+    out: str
+    model: str = 'medunext_base'
+    protocol: Optional[str] = None  # 'synapse' | 'acdc'
+    labels: Optional[Any] = None  # a label-map name or the class names (background first)
+    layout: str = 'auto'
+    slice_axis: int = 2  # NIfTI array axis sliced (2: axial for most scans)
+    img_size: int = 224
+    context: int = 1  # 2.5D: odd number of adjacent slices as channels
+    intensity: str = 'auto'  # auto | ct | zscore | minmax | none
+    window: Tuple[float, float] = SYNAPSE_WINDOW
+    epochs: int = 100
+    batch_size: int = 12
+    opt: str = 'adam'
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    ce_weight: float = 0.5
+    dice_weight: float = 0.5
+    augment: bool = True
+    val_frac: float = 0.2
+    test_frac: float = 0.0
+    folds: int = 0  # >1: patient-grouped k-fold; validate on fold ``fold``
+    fold: int = 0
+    eval_split: str = 'auto'  # split scored in 3D at the end: auto (test if any, else val) | val | test | none
+    tta: bool = False
+    overlays: int = 2  # cases of the evaluation split with PNG overlays
+    pretrained: Optional[str] = None
+    drop_path: float = 0.0
+    accum_steps: int = 1
+    amp: str = 'auto'
+    device: str = 'auto'
+    seed: int = 0
+    clip_grad: Optional[float] = None
+    ema_decay: float = 0.0
+    patience: int = 0
+    ckpt_every_steps: int = 0
+    num_workers: int = 0
+    progress: bool = True
+    resume: bool = False
+    overwrite: bool = False
+    export: bool = True
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- dataset resolution
+def _scan_max_label(ds: SegDataset, slice_axis: int) -> int:
+    top = 0
+    for r in ds.records:
+        if r.label:
+            vol = load_volume(r, None, slice_axis)
+            top = max(top, int(vol.label.max()))
+    return top
+
+
+def resolve_label_map(ds: SegDataset, protocol: Optional[Protocol], labels: Any, slice_axis: int = 2) -> LabelMap:
+    """The protocol's map, else ``labels``, else dataset.json's names, else ``class_1..K`` from the data.
+
+    When the dataset declares class names (dataset.json) they must agree with the chosen map.
+    """
+    if protocol is not None:
+        lm = protocol.label_map
+        if labels is not None and get_label_map(labels) != lm:
+            raise UserInputError(f'--labels {labels!r} contradicts --protocol {protocol.name} '
+                                 f'(which uses the {lm.name!r} map); drop one of them.')
+    elif labels is not None:
+        lm = get_label_map(labels)
+    elif ds.label_names:
+        names = ds.label_names
+        if isinstance(names, dict):
+            items = {}
+            for k, v in names.items():
+                items.update({int(k): str(v)} if str(k).isdigit() else {int(v): str(k)})
+            names = [items.get(i, f'class_{i}') for i in range(max(items) + 1)]
+        lm = LabelMap.from_names(names, name=os.path.basename(os.path.normpath(ds.root)))
+    else:
+        top = _scan_max_label(ds, slice_axis)
+        if ds.layout == 'folders' and top <= 1:
+            lm = LabelMap('binary', ('background', 'foreground'))
+        else:
+            lm = LabelMap.from_names(['background'] + [f'class_{i}' for i in range(1, max(top, 1) + 1)], 'inferred')
+    if ds.label_names and ds.meta_source:
+        check_label_names(ds.label_names, lm, ds.meta_source)
+    return lm
+
+
+def _resolve_intensity(cfg_intensity: str, ds: SegDataset, protocol: Optional[Protocol]) -> str:
+    if cfg_intensity != 'auto':
+        if cfg_intensity not in INTENSITY_MODES:
+            raise UserInputError(f'--intensity must be auto or one of {", ".join(INTENSITY_MODES)}; '
+                                 f'got {cfg_intensity!r}.')
+        return cfg_intensity
+    if ds.layout in ('synapse', 'folders'):
+        return 'none'  # TransUNet files are already windowed; 2D images are scaled to [0, 1] when read
+    if protocol is not None:
+        return protocol.intensity
+    mod = (ds.modality or '').lower()
+    return 'ct' if mod == 'ct' else 'zscore'
+
+
+def assign_case_splits(ds: SegDataset, protocol: Optional[Protocol], val_frac: float = 0.2, test_frac: float = 0.0,
+                       folds: int = 0, fold: int = 0, seed: int = 0) -> Dict[str, List[VolumeRecord]]:
+    """Split the cases: the protocol's lists, else the dataset's own splits, else patient-grouped at random
+    (or fold ``fold`` of a patient-grouped k-fold). Raises if a patient would end up in two splits."""
+    recs = [r for r in ds.records if r.label]
+    if not recs:
+        raise UserInputError(f'{ds.root}: no labelled cases to train on.')
+    by_id = {r.case_id: r for r in recs}
+    if len(by_id) != len(recs):
+        raise UserInputError(f'{ds.root}: case ids are not unique; give each case its own name.')
+    if protocol is not None:
+        split = protocol_split(protocol, [r.case_id for r in recs], source=ds.root)
+        if ds.layout == 'synapse':  # the TransUNet release keeps its own train / test folders: they must agree
+            wrong = [r.case_id for r in recs if r.split and r.case_id not in split.get(r.split, [])]
+            if wrong:
+                raise UserInputError(f'{ds.root}: cases {wrong[:5]} sit in the wrong folder for the synapse protocol.')
+        out = {s: [by_id[c] for c in ids] for s, ids in split.items()}
+    elif folds and folds > 1:
+        if not 0 <= fold < folds:
+            raise UserInputError(f'--fold must be in 0..{folds - 1}, got {fold}.')
+        tr, va = grouped_kfold([r.case_id for r in recs], folds, [r.patient for r in recs], seed)[fold]
+        out = {'train': [by_id[c] for c in tr], 'val': [by_id[c] for c in va]}
+    elif any(r.split for r in recs):
+        out = {}
+        for r in recs:
+            out.setdefault(r.split or 'train', []).append(r)
+        if 'val' not in out and val_frac > 0:
+            out.update(_random_split(out['train'], val_frac, 0.0, seed))
+    else:
+        out = _random_split(recs, val_frac, test_frac, seed)
+    out = {k: v for k, v in out.items() if v}
+    if not out.get('train'):
+        raise UserInputError(f'{ds.root}: no training cases after splitting ({", ".join(out)}).')
+    owner: Dict[str, str] = {}
+    for s, rs in out.items():
+        for r in rs:
+            if owner.setdefault(r.patient, s) != s:
+                raise UserInputError(f'{ds.root}: patient {r.patient} is in both {owner[r.patient]} and {s}; '
+                                     f'give all of a patient\'s volumes the same split.')
+    return out
+
+
+def _random_split(recs: Sequence[VolumeRecord], val_frac: float, test_frac: float, seed: int
+                  ) -> Dict[str, List[VolumeRecord]]:
+    patients = sorted({r.patient for r in recs})
+    rng = random.Random(seed)
+    rng.shuffle(patients)
+    n = len(patients)
+    n_test = int(round(test_frac * n)) if test_frac > 0 else 0
+    n_val = max(1, int(round(val_frac * n))) if val_frac > 0 and n - n_test > 1 else 0
+    test_p, val_p = set(patients[:n_test]), set(patients[n_test:n_test + n_val])
+    out: Dict[str, List[VolumeRecord]] = {'train': [], 'val': [], 'test': []}
+    for r in recs:
+        out['test' if r.patient in test_p else 'val' if r.patient in val_p else 'train'].append(r)
+    return out
+
+
+# ---------------------------------------------------------------- training data
+@dataclass
+class _Prepared:
+    image: torch.Tensor  # D, C, S, S (C = 3 for colour, else 1)
+    label: torch.Tensor  # D, S, S
+
+
+def _prepare(vol: Volume, img_size: int, intensity: str, window) -> _Prepared:
+    check_volume_size(vol.image.shape[1:3], vol.image_path, model_size=img_size)
+    img = normalize_intensity(vol.image, intensity, window)
+    if img.ndim == 4:
+        x = resize_slices(np.moveaxis(img, -1, 1), (img_size, img_size))
+    else:
+        x = resize_slices(img, (img_size, img_size))[:, None]
+    return _Prepared(x.contiguous(), resize_labels(vol.label, (img_size, img_size)))
+
+
+class SliceDataset(Dataset):
+    """Training / validation slices of prepared volumes: item ``(i, epoch)`` -> ``(C*k, S, S)`` image and
+    ``(S, S)`` label; augmentation (TransUNet's rot90 + flip / small rotation) is seeded by (seed, epoch, i)."""
+
+    def __init__(self, volumes: Sequence[_Prepared], context: int = 1, augment: bool = False, seed: int = 0):
+        self.volumes = list(volumes)
+        self.context, self.augment, self.seed = context, augment, seed
+        self.index = [(v, z) for v, p in enumerate(self.volumes) for z in range(p.image.shape[0])]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item):
+        i, epoch = item if isinstance(item, tuple) else (item, 0)
+        v, z = self.index[i]
+        p = self.volumes[v]
+        if self.context > 1:
+            d, r = p.image.shape[0], self.context // 2
+            idx = [min(max(z + o, 0), d - 1) for o in range(-r, r + 1)]
+            x = p.image[idx, 0]
+        else:
+            x = p.image[z]
+        y = p.label[z]
+        if self.augment:
+            rng = random.Random((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
+            x, y = augment_pair(x, y, rng)
+        return x.contiguous(), y.contiguous()
+
+
+# ---------------------------------------------------------------- task
+def _engine():
+    from .. import engine
+    return engine
+
+
+class SegmentationTask(Task):
+    """0.5 CE + 0.5 soft Dice; validation: loss and per-class Dice pooled over all validation slices
+    (at model resolution -- the 3D per-volume metrics are computed after training)."""
+
+    def __init__(self, label_map: LabelMap, ce_weight: float = 0.5, dice_weight: float = 0.5):
+        self.label_map = label_map
+        self.loss_fn = DiceCELoss(label_map.num_classes, ce_weight, dice_weight)
+
+    def loss(self, model, inputs, targets):
+        return self.loss_fn(model(inputs), targets)
+
+    def evaluate(self, outputs, targets):
+        loss = float(self.loss_fn(outputs, targets)) if outputs.numel() else float('nan')
+        pred = outputs.argmax(1)
+        out: Dict[str, float] = {'loss': loss}
+        dices = []
+        for c in range(1, self.label_map.num_classes):
+            p, g = pred == c, targets == c
+            denom = int(p.sum()) + int(g.sum())
+            d = 2.0 * int((p & g).sum()) / denom if denom else float('nan')
+            out[f'dice_{self.label_map.classes[c].replace(" ", "_")}'] = d
+            dices.append(d)
+        valid = [d for d in dices if not math.isnan(d)]
+        out['dice'] = float(np.mean(valid)) if valid else 0.0
+        return out
+
+
+# ---------------------------------------------------------------- model
+def create_segmenter(model: str, num_classes: int, in_chans: int, img_size: int, pretrained: Optional[str] = None,
+                     drop_path: float = 0.0) -> nn.Module:
+    """``timm.create_model`` for a segmentation network (MedUNeXt) with the run's classes and channels."""
+    import timm
+
+    from ... import models  # noqa: F401  (registers the architectures)
+    base = model.split('.', 1)[0]
+    if not base.startswith(('local-dir:', 'hf-hub:', 'hf_hub:')) and not timm.is_model(base):
+        import difflib
+        close = difflib.get_close_matches(base, timm.list_models('*unext*') + timm.list_models(), n=3, cutoff=0.6)
+        raise UserInputError(f'Unknown model {model!r}.' + (f' Did you mean {", ".join(close)}?' if close else ''))
+    kw: Dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    if drop_path:
+        kw['drop_path_rate'] = drop_path
+    if pretrained:
+        p = os.path.expanduser(pretrained)
+        if os.path.isdir(p):
+            p = os.path.join(p, 'model.safetensors')
+        if os.path.isfile(p):
+            kw.update(pretrained=True, pretrained_cfg_overlay={'file': p})
+        elif os.sep in pretrained or pretrained.endswith(('.safetensors', '.pth', '.pt', '.bin')):
+            raise UserInputError(f'--pretrained file {pretrained} does not exist.')
+        else:
+            model, kw['pretrained'] = f'{base}.{pretrained}', True
+    try:
+        net = timm.create_model(model, **kw)
+    except TypeError as e:
+        raise UserInputError(f'{model} is not a segmentation model of this package (it does not take img_size / '
+                             f'returns no per-pixel logits): {e}') from None
+    except (RuntimeError, OSError) as e:
+        if kw.get('pretrained'):
+            raise UserInputError(f'Cannot load pretrained weights {pretrained!r} for {model}: '
+                                 f'{str(e).splitlines()[0]}') from None
+        raise
+    with torch.no_grad():
+        was = net.training
+        net.eval()
+        out = net(torch.zeros(1, in_chans, img_size, img_size))
+        net.train(was)
+    if out.dim() != 4 or tuple(out.shape[-2:]) != (img_size, img_size):
+        raise UserInputError(f'{model} returns {tuple(out.shape)} for a {img_size}x{img_size} image, not per-pixel '
+                             f'logits; choose a segmentation model such as medunext_base.')
+    return net
+
+
+def _build_optimizer(model: nn.Module, cfg: SegConfig, updates_per_epoch: int):
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    try:
+        optimizer = create_optimizer_v2(model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    except (ValueError, AssertionError) as e:
+        raise UserInputError(f'--opt {cfg.opt!r}: {e}') from None
+    total = max(1, cfg.epochs * updates_per_epoch)
+    warmup = min(int(round(cfg.warmup_epochs * updates_per_epoch)), total - 1)
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
+                                  warmup_lr_init=cfg.lr * 1e-3 if warmup else cfg.lr, warmup_prefix=True,
+                                  t_in_epochs=False)
+    scheduler.step_update(num_updates=0)
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------- 3D evaluation
+def evaluate_volumes(model: nn.Module, records: Sequence[VolumeRecord], label_map: LabelMap, settings: Dict[str, Any],
+                     out_dir: Optional[str] = None, tta: bool = False, overlays: int = 0,
+                     device: Optional[torch.device] = None, amp_dtype: Optional[torch.dtype] = None,
+                     title: str = 'evaluation', progress: bool = False) -> Dict[str, Any]:
+    """Predict each labelled volume slice by slice, score it in 3D in every mode, write the reports.
+
+    ``settings``: ``img_size``, ``intensity``, ``window``, ``context``, ``slice_axis`` (a run's config).
+    """
+    if not records:
+        raise UserInputError('No labelled volumes to evaluate.')
+    device = device or next(model.parameters()).device
+    cases: Dict[str, List[Any]] = {m: [] for m in MODES}
+    it = records
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(records, desc=f'{title} (3D)', leave=False)
+    spacing_known = True
+    for i, r in enumerate(it):
+        vol = load_volume(r, label_map, settings.get('slice_axis', 2))
+        if vol.label is None:
+            raise UserInputError(f'{r.image}: no label file to evaluate against.')
+        pred = predict_volume(model, vol, settings['img_size'], settings['intensity'], tuple(settings['window']),
+                              settings['context'], tta=tta, device=device, amp_dtype=amp_dtype)
+        res = evaluate_case(pred, vol.label, label_map.classes, r.case_id, vol.spacing, MODES, vol.spacing_known)
+        spacing_known &= vol.spacing_known
+        for m in MODES:
+            cases[m].append(res[m])
+        if out_dir and i < overlays:
+            save_overlays(vol, pred, os.path.join(out_dir, 'overlays'), num_classes=label_map.num_classes,
+                          gt=vol.label)
+    summaries = {m: summarize(cases[m]) for m in MODES}
+    result = {'title': title, 'n_cases': len(records), 'tta': tta, 'label_map': label_map.name,
+              'classes': list(label_map.classes), 'spacing_known': spacing_known, 'summaries': summaries,
+              'cases': {m: [dataclasses.asdict(c) for c in cases[m]] for m in MODES}}
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        write_case_csv([c for m in MODES for c in cases[m]], os.path.join(out_dir, 'cases.csv'))
+        md = '\n'.join(markdown_table(summaries[m], title) for m in MODES)
+        if not spacing_known:
+            md += '\n_The files carry no voxel spacing (TransUNet .npz / .npy.h5): strict HD95 is in voxels too._\n'
+        atomic_write(os.path.join(out_dir, 'report.md'), md.encode())
+        atomic_write(os.path.join(out_dir, 'metrics.json'),
+                     (json.dumps(result, indent=2, default=_json_default) + '\n').encode())
+        for m in MODES:
+            dice_boxplot(cases[m], os.path.join(out_dir, f'dice_box_{m}.png'), f'{title}: per-case Dice')
+        result['out_dir'] = out_dir
+    return result
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    return str(o)
+
+
+# ---------------------------------------------------------------- fit
+def _export(model: nn.Module, export_dir: str, label_map: LabelMap, settings: Dict[str, Any],
+            headline: Dict[str, Any], note: str) -> str:
+    """``export_dir`` written with ``mednext_zoo.hub.save_pretrained`` (timm's ``save_for_hf`` without it), plus
+    ``segmentation.json``: the preprocessing a user needs to apply the model to new volumes."""
+    model.pretrained_cfg = {**getattr(model, 'pretrained_cfg', {}), 'label_names': list(label_map.classes)}
+    try:
+        from ...hub import save_pretrained
+    except ImportError:
+        save_pretrained = None
+    if save_pretrained is not None:
+        params = inspect.signature(save_pretrained).parameters
+        kw = {'metrics': headline, 'metrics_note': note, 'label_names': list(label_map.classes), 'flops': False}
+        save_pretrained(model, export_dir, **{k: v for k, v in kw.items() if k in params})
+    else:
+        from timm.models import save_for_hf
+        save_for_hf(model, export_dir, model_config={'label_names': list(label_map.classes)}, safe_serialization=True)
+    atomic_write(os.path.join(export_dir, 'segmentation.json'),
+                 (json.dumps({**settings, 'label_map': label_map.name, 'classes': list(label_map.classes)},
+                             indent=2) + '\n').encode())
+    return export_dir
+
+
+def _write_splits(path: str, splits: Dict[str, List[VolumeRecord]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator='\n')
+    w.writerow(['case_id', 'patient_id', 'split', 'image', 'label'])
+    for s, rs in splits.items():
+        for r in rs:
+            w.writerow([r.case_id, r.patient, s, r.image, r.label or ''])
+    atomic_write(path, buf.getvalue().encode())
+
+
+def fit(cfg: SegConfig) -> Dict[str, Any]:
+    """Train, evaluate in 3D (both metric modes) and export; returns the final report on rank 0, ``{}`` elsewhere."""
+    eng = _engine()
+    info = eng.setup_distributed(cfg.device)
+    try:
+        return _fit(cfg, info, eng)
+    finally:
+        if info.enabled:
+            eng.cleanup_distributed()
+
+
+def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
+    t_start = time.time()
+    for name in ('epochs', 'batch_size', 'img_size', 'accum_steps'):
+        if int(getattr(cfg, name)) < 1:
+            raise UserInputError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(cfg, name)}.')
+    protocol = get_protocol(cfg.protocol) if cfg.protocol else None
+    ds = discover(cfg.data, cfg.layout)
+    label_map = resolve_label_map(ds, protocol, cfg.labels, cfg.slice_axis)
+    intensity = _resolve_intensity(cfg.intensity, ds, protocol)
+    splits = assign_case_splits(ds, protocol, cfg.val_frac, cfg.test_frac, cfg.folds, cfg.fold, cfg.seed)
+    # load every training / validation volume up front: bad files fail before any training
+    prepared = {s: [_prepare(load_volume(r, label_map, cfg.slice_axis), cfg.img_size, intensity, cfg.window)
+                    for r in splits.get(s, [])] for s in ('train', 'val')}
+    channels = prepared['train'][0].image.shape[1]
+    if channels == 3 and cfg.context != 1:
+        raise UserInputError('2.5D --context needs grayscale volumes; the data holds colour images.')
+    in_chans = channels * cfg.context
+    settings = {'task': RUN_KIND, 'img_size': cfg.img_size, 'intensity': intensity, 'window': list(cfg.window),
+                'context': cfg.context, 'slice_axis': cfg.slice_axis, 'in_chans': in_chans}
+    identity = {'task': RUN_KIND, 'model': cfg.model, 'classes': list(label_map.classes), 'in_chans': in_chans,
+                'img_size': cfg.img_size}
+    resumed = eng._broadcast_obj(eng.prepare_run_dir(cfg.out, identity, cfg.resume, cfg.overwrite, info.is_main)
+                                 if info.is_main else None, info)
+    if info.is_main:
+        eng.atomic_write_json(os.path.join(cfg.out, 'config.json'), {
+            **cfg.to_dict(), **settings, 'label_map': label_map.name, 'classes': list(label_map.classes),
+            'protocol': protocol.name if protocol else None, 'layout': ds.layout,
+            'split_sizes': {s: len(v) for s, v in splits.items()}, 'world_size': info.world_size})
+        _write_splits(os.path.join(cfg.out, 'splits.csv'), splits)
+
+    eng.seed_everything(cfg.seed)
+    model = create_segmenter(cfg.model, label_map.num_classes, in_chans, cfg.img_size, cfg.pretrained, cfg.drop_path)
+    from ...data import EpochSampler
+    train_ds = SliceDataset(prepared['train'], cfg.context, cfg.augment, cfg.seed)
+    mk_loader = lambda d, sampler, drop: DataLoader(  # noqa: E731
+        d, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=drop,
+        generator=torch.Generator().manual_seed(cfg.seed), pin_memory=torch.cuda.is_available())
+    drop_last = len(train_ds) >= cfg.batch_size * info.world_size  # BatchNorm cannot train on a batch of one
+    train_loader = mk_loader(train_ds, EpochSampler(len(train_ds), cfg.seed, True, info.rank, info.world_size),
+                             drop_last)
+    val_loader = None
+    if prepared['val']:
+        val_ds = SliceDataset(prepared['val'], cfg.context, False, cfg.seed)
+        val_loader = mk_loader(val_ds, EpochSampler(len(val_ds), shuffle=False, rank=info.rank,
+                                                    world_size=info.world_size), False)
+    updates = max(1, math.ceil(len(train_loader) / cfg.accum_steps))
+    optimizer, scheduler = _build_optimizer(model, cfg, updates)
+    task = SegmentationTask(label_map, cfg.ce_weight, cfg.dice_weight)
+    ecfg = eng.EngineConfig(epochs=cfg.epochs, accum_steps=cfg.accum_steps, amp=cfg.amp, device=cfg.device,
+                            seed=cfg.seed, clip_grad=cfg.clip_grad, ema_decay=cfg.ema_decay,
+                            monitor='dice' if val_loader is not None else 'loss',
+                            monitor_mode='max' if val_loader is not None else 'min', patience=cfg.patience,
+                            ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress)
+    engine = eng.Engine(model, task, train_loader, val_loader, optimizer, scheduler, cfg.out, ecfg, info,
+                        callbacks=getattr(cfg, '_callbacks', ()))
+    if info.is_main:
+        print(f'[mednext-zoo] {cfg.model} segmentation: {label_map.num_classes} classes {list(label_map.classes)}; '
+              f'{ds.layout} data, intensity {intensity}; train {len(splits["train"])} volumes '
+              f'({len(train_ds)} slices), val {len(splits.get("val", []))}, test {len(splits.get("test", []))}; '
+              f'{cfg.epochs} epochs on {engine.device}{"; resuming" if resumed else ""}', flush=True)
+    summary = engine.fit(resume=bool(resumed))
+    if not info.is_main:
+        return {}
+    from safetensors.torch import load_file
+    final = engine.eval_model
+    final.load_state_dict(load_file(os.path.join(engine.ckpt_dir, 'best.safetensors')))
+    final.eval()
+    eval_split = cfg.eval_split
+    if eval_split == 'auto':
+        eval_split = 'test' if splits.get('test') else 'val' if splits.get('val') else 'none'
+    result: Dict[str, Any] = {
+        'task': RUN_KIND, 'model': cfg.model, 'data': os.path.abspath(cfg.data), 'layout': ds.layout,
+        'protocol': protocol.name if protocol else None, 'classes': list(label_map.classes),
+        'label_map': label_map.name, 'intensity': intensity, 'img_size': cfg.img_size, 'context': cfg.context,
+        'sizes': {s: len(v) for s, v in splits.items()}, 'epochs_run': summary['epochs_run'],
+        'best_epoch': summary['best_epoch'] + 1, 'monitor': f'val {ecfg.monitor} ({ecfg.monitor_mode})',
+        'train_time_s': round(summary['train_time_s'], 1), 'eval_split': eval_split,
+    }
+    if eval_split != 'none':
+        if not splits.get(eval_split):
+            raise UserInputError(f'--eval-split {eval_split}: the run has no {eval_split} cases.')
+        ev = evaluate_volumes(final, splits[eval_split], label_map, settings,
+                              os.path.join(cfg.out, f'eval-{eval_split}'), cfg.tta, cfg.overlays, engine.device,
+                              engine.amp_dtype, title=f'{cfg.model} on {eval_split}', progress=cfg.progress)
+        result['summaries'] = ev['summaries']
+        print('\n'.join(markdown_table(ev['summaries'][m], f'[mednext-zoo] {eval_split}') for m in MODES), flush=True)
+    result['wall_time_s'] = round(time.time() - t_start, 1)
+    eng.atomic_write_json(os.path.join(cfg.out, 'metrics.json'), result)
+    if cfg.export:
+        headline, note = {}, 'no 3D evaluation'
+        if 'summaries' in result:
+            s = result['summaries']
+            headline = {'dice_legacy': s['legacy']['mean_dice'], 'hd95_legacy_voxels': s['legacy']['mean_hd95'],
+                        'dice_strict': s['strict']['mean_dice'],
+                        f'hd95_strict_{s["strict"]["hd95_unit"]}': s['strict']['mean_hd95']}
+            note = (f'3D per-volume metrics on the {eval_split} split ({result["sizes"][eval_split]} volumes'
+                    f'{", protocol " + protocol.name if protocol else ""}); legacy and strict modes as in '
+                    f'docs/segmentation.md')
+        _export(final.cpu(), os.path.join(cfg.out, 'export'), label_map, settings, headline, note)
+    print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
+    return result
+
+
+# ---------------------------------------------------------------- evaluate / predict
+def _read_run_config(run_dir: str) -> Dict[str, Any]:
+    path = os.path.join(run_dir, 'config.json')
+    if not os.path.isfile(path):
+        raise UserInputError(f'{run_dir} is not a fine-tuning run folder (no config.json).')
+    with open(path) as f:
+        rc = json.load(f)
+    if rc.get('task') != RUN_KIND:
+        raise UserInputError(f'{run_dir} is not a segmentation run (task {rc.get("task")!r}).')
+    return rc
+
+
+def load_run_model(run_dir: str, device: str = 'cpu') -> Tuple[nn.Module, Dict[str, Any]]:
+    """The best weights of a segmentation run and its resolved config."""
+    from safetensors.torch import load_file
+    rc = _read_run_config(run_dir)
+    best = os.path.join(run_dir, 'checkpoints', 'best.safetensors')
+    if not os.path.isfile(best):
+        raise UserInputError(f'{run_dir} has no trained weights yet ({best} is missing); finish or resume the run.')
+    model = create_segmenter(rc['model'], len(rc['classes']), rc['in_chans'], rc['img_size'])
+    model.load_state_dict(load_file(best))
+    return model.to(_engine().resolve_device(device)).eval(), rc
+
+
+def evaluate(run_dir: str, data: Optional[str] = None, split: Optional[str] = None, out: Optional[str] = None,
+             tta: bool = False, overlays: int = 2, device: str = 'cpu', protocol: Optional[str] = None,
+             progress: bool = True) -> Dict[str, Any]:
+    """3D metrics (both modes) of a run on labelled volumes: ``data`` (default: the run's own data) restricted
+    to ``split`` (the protocol's ``test`` list with a protocol; all labelled cases otherwise)."""
+    model, rc = load_run_model(run_dir, device)
+    label_map = LabelMap(rc['label_map'], tuple(rc['classes']))
+    data = data or rc['data']
+    ds = discover(data, 'auto')
+    proto_name = protocol or rc.get('protocol')
+    recs = [r for r in ds.records if r.label]
+    if proto_name:
+        proto = get_protocol(proto_name)
+        if proto.label_map.classes != label_map.classes:
+            raise UserInputError(f'--protocol {proto.name}: the run was trained on {list(label_map.classes)}.')
+        split = split or 'test'
+        by = protocol_split(proto, [r.case_id for r in recs], data, require_all=False)
+        wanted = set(by.get(split, []))
+        recs = [r for r in recs if r.case_id in wanted]
+    elif split:
+        recs = [r for r in recs if r.split == split]
+    if not recs:
+        raise UserInputError(f'{data}: no labelled volumes{f" in split {split!r}" if split else ""} to evaluate.')
+    if ds.label_names and ds.meta_source:
+        check_label_names(ds.label_names, label_map, ds.meta_source)
+    name = os.path.basename(os.path.normpath(data)).replace('.csv', '') + (f'-{split}' if split else '')
+    out = out or os.path.join(run_dir, f'eval-{name}')
+    res = evaluate_volumes(model, recs, label_map, rc, out, tta, overlays, title=f'{rc["model"]} on {name}',
+                           progress=progress)
+    print('\n'.join(markdown_table(res['summaries'][m], f'[mednext-zoo] {name}') for m in MODES))
+    print(f'[mednext-zoo] written to {out}')
+    return res
+
+
+def _expand_volumes(inputs: Sequence[str]) -> List[VolumeRecord]:
+    from .data import IMAGE_EXTS, NIFTI_EXTS, _fmt_of, _strip_ext
+    recs = []
+    for item in inputs:
+        if os.path.isdir(item):
+            files = sorted(os.path.join(r, f) for r, _, fs in os.walk(item) for f in fs
+                           if f.lower().endswith(NIFTI_EXTS + IMAGE_EXTS + ('.h5',)) and not f.startswith('.'))
+            if not files:
+                raise UserInputError(f'No volumes (NIfTI, .npy.h5) or images in folder {item}.')
+        elif os.path.isfile(item):
+            files = [item]
+        else:
+            raise UserInputError(f'Input {item} does not exist.')
+        for f in files:
+            recs.append(VolumeRecord(_strip_ext(os.path.basename(f)).replace('.npy', ''), f, None, _fmt_of(f)))
+    return recs
+
+
+def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, tta: bool = False, overlays: int = 3,
+            device: str = 'cpu') -> List[Dict[str, Any]]:
+    """Segment volumes (files or folders): ``out/<case>_pred.nii.gz`` in each source's geometry (PNG masks for
+    2D images) and ``out/overlays/*.png`` of the ``overlays`` slices with the most foreground."""
+    model, rc = load_run_model(run_dir, device)
+    out = out or os.path.join(run_dir, 'predictions')
+    rows = []
+    for r in _expand_volumes(inputs):
+        vol = load_volume(r, None, rc.get('slice_axis', 2))
+        pred = predict_volume(model, vol, rc['img_size'], rc['intensity'], tuple(rc['window']), rc['context'],
+                              tta=tta)
+        path = save_prediction(pred, vol, out)
+        ov = save_overlays(vol, pred, os.path.join(out, 'overlays'), num_classes=len(rc['classes']),
+                           max_slices=overlays) if overlays else []
+        counts = np.bincount(pred.ravel().astype(np.int64), minlength=len(rc['classes']))
+        rows.append({'input': r.image, 'prediction': path, 'overlays': ov,
+                     **{f'voxels_{c}': int(n) for c, n in zip(rc['classes'][1:], counts[1:])}})
+    return rows

@@ -1,0 +1,214 @@
+"""Segmentation fine-tuning on the engine: a small MedUNeXt learns phantom organs on CPU; protocols end to end;
+splits; run folder, evaluate, predict and export."""
+import csv
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mednext_zoo.errors import UserInputError
+from mednext_zoo.finetune.segmentation import protocols as PR
+from mednext_zoo.finetune.segmentation.data import discover
+from mednext_zoo.finetune.segmentation.phantom import PHANTOM_CLASSES, write_phantom_dataset
+from mednext_zoo.finetune.segmentation.task import (
+    SegConfig,
+    SliceDataset,
+    _Prepared,
+    assign_case_splits,
+    create_segmenter,
+    evaluate,
+    fit,
+    predict,
+)
+
+pytest.importorskip('mednext_zoo.models.medunext')
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """medunext_tiny at 32x32, 10 epochs on 5 phantom volumes (2 held out for validation)."""
+    root = tmp_path_factory.mktemp('seg')
+    data = write_phantom_dataset(str(root / 'data'), n_cases=7, shape=(40, 40, 8), spacing=(1.5, 1.5, 4.0))
+    cfg = SegConfig(data=data, out=str(root / 'run'), model='medunext_tiny', img_size=32, epochs=10, batch_size=8,
+                    lr=3e-3, augment=False, val_frac=0.3, overlays=1, progress=False, seed=0)
+    return cfg, fit(cfg)
+
+
+@pytest.mark.slow
+def test_medunext_learns_phantom_organs(trained):
+    cfg, res = trained
+    leg, st = res['summaries']['legacy'], res['summaries']['strict']
+    dice = {r['class']: r['dice_mean'] for r in leg['per_class']}
+    # chance level (a constant or random label map) is a Dice of a few percent for these organs
+    assert dice['liver'] > 0.6 and dice['kidney'] > 0.5 and leg['mean_dice'] > 0.45, dice
+    assert leg['hd95_unit'] == 'voxels' and st['hd95_unit'] == 'mm'
+    assert res['sizes'] == {'train': 5, 'val': 2} and res['eval_split'] == 'val'
+    log = [json.loads(line) for line in open(os.path.join(cfg.out, 'metrics.jsonl'))]
+    assert len(log) == 10 and log[-1]['train_loss'] < log[0]['train_loss'] and 'val_dice_liver' in log[0]
+
+
+@pytest.mark.slow
+def test_run_folder_evaluate_predict_export(trained, tmp_path):
+    cfg, res = trained
+    ev = os.path.join(cfg.out, 'eval-val')
+    for name in ('cases.csv', 'report.md', 'metrics.json', 'dice_box_legacy.png', 'dice_box_strict.png'):
+        assert os.path.isfile(os.path.join(ev, name)), name
+    assert len(os.listdir(os.path.join(ev, 'overlays'))) == 3
+    rows = list(csv.DictReader(open(os.path.join(ev, 'cases.csv'))))
+    assert len(rows) == 2 * 2 * 3  # cases x modes x organs
+    report = open(os.path.join(ev, 'report.md')).read()
+    assert '`legacy`' in report and '`strict`' in report and 'HD95 (mm)' in report
+    splits = list(csv.DictReader(open(os.path.join(cfg.out, 'splits.csv'))))
+    assert sorted(r['split'] for r in splits) == ['train'] * 5 + ['val'] * 2
+    # evaluate from the run folder reproduces the fit's numbers
+    again = evaluate(cfg.out, split=None, out=str(tmp_path / 'ev'), overlays=0, progress=False,
+                     data=cfg.data)
+    val_ids = {r['case_id'] for r in splits if r['split'] == 'val'}
+    fit_cases = {c['case_id']: c['dice'] for c in json.load(open(os.path.join(ev, 'metrics.json')))['cases']['legacy']}
+    re_cases = {c['case_id']: c['dice'] for c in again['cases']['legacy']}
+    for cid in val_ids:
+        assert re_cases[cid] == pytest.approx(fit_cases[cid])
+    # predict writes NIfTI in the source geometry, and overlays
+    src = os.path.join(cfg.data, 'imagesTr', sorted(val_ids)[0] + '_0000.nii.gz')
+    out = predict(cfg.out, [src], out=str(tmp_path / 'pred'), overlays=2)
+    img = nib.load(out[0]['prediction'])
+    assert img.shape == nib.load(src).shape
+    np.testing.assert_allclose(img.affine, nib.load(src).affine)
+    assert len(out[0]['overlays']) == 2 and out[0]['voxels_liver'] > 0
+    # export: timm loads it after `import mednext_zoo`; segmentation.json says how to preprocess
+    import timm
+
+    import mednext_zoo  # noqa: F401
+    exp = os.path.join(cfg.out, 'export')
+    seg = json.load(open(os.path.join(exp, 'segmentation.json')))
+    assert seg['classes'] == list(PHANTOM_CLASSES) and seg['intensity'] == 'ct' and seg['img_size'] == 32
+    m = timm.create_model(f'local-dir:{exp}', pretrained=True, img_size=32).eval()
+    ref, _ = __import__('mednext_zoo.finetune.segmentation.task', fromlist=['load_run_model']).load_run_model(cfg.out)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x))
+    with pytest.raises(UserInputError, match='not a fine-tuning run folder'):
+        evaluate(str(tmp_path), data=cfg.data)
+
+
+@pytest.mark.slow
+def test_synapse_protocol_end_to_end_on_transunet_layout(tmp_path):
+    h5py = pytest.importorskip('h5py')
+    root = tmp_path / 'Synapse'
+    (root / 'train_npz').mkdir(parents=True)
+    (root / 'test_vol_h5').mkdir()
+    rng = np.random.default_rng(0)
+
+    def sl(seed):
+        lab = np.zeros((40, 40), np.uint8)
+        lab[8:20, 8:24] = 5  # liver
+        lab[24:30, 26:32] = 7  # spleen
+        img = np.clip(lab / 8.0 + rng.normal(0, 0.05, lab.shape), 0, 1).astype(np.float32)
+        return img, lab
+
+    for n in PR.SYNAPSE.splits['train']:
+        for z in range(2):
+            img, lab = sl(n)
+            np.savez(root / 'train_npz' / f'case{n:04d}_slice{z:03d}.npz', image=img, label=lab)
+    for n in PR.SYNAPSE.splits['test']:
+        img, lab = zip(*[sl(n) for _ in range(3)])
+        with h5py.File(root / 'test_vol_h5' / f'case{n:04d}.npy.h5', 'w') as f:
+            f['image'], f['label'] = np.stack(img), np.stack(lab).astype(np.float32)
+    cfg = SegConfig(data=str(root), out=str(tmp_path / 'run'), model='medunext_tiny', protocol='synapse',
+                    img_size=32, epochs=1, batch_size=12, overlays=0, progress=False, export=False)
+    res = fit(cfg)
+    assert res['protocol'] == 'synapse' and res['sizes'] == {'train': 18, 'test': 12} and res['eval_split'] == 'test'
+    assert res['intensity'] == 'none'  # the TransUNet files are already windowed
+    leg = res['summaries']['legacy']
+    assert [r['class'] for r in leg['per_class']] == list(PR.SYNAPSE_LABEL_MAP.foreground)
+    assert leg['n_cases'] == 12
+    # absent organs: legacy counts an empty prediction as DSC 0 / HD95 0; strict excludes both-empty cases
+    aorta_leg = leg['per_class'][0]
+    aorta_st = res['summaries']['strict']['per_class'][0]
+    assert aorta_leg['n'] == 12 and (aorta_st['n'] < 12 or aorta_st['dice_mean'] == 0.0)
+    assert 'no voxel spacing' in open(tmp_path / 'run' / 'eval-test' / 'report.md').read()
+    # a case moved to the wrong folder is refused
+    os.rename(root / 'test_vol_h5' / 'case0001.npy.h5', root / 'test_vol_h5' / 'case0005.npy.h5')
+    with pytest.raises(UserInputError):
+        fit(SegConfig(data=str(root), out=str(tmp_path / 'run2'), model='medunext_tiny', protocol='synapse',
+                      img_size=32, epochs=1, progress=False))
+
+
+def _acdc(tmp_path, patients=range(1, 101)):
+    for pid in patients:
+        d = tmp_path / f'patient{pid:03d}'
+        d.mkdir(parents=True)
+        for fr in (1, 10):
+            lab = np.zeros((20, 20, 2), np.uint8)
+            lab[4:12, 4:12] = 1
+            stem = str(d / f'patient{pid:03d}_frame{fr:02d}')
+            nib.save(nib.Nifti1Image(np.ones((20, 20, 2), np.float32), np.eye(4)), stem + '.nii.gz')
+            nib.save(nib.Nifti1Image(lab, np.eye(4)), stem + '_gt.nii.gz')
+    return discover(str(tmp_path))
+
+
+def test_acdc_protocol_split_keeps_ed_es_together(tmp_path):
+    ds = _acdc(tmp_path)
+    splits = assign_case_splits(ds, PR.ACDC)
+    assert {k: len(v) for k, v in splits.items()} == {'train': 140, 'val': 20, 'test': 40}
+    test_patients = sorted({r.patient for r in splits['test']})
+    assert test_patients[:3] == ['patient002', 'patient003', 'patient008']
+    for s, rs in splits.items():
+        for r in rs:
+            assert all(o.patient != r.patient for t, os_ in splits.items() if t != s for o in os_)
+
+
+def test_random_and_kfold_splits_group_patients(tmp_path):
+    ds = _acdc(tmp_path, range(1, 11))
+    sp = assign_case_splits(ds, None, val_frac=0.3, seed=1)
+    assert len(sp['val']) == 6 and len(sp['train']) == 14
+    assert {r.patient for r in sp['val']}.isdisjoint({r.patient for r in sp['train']})
+    seen = []
+    for k in range(5):
+        f = assign_case_splits(ds, None, folds=5, fold=k)
+        assert {r.patient for r in f['val']}.isdisjoint({r.patient for r in f['train']})
+        seen += [r.case_id for r in f['val']]
+    assert sorted(seen) == sorted(ds.case_ids)
+    with pytest.raises(UserInputError, match='--fold'):
+        assign_case_splits(ds, None, folds=5, fold=5)
+    # a patient the user put in two splits
+    ds.records[0].split, ds.records[1].split = 'train', 'val'
+    with pytest.raises(UserInputError, match='patient001 is in both'):
+        assign_case_splits(ds, None)
+
+
+def test_slice_dataset_25d_and_seeded_augmentation():
+    img = torch.arange(5.0)[:, None, None, None].expand(5, 1, 8, 8).clone()
+    lab = torch.zeros(5, 8, 8, dtype=torch.long)
+    lab[:, :3, :2] = 1
+    ds = SliceDataset([_Prepared(img, lab)], context=3, augment=True, seed=0)
+    assert len(ds) == 5
+    x, y = ds[(0, 0)]
+    assert x.shape == (3, 8, 8) and x[:, 0, 0].tolist() in ([0, 0, 1],)
+    a = [ds[(i, 1)][1] for i in range(5)]
+    b = [ds[(i, 1)][1] for i in range(5)]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))  # same (epoch, index): same augmentation
+    c = [ds[(i, 2)][1] for i in range(5)]
+    assert any(not torch.equal(p, q) for p, q in zip(a, c))
+
+
+def test_create_segmenter_checks():
+    with pytest.raises(UserInputError, match='Unknown model'):
+        create_segmenter('medunext_tinny', 4, 1, 32)
+    with pytest.raises(UserInputError, match='not per-pixel logits|not a segmentation model'):
+        create_segmenter('resnet18', 4, 1, 32)
+    m = create_segmenter('medunext_tiny', 4, 3, 32).eval()
+    assert m(torch.zeros(1, 3, 32, 32)).shape == (1, 4, 32, 32)
+
+
+def test_fit_bad_inputs(tmp_path):
+    data = write_phantom_dataset(str(tmp_path / 'd'), n_cases=3, shape=(12, 12, 3))
+    with pytest.raises(UserInputError, match=r'phantom_00\d_0000\.nii\.gz: slices of 12x12 voxels are too small'):
+        fit(SegConfig(data=data, out=str(tmp_path / 'r'), model='medunext_tiny', img_size=32, epochs=1,
+                      progress=False))
+    with pytest.raises(UserInputError, match="do not match the label map 'acdc'"):
+        fit(SegConfig(data=data, out=str(tmp_path / 'r'), model='medunext_tiny', labels='acdc', img_size=32,
+                      epochs=1, progress=False))
