@@ -1,0 +1,129 @@
+"""Segmentation options and handlers for ``mednext-zoo finetune --task seg | evaluate | predict``.
+
+:mod:`mednext_zoo.cli.finetune` owns the three subcommands; it calls ``add_*_args`` on its parsers and hands
+a segmentation run to the handlers here (a run folder's ``config.json`` says ``"task": "segmentation"``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Dict
+
+# the paper's segmentation recipe (Adam, batch 12, 100 epochs); used where the user gave no value
+SEG_DEFAULTS: Dict[str, Any] = {'epochs': 100, 'batch_size': 12, 'lr': 1e-3, 'weight_decay': 1e-4,
+                                'warmup_epochs': 0.0}
+
+
+class _Default:
+    """Marks an option value that came from the parser's default (the task picks its own default then)."""
+
+
+def _mark_default(value):
+    cls = type(value)
+    if cls is bool or value is None:
+        return value
+    marked = type(f'Default{cls.__name__}', (cls, _Default), {})
+    return marked(value)
+
+
+def is_default(value) -> bool:
+    return isinstance(value, _Default)
+
+
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    """``--task`` and the segmentation options of ``finetune``."""
+    for action in p._actions:  # defaults of shared options are marked so --task seg can use the seg recipe
+        if action.dest in SEG_DEFAULTS:
+            action.default = _mark_default(action.default)
+            action.help = (action.help or '') + f' (--task seg: {SEG_DEFAULTS[action.dest]:g})'
+    p.add_argument('--task', choices=('cls', 'seg'), default='cls',
+                   help='cls: image classification; seg: segmentation of volumes / 2D images (MedUNeXt)')
+    s = p.add_argument_group('segmentation (--task seg; see docs/segmentation.md)')
+    s.add_argument('--protocol', choices=('synapse', 'acdc'), default=None,
+                   help="a published protocol: its label map, case lists, intensity recipe and test split")
+    s.add_argument('--labels', default=None,
+                   help="label map: synapse | btcv | acdc, or comma-separated class names (background first); "
+                        "default: dataset.json or class_1..K")
+    s.add_argument('--layout', default='auto', choices=('auto', 'nnunet', 'synapse', 'acdc', 'folders', 'csv'))
+    s.add_argument('--intensity', default='auto', choices=('auto', 'ct', 'zscore', 'minmax', 'none'),
+                   help='auto: CT window for CT, z-score for MRI, none for TransUNet files and 2D images')
+    s.add_argument('--ct-window', default='-125,275', help='HU window for --intensity ct, "LOW,HIGH"')
+    s.add_argument('--context', type=int, default=1, help='2.5D: odd number of adjacent slices as channels')
+    s.add_argument('--slice-axis', type=int, default=2, choices=(0, 1, 2), help='NIfTI array axis to slice')
+    s.add_argument('--opt', default='adam', help='optimiser for --task seg (timm name: adam, adamw, sgd, ...)')
+    s.add_argument('--fold', type=int, default=0, help='with --folds K: the patient-grouped fold used for validation')
+    s.add_argument('--no-augment', action='store_true', help='no rot90 / flip / rotation augmentation')
+    s.add_argument('--eval-split', default='auto', choices=('auto', 'val', 'test', 'none'),
+                   help='split scored per volume in 3D after training (auto: test if any, else val)')
+    s.add_argument('--tta', action='store_true', help='flip test-time augmentation in the final evaluation')
+    s.add_argument('--overlays', type=int, default=2, help='cases with PNG overlays in the evaluation')
+
+
+def _window(text: str):
+    try:
+        lo, hi = (float(v) for v in text.split(','))
+    except ValueError:
+        from ..errors import UserInputError
+        raise UserInputError(f'--ct-window expects "LOW,HIGH" in HU such as "-125,275", got {text!r}.') from None
+    return lo, hi
+
+
+def finetune(args: argparse.Namespace) -> int:
+    from ..finetune.segmentation import SegConfig, fit
+    pick = lambda name: SEG_DEFAULTS[name] if is_default(getattr(args, name)) else getattr(args, name)  # noqa: E731
+    labels = args.labels
+    if labels and ',' in labels:
+        labels = [s.strip() for s in labels.split(',')]
+    cfg = SegConfig(
+        data=args.data, out=args.out, model=args.model, protocol=args.protocol, labels=labels, layout=args.layout,
+        slice_axis=args.slice_axis, img_size=args.img_size, context=args.context, intensity=args.intensity,
+        window=_window(args.ct_window), epochs=int(pick('epochs')), batch_size=int(pick('batch_size')),
+        opt=args.opt, lr=float(pick('lr')), min_lr=args.min_lr, weight_decay=float(pick('weight_decay')),
+        warmup_epochs=float(pick('warmup_epochs')), augment=not args.no_augment, val_frac=args.val_frac,
+        test_frac=args.test_frac, folds=args.folds, fold=args.fold, eval_split=args.eval_split, tta=args.tta,
+        overlays=args.overlays, pretrained=args.pretrained, drop_path=args.drop_path, accum_steps=args.accum_steps,
+        amp=args.amp, device=args.device, seed=args.seed, clip_grad=args.clip_grad, ema_decay=args.ema,
+        patience=args.patience, ckpt_every_steps=args.ckpt_every, num_workers=args.workers,
+        progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite, export=not args.no_export)
+    fit(cfg)
+    return 0
+
+
+def is_seg_run(run_dir: str) -> bool:
+    try:
+        with open(os.path.join(run_dir, 'config.json')) as f:
+            return json.load(f).get('task') == 'segmentation'
+    except (OSError, ValueError):
+        return False
+
+
+def add_evaluate_args(e: argparse.ArgumentParser) -> None:
+    g = e.add_argument_group('segmentation runs')
+    g.add_argument('--protocol', choices=('synapse', 'acdc'), default=None,
+                   help="score the protocol's test cases of --data (default: the run's protocol)")
+    g.add_argument('--tta', action='store_true', help='flip test-time augmentation')
+    g.add_argument('--overlays', type=int, default=2, help='cases with PNG overlays')
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from ..finetune.segmentation import evaluate as seg_evaluate
+    res = seg_evaluate(args.run, args.data, split=args.split, out=args.out, tta=args.tta, overlays=args.overlays,
+                       device=args.device, protocol=args.protocol, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(res['summaries'], indent=2, default=str))
+    return 0
+
+
+def add_predict_args(q: argparse.ArgumentParser) -> None:
+    g = q.add_argument_group('segmentation runs')
+    g.add_argument('--tta', action='store_true', help='flip test-time augmentation')
+    g.add_argument('--overlays', type=int, default=3, help='PNG overlays per volume (slices with most foreground)')
+
+
+def predict(args: argparse.Namespace) -> int:
+    from ..finetune.segmentation import predict as seg_predict
+    for r in seg_predict(args.run, args.inputs, out=args.out, tta=args.tta, overlays=args.overlays,
+                         device=args.device):
+        print(f'{r["input"]}\t{r["prediction"]}')
+    return 0
