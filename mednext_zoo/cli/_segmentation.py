@@ -15,20 +15,31 @@ SEG_DEFAULTS: Dict[str, Any] = {'epochs': 100, 'batch_size': 12, 'lr': 1e-3, 'we
                                 'warmup_epochs': 0.0}
 
 
-class _Default:
-    """Marks an option value that came from the parser's default (the task picks its own default then)."""
+class _DefaultInt(int):
+    """An option value that came from the parser's default (``--task seg`` then uses its own default)."""
+
+
+class _DefaultFloat(float):
+    """An option value that came from the parser's default (``--task seg`` then uses its own default)."""
 
 
 def _mark_default(value):
-    cls = type(value)
-    if cls is bool or value is None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
-    marked = type(f'Default{cls.__name__}', (cls, _Default), {})
-    return marked(value)
+    return _DefaultInt(value) if isinstance(value, int) else _DefaultFloat(value)
 
 
 def is_default(value) -> bool:
-    return isinstance(value, _Default)
+    return isinstance(value, (_DefaultInt, _DefaultFloat))
+
+
+def unmark(args: argparse.Namespace) -> argparse.Namespace:
+    """Plain ints / floats again for the classification path."""
+    for name in SEG_DEFAULTS:
+        v = getattr(args, name, None)
+        if is_default(v):
+            setattr(args, name, int(v) if isinstance(v, int) else float(v))
+    return args
 
 
 def add_finetune_args(p: argparse.ArgumentParser) -> None:

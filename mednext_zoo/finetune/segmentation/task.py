@@ -201,8 +201,9 @@ def assign_case_splits(ds: SegDataset, protocol: Optional[Protocol], val_frac: f
         out = {}
         for r in recs:
             out.setdefault(r.split or 'train', []).append(r)
-        if 'val' not in out and val_frac > 0:
-            out.update(_random_split(out['train'], val_frac, 0.0, seed))
+        if 'val' not in out and val_frac > 0 and out.get('train'):
+            part = _random_split(out['train'], val_frac, 0.0, seed)
+            out['train'], out['val'] = part['train'], part['val']
     else:
         out = _random_split(recs, val_frac, test_frac, seed)
     out = {k: v for k, v in out.items() if v}
