@@ -193,6 +193,8 @@ def test_slice_dataset_25d_and_seeded_augmentation():
     assert all(torch.equal(p, q) for p, q in zip(a, b))  # same (epoch, index): same augmentation
     c = [ds[(i, 2)][1] for i in range(5)]
     assert any(not torch.equal(p, q) for p, q in zip(a, c))
+    sub = SliceDataset([_Prepared(img, lab), _Prepared(img, lab)], max_slices=4)
+    assert sub.index == [(0, 0), (0, 3), (1, 1), (1, 4)]
 
 
 def test_create_segmenter_checks():

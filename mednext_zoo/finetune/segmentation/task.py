@@ -95,6 +95,7 @@ class SegConfig:
     augment: bool = True
     val_frac: float = 0.2
     test_frac: float = 0.0
+    val_max_slices: int = 256  # slices scored after each epoch (evenly spaced; all volumes are scored in 3D later)
     folds: int = 0  # >1: patient-grouped k-fold; validate on fold ``fold``
     fold: int = 0
     eval_split: str = 'auto'  # split scored in 3D at the end: auto (test if any, else val) | val | test | none
@@ -254,10 +255,14 @@ class SliceDataset(Dataset):
     """Training / validation slices of prepared volumes: item ``(i, epoch)`` -> ``(C*k, S, S)`` image and
     ``(S, S)`` label; augmentation (TransUNet's rot90 + flip / small rotation) is seeded by (seed, epoch, i)."""
 
-    def __init__(self, volumes: Sequence[_Prepared], context: int = 1, augment: bool = False, seed: int = 0):
+    def __init__(self, volumes: Sequence[_Prepared], context: int = 1, augment: bool = False, seed: int = 0,
+                 max_slices: int = 0):
         self.volumes = list(volumes)
         self.context, self.augment, self.seed = context, augment, seed
         self.index = [(v, z) for v, p in enumerate(self.volumes) for z in range(p.image.shape[0])]
+        if max_slices and len(self.index) > max_slices:  # evenly spaced subset (validation during training)
+            keep = np.linspace(0, len(self.index) - 1, max_slices).round().astype(int)
+            self.index = [self.index[i] for i in np.unique(keep)]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -518,7 +523,7 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
                              drop_last)
     val_loader = None
     if prepared['val']:
-        val_ds = SliceDataset(prepared['val'], cfg.context, False, cfg.seed)
+        val_ds = SliceDataset(prepared['val'], cfg.context, False, cfg.seed, cfg.val_max_slices)
         val_loader = mk_loader(val_ds, EpochSampler(len(val_ds), shuffle=False, rank=info.rank,
                                                     world_size=info.world_size), False)
     updates = max(1, math.ceil(len(train_loader) / cfg.accum_steps))
