@@ -214,3 +214,25 @@ def test_fit_bad_inputs(tmp_path):
     with pytest.raises(UserInputError, match="do not match the label map 'acdc'"):
         fit(SegConfig(data=data, out=str(tmp_path / 'r'), model='medunext_tiny', labels='acdc', img_size=32,
                       epochs=1, progress=False))
+
+
+def test_2d_colour_folders_train_and_predict_png(tmp_path):
+    from PIL import Image
+    from skimage import data as skdata
+    rgb = skdata.immunohistochemistry()
+    (tmp_path / 'd' / 'images').mkdir(parents=True)
+    (tmp_path / 'd' / 'masks').mkdir()
+    for i in range(4):
+        crop = rgb[i * 64:i * 64 + 96, :96]
+        Image.fromarray(crop).save(tmp_path / 'd' / 'images' / f'img{i}.png')
+        Image.fromarray(((crop.mean(-1) < 120) * 255).astype(np.uint8)).save(
+            tmp_path / 'd' / 'masks' / f'img{i}_segmentation.png')
+    res = fit(SegConfig(data=str(tmp_path / 'd'), out=str(tmp_path / 'run'), model='medunext_tiny', img_size=32,
+                        epochs=1, batch_size=2, val_frac=0.25, overlays=1, progress=False, export=False))
+    assert res['classes'] == ['background', 'foreground'] and res['intensity'] == 'none'
+    cfg = json.load(open(tmp_path / 'run' / 'config.json'))
+    assert cfg['in_chans'] == 3
+    out = predict(str(tmp_path / 'run'), [str(tmp_path / 'd' / 'images' / 'img0.png')], out=str(tmp_path / 'p'),
+                  overlays=1)
+    mask = np.asarray(Image.open(out[0]['prediction']))
+    assert mask.shape == (96, 96) and set(np.unique(mask)) <= {0, 1}
