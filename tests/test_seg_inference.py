@@ -123,3 +123,33 @@ def test_overlays_and_2d_png(tmp_path, phantom):
     p = I.save_png_mask(vol.label[2], str(tmp_path / 'm.png'))
     from PIL import Image
     np.testing.assert_array_equal(np.asarray(Image.open(p)), vol.label[2])
+
+
+def test_simpleitk_nrrd_round_trip_keeps_geometry(tmp_path):
+    sitk = pytest.importorskip('SimpleITK')
+    from mednext_zoo.finetune.segmentation.phantom import make_phantom
+    img, lab, _ = make_phantom((36, 40, 6), (0.8, 0.7, 5.0), seed=2)
+    # SimpleITK arrays are k, j, i; spacing / origin are x, y, z
+    sim = sitk.GetImageFromArray(np.ascontiguousarray(img.transpose(2, 1, 0)))
+    sim.SetSpacing((0.8, 0.7, 5.0))
+    sim.SetOrigin((10.0, -20.0, 30.0))
+    sim.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(sim, str(tmp_path / 'ct.nrrd'))
+    slab = sitk.GetImageFromArray(np.ascontiguousarray(lab.transpose(2, 1, 0)))
+    slab.CopyInformation(sim)
+    sitk.WriteImage(slab, str(tmp_path / 'ct_label.nrrd'))
+    vol = load_volume(VolumeRecord('ct', str(tmp_path / 'ct.nrrd'), str(tmp_path / 'ct_label.nrrd'), 'sitk'))
+    assert vol.image.shape == (6, 40, 36) and vol.spacing == pytest.approx((5.0, 0.7, 0.8))
+    np.testing.assert_array_equal(np.moveaxis(vol.label, 0, 2).transpose(1, 0, 2), lab)
+    pred = I.predict_volume(_oracle(vol), vol, 32, 'ct')
+    path = I.save_prediction(pred, vol, str(tmp_path / 'out'))
+    assert path.endswith('ct_pred.nrrd')
+    back = sitk.ReadImage(path)
+    assert back.GetSpacing() == pytest.approx(sim.GetSpacing()) and back.GetOrigin() == pytest.approx(sim.GetOrigin())
+    assert back.GetDirection() == pytest.approx(sim.GetDirection())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), vol.to_native(pred))
+    # a label on another grid is refused by name
+    slab.SetOrigin((0.0, 0.0, 0.0))
+    sitk.WriteImage(slab, str(tmp_path / 'ct_label.nrrd'))
+    with pytest.raises(UserInputError, match=r"ct_label\.nrrd: the label's geometry"):
+        load_volume(VolumeRecord('ct', str(tmp_path / 'ct.nrrd'), str(tmp_path / 'ct_label.nrrd'), 'sitk'))

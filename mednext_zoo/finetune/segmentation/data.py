@@ -31,9 +31,10 @@ import numpy as np
 from ...errors import UserInputError
 from .protocols import LabelMap, check_label_values, patient_id, read_dataset_json
 
-__all__ = ['VolumeRecord', 'Volume', 'SegDataset', 'discover', 'load_volume', 'NIFTI_EXTS', 'IMAGE_EXTS']
+__all__ = ['VolumeRecord', 'Volume', 'SegDataset', 'discover', 'load_volume', 'NIFTI_EXTS', 'SITK_EXTS', 'IMAGE_EXTS']
 
 NIFTI_EXTS = ('.nii.gz', '.nii')
+SITK_EXTS = ('.nrrd', '.nhdr', '.mha', '.mhd')  # read with SimpleITK
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
 LAYOUTS = ('auto', 'nnunet', 'synapse', 'acdc', 'folders', 'csv')
 
@@ -70,6 +71,7 @@ class Volume:
     patient: str = ''
     header: object = None  # the NIfTI header of the image, if any
     native_ndim: int = 3
+    sitk_ref: object = None  # the SimpleITK image (geometry) of NRRD / MetaImage sources
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -107,7 +109,7 @@ class SegDataset:
 
 
 def _strip_ext(name: str) -> str:
-    for ext in NIFTI_EXTS + ('.npy.h5', '.h5', '.npz') + IMAGE_EXTS:
+    for ext in NIFTI_EXTS + SITK_EXTS + ('.npy.h5', '.h5', '.npz') + IMAGE_EXTS:
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return os.path.splitext(name)[0]
@@ -117,20 +119,23 @@ def _fmt_of(path: str) -> str:
     low = path.lower()
     if low.endswith(NIFTI_EXTS):
         return 'nifti'
+    if low.endswith(SITK_EXTS):
+        return 'sitk'
     if low.endswith(('.h5', '.hdf5')):
         return 'h5'
     if low.endswith('.npz'):
         return 'npz'
     if low.endswith(IMAGE_EXTS):
         return 'image2d'
-    raise UserInputError(f'{path}: unsupported file type; use NIfTI (.nii/.nii.gz), TransUNet .npz / .npy.h5, '
+    raise UserInputError(f'{path}: unsupported file type; use NIfTI (.nii/.nii.gz), NRRD / MetaImage (.nrrd, '
+                         f'.mha, .mhd), TransUNet .npz / .npy.h5, '
                          f'or a 2D image ({", ".join(IMAGE_EXTS)}).')
 
 
 # ---------------------------------------------------------------- discovery
 def _nifti_files(folder: str) -> List[str]:
-    return sorted(p for p in glob.glob(os.path.join(folder, '*')) if p.lower().endswith(NIFTI_EXTS)
-                  and not os.path.basename(p).startswith('._'))
+    return sorted(p for p in glob.glob(os.path.join(folder, '*')) if p.lower().endswith(NIFTI_EXTS + SITK_EXTS)
+                  and not os.path.basename(p).startswith('._') and not p.lower().endswith('.raw'))
 
 
 def _discover_nnunet(root: str) -> SegDataset:
@@ -152,12 +157,12 @@ def _discover_nnunet(root: str) -> SegDataset:
                 stem = m.group(1)
             label = None
             if need_labels:
-                cands = [os.path.join(lab_dir, stem + e) for e in NIFTI_EXTS]
+                cands = [os.path.join(lab_dir, stem + e) for e in NIFTI_EXTS + SITK_EXTS]
                 label = next((c for c in cands if os.path.isfile(c)), None)
                 if label is None:
                     raise UserInputError(f'{p}: missing label file {cands[0]} (every image in '
                                          f'{os.path.basename(img_dir)}/ needs one in {os.path.basename(lab_dir)}/).')
-            records.append(VolumeRecord(stem, p, label, 'nifti', split=split))
+            records.append(VolumeRecord(stem, p, label, _fmt_of(p), split=split))
     modality = meta.get('modality') or meta.get('channel_names')
     if isinstance(modality, dict):
         modality = next(iter(modality.values()), None)
@@ -356,6 +361,54 @@ def _load_nifti(record: VolumeRecord, slice_axis: int) -> Volume:
                   native_ndim)
 
 
+def _sitk_affine(img) -> np.ndarray:
+    """Voxel (i, j, k) -> RAS mm affine of a SimpleITK image (SimpleITK is LPS)."""
+    d = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    aff = np.eye(4)
+    aff[:3, :3] = d * np.asarray(img.GetSpacing(), dtype=np.float64)[None]
+    aff[:3, 3] = img.GetOrigin()
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
+
+
+def _load_sitk(record: VolumeRecord, slice_axis: int) -> Volume:
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        raise UserInputError(f'{record.image}: reading NRRD / MetaImage needs SimpleITK: pip install SimpleITK.') \
+            from None
+
+    def read(path):
+        try:
+            return sitk.ReadImage(path)
+        except RuntimeError as e:
+            raise UserInputError(f'{path}: cannot read with SimpleITK ({str(e).strip().splitlines()[-1]}).') from None
+
+    img = read(record.image)
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise UserInputError(f'{record.image}: a {img.GetDimension()}D image with {img.GetNumberOfComponentsPerPixel()}'
+                             f' component(s) where a 3D single-channel volume is expected.')
+    data = sitk.GetArrayFromImage(img)  # k, j, i
+    label = None
+    if record.label:
+        lab = read(record.label)
+        ldata = sitk.GetArrayFromImage(lab)
+        if ldata.shape != data.shape:
+            raise UserInputError(f'{record.label}: label shape {ldata.shape} differs from image shape {data.shape} '
+                                 f'({record.image}).')
+        if not np.allclose(_sitk_affine(lab), _sitk_affine(img), rtol=1e-4, atol=1e-3):
+            raise UserInputError(f'{record.label}: the label\'s geometry (origin / spacing / direction) differs from '
+                                 f'the image\'s ({record.image}). Resample the label onto the image first.')
+        label = _int_label(ldata, record.label)
+    axis = 2 - slice_axis % 3  # slice_axis counts i, j, k like a NIfTI array; SimpleITK's array is k, j, i
+    sp = tuple(float(v) for v in reversed(img.GetSpacing()))
+    spacing = (sp[axis], *[z for i, z in enumerate(sp) if i != axis])
+    data = np.moveaxis(data, axis, 0)
+    label = np.moveaxis(label, axis, 0) if label is not None else None
+    return Volume(record.case_id, np.ascontiguousarray(data, dtype=np.float32),
+                  None if label is None else np.ascontiguousarray(label), _sitk_affine(img), spacing, axis, True,
+                  record.image, record.label, record.patient, None, 3, img)
+
+
 def _load_h5(record: VolumeRecord) -> Volume:
     try:
         import h5py
@@ -433,6 +486,8 @@ def load_volume(record: VolumeRecord, label_map: Optional[LabelMap] = None, slic
             raise UserInputError(f'{p}: file not found' + (' (missing label file).' if p == record.label else '.'))
     if record.fmt == 'nifti':
         vol = _load_nifti(record, slice_axis)
+    elif record.fmt == 'sitk':
+        vol = _load_sitk(record, slice_axis)
     elif record.fmt == 'h5':
         vol = _load_h5(record)
     elif record.fmt == 'npz':

@@ -21,8 +21,8 @@ from ...errors import UserInputError
 from .data import Volume
 from .preprocess import SYNAPSE_WINDOW, check_volume_size, normalize_intensity, resize_labels, resize_slices, stack_25d
 
-__all__ = ['volume_inputs', 'predict_volume', 'save_nifti', 'save_png_mask', 'save_prediction', 'save_overlays',
-           'atomic_write']
+__all__ = ['volume_inputs', 'predict_volume', 'save_nifti', 'save_sitk', 'save_png_mask', 'save_prediction',
+           'save_overlays', 'atomic_write']
 
 
 def atomic_write(path: str, data: bytes) -> None:
@@ -123,8 +123,33 @@ def save_png_mask(pred: np.ndarray, path: str) -> str:
     return path
 
 
+def save_sitk(pred: np.ndarray, vol: Volume, path: str) -> str:
+    """Write a ``D, H, W`` prediction with SimpleITK in the source image's geometry (origin, spacing, direction)."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(vol.to_native(np.asarray(pred)).astype(np.int16))
+    img.CopyInformation(vol.sitk_ref)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    ext = '.nrrd' if path.endswith('.nrrd') else '.mha'
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=ext)
+    os.close(fd)
+    try:
+        sitk.WriteImage(img, tmp, True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def save_prediction(pred: np.ndarray, vol: Volume, out_dir: str) -> str:
-    """NIfTI for NIfTI sources (source affine), else NIfTI with the stored geometry or a PNG for 2D images."""
+    """NIfTI for NIfTI sources (source affine), NRRD / MHA for SimpleITK sources (source geometry), a PNG for 2D
+    images, else NIfTI with the stored geometry."""
+    if vol.sitk_ref is not None:
+        ext = '.nrrd' if vol.image_path.lower().endswith(('.nrrd', '.nhdr')) else '.mha'
+        return save_sitk(pred, vol, os.path.join(out_dir, f'{vol.case_id}_pred{ext}'))
     if vol.header is None and vol.native_ndim == 2:
         return save_png_mask(pred[0], os.path.join(out_dir, f'{vol.case_id}_pred.png'))
     return save_nifti(pred, vol, os.path.join(out_dir, f'{vol.case_id}_pred.nii.gz'))

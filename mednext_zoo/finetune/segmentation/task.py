@@ -643,12 +643,13 @@ def evaluate(run_dir: str, data: Optional[str] = None, split: Optional[str] = No
 
 
 def _expand_volumes(inputs: Sequence[str]) -> List[VolumeRecord]:
-    from .data import IMAGE_EXTS, NIFTI_EXTS, _fmt_of, _strip_ext
+    from .data import IMAGE_EXTS, NIFTI_EXTS, SITK_EXTS, _fmt_of, _strip_ext
     recs = []
     for item in inputs:
         if os.path.isdir(item):
+            exts = NIFTI_EXTS + SITK_EXTS + IMAGE_EXTS + ('.h5',)
             files = sorted(os.path.join(r, f) for r, _, fs in os.walk(item) for f in fs
-                           if f.lower().endswith(NIFTI_EXTS + IMAGE_EXTS + ('.h5',)) and not f.startswith('.'))
+                           if f.lower().endswith(exts) and not f.startswith('.'))
             if not files:
                 raise UserInputError(f'No volumes (NIfTI, .npy.h5) or images in folder {item}.')
         elif os.path.isfile(item):
