@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from ..benchmark import BenchConfig, run_benchmark, to_markdown, write_results
 from ..errors import UserInputError
 
 SUITES = ('paper_table', 'ablation')
+# timm and fvcore still call the deprecated torch.jit.script / trace API; nothing a user can act on
+warnings.filterwarnings('ignore', message='`torch.jit.(script|trace)` is deprecated', category=FutureWarning)
 
 
 def _models(text: str) -> list:
