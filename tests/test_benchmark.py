@@ -9,7 +9,7 @@ import timm
 import torch
 
 import mednext_zoo  # noqa: F401  (registers the models)
-from mednext_zoo.benchmark import count_model, resolve_models, run_benchmark, write_results
+from mednext_zoo.benchmark import count_model, load_results, resolve_models, run_benchmark, to_markdown, write_results
 from mednext_zoo.benchmark import specs as specs_mod
 from mednext_zoo.benchmark.suites import ablation, sdffn_claim
 from mednext_zoo.cli import main
@@ -93,7 +93,8 @@ def test_batch_that_does_not_fit_is_reported_per_row():
 def test_cli_writes_four_outputs(tmp_path, capsys):
     out = tmp_path / 'bench'
     rc = main(['bench', '--models', f'{TINY},resnet18@64', '--reference', TINY, '--quick', '--rounds', '2',
-               '--latency-iters', '1', '--batch-size', '2', '--threads', '1', '--out', str(out), '--no-progress'])
+               '--latency-iters', '1', '--batch-size', '2', '--threads', '1', '--out', str(out), '--no-progress',
+               '--note', 'unit test run'])
     assert rc == 0
     printed = capsys.readouterr().out
     assert '| `resnet18@64`' in printed and 'Machine:' in printed
@@ -109,7 +110,10 @@ def test_cli_writes_four_outputs(tmp_path, capsys):
     with open(out / 'results.csv', newline='') as f:
         csv_rows = list(csv.DictReader(f))
     assert [r['name'] for r in csv_rows] == [TINY, 'resnet18@64'] and csv_rows[0]['machine']
-    assert (out / 'results.md').read_text().startswith('# mednext-zoo benchmark')
+    assert data['meta']['note'] == 'unit test run' and len(data['meta']['load_avg_1min']) == 2
+    md = (out / 'results.md').read_text()
+    assert md.startswith('# mednext-zoo benchmark') and 'Note: unit test run' in md
+    assert to_markdown(load_results(out)) == md  # results.json holds everything the table shows
     assert (out / 'results.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 

@@ -7,12 +7,13 @@
 """
 from .counting import Counts, count_model, count_params
 from .machine import machine_info, machine_label
-from .report import CONVENTIONS, plot_results, to_markdown, write_results
+from .report import CONVENTIONS, load_results, plot_results, to_markdown, write_results
 from .runner import ROW_FIELDS, BenchConfig, BenchResult, run_benchmark
 from .specs import NAMED_SPECS, ModelSpec, build_model, default_model_names, resolve_models
 
 __all__ = [
-    'Counts', 'count_model', 'count_params', 'machine_info', 'machine_label', 'CONVENTIONS', 'plot_results',
+    'Counts', 'count_model', 'count_params', 'machine_info', 'machine_label', 'CONVENTIONS', 'load_results',
+    'plot_results',
     'to_markdown', 'write_results', 'ROW_FIELDS', 'BenchConfig', 'BenchResult', 'run_benchmark', 'NAMED_SPECS',
     'ModelSpec', 'build_model', 'default_model_names', 'resolve_models',
 ]

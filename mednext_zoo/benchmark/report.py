@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from .runner import ROW_FIELDS, BenchResult
 
-__all__ = ['write_results', 'to_markdown', 'plot_results', 'CONVENTIONS']
+__all__ = ['write_results', 'to_markdown', 'plot_results', 'load_results', 'CONVENTIONS']
 
 CONVENTIONS = [
     'Params: every parameter element, in millions, with the head named in the "classes" column '
@@ -81,8 +81,9 @@ def to_markdown(result: BenchResult) -> str:
         f"{s['latency_iters']} runs, batch-{s['batch_size']} throughput {s['rounds']} rounds x "
         f"{s['throughput_iters']} runs, {s['warmup']} warm-up runs; "
         f"{', '.join(flags) if flags else 'fp32, contiguous (NCHW)'}{'; quick mode' if s['quick'] else ''}.",
+        *_load_lines(meta),
         f"Reference for the x-ratios: `{ref}`." if meta.get('reference') else
-        f"Reference `{ref}` was not measured in this run: no ratios.",
+        (f"Reference `{ref}` was not measured in this run: no ratios." if ref else 'No reference model: no ratios.'),
         '',
         '| model | img | classes | params (M) | GFLOPs | acts (M) | latency b1 ms (median / p90) | '
         f"throughput img/s (b{s['batch_size']}) | peak mem MB | params x ref | GFLOPs x ref | latency x ref | "
@@ -107,6 +108,26 @@ def to_markdown(result: BenchResult) -> str:
     if skipped:
         lines += ['', 'Op types fvcore skipped (op:calls):', ''] + [f'- {s}' for s in skipped]
     return '\n'.join(lines) + '\n'
+
+
+def _load_lines(meta: Dict[str, Any]) -> List[str]:
+    lines = [f"Note: {meta['note']}"] if meta.get('note') else []
+    load = [v for v in meta.get('load_avg_1min') or [] if v is not None]
+    cores = meta['machine'].get('cpu_cores_usable') or 1
+    if load:
+        busy = max(load) > 0.5 * cores and meta['machine']['device'] == 'cpu'
+        lines.append(
+            f"System load (1-min average) at start / end: {' / '.join(f'{v:.1f}' for v in load)} on {cores} cores"
+            + ('. **Other processes were competing for the CPU: absolute times are noisy; compare the x-ratios, '
+               'which are measured interleaved.**' if busy else '.'))
+    return lines
+
+
+def load_results(path: Union[str, Path]) -> BenchResult:
+    """Read a results.json (or the folder holding it) back into a ``BenchResult``."""
+    path = Path(path)
+    data = json.loads((path / 'results.json' if path.is_dir() else path).read_text())
+    return BenchResult(meta=data['meta'], rows=data['rows'])
 
 
 def plot_results(result: BenchResult, path: Union[str, Path]) -> Optional[Path]:

@@ -67,6 +67,7 @@ class BenchConfig:
     reference: Optional[str] = None  # mednext_base (cls) / medunext_base (seg)
     measure_memory: bool = True
     progress: bool = True
+    note: str = ''  # free text recorded with the result (e.g. what else ran on the machine)
 
     def resolved(self) -> BenchConfig:
         cuda = self.device.startswith('cuda')
@@ -230,6 +231,7 @@ def run_benchmark(config: Optional[BenchConfig] = None, **overrides: Any) -> Ben
     steps = len(entries) * (cfg.rounds + 2 + int(cfg.measure_memory))
     bar = _progress(steps, cfg.progress)
     started = time.time()
+    load_start = _loadavg()
 
     def forward(e: _Entry, x: torch.Tensor) -> None:
         with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
@@ -343,8 +345,17 @@ def run_benchmark(config: Optional[BenchConfig] = None, **overrides: Any) -> Ben
         'amp_dtype': str(amp_dtype).replace('torch.', '') if cfg.amp else None,
         'started_utc': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started)),
         'wall_s': round(time.time() - started, 1),
+        'load_avg_1min': [load_start, _loadavg()],  # at start and end: other processes competing for the CPU
+        'note': cfg.note,
     }
     return BenchResult(meta=meta, rows=[e.row for e in entries])
+
+
+def _loadavg() -> Optional[float]:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def _check_fits(spec: ModelSpec, batch: int, device: torch.device) -> None:

@@ -83,7 +83,7 @@ def smp_available() -> bool:
 def default_model_names(task: str = 'cls') -> List[str]:
     """The MedNeXt (or MedUNeXt) family registered in timm, then the baselines."""
     if task == 'seg':
-        return list(timm.list_models('medunext_*')) + list(SEG_BASELINES)
+        return _family('medunext_*') + list(SEG_BASELINES)
     return _family('mednext_*') + list(CLS_BASELINES)
 
 

@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
         models=args.models, task=args.task, img_size=args.img_size, batch_size=args.batch_size, device=args.device,
         amp=args.amp, channels_last=args.channels_last, compile=args.compile, quick=args.quick, rounds=args.rounds,
         latency_iters=args.latency_iters, warmup=args.warmup, threads=args.threads, num_classes=args.num_classes,
-        reference=args.reference, measure_memory=not args.no_memory, progress=not args.no_progress,
+        reference=args.reference, measure_memory=not args.no_memory, progress=not args.no_progress, note=args.note,
     )
     result = run_benchmark(cfg)
     written = write_results(result, args.out, plot=not args.no_plot)
@@ -73,6 +73,7 @@ def register(subparsers) -> None:
     p.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's own)")
     p.add_argument('--num-classes', type=int, default=None, help='head size (default 1000 for cls, 9 for seg)')
     p.add_argument('--reference', default=None, help='model the x-ratios divide by (default mednext_base)')
+    p.add_argument('--note', default='', help='free text recorded with the result (e.g. what else ran)')
     p.add_argument('--no-memory', action='store_true', help='skip the peak-memory pass')
     p.add_argument('--no-plot', action='store_true', help='skip results.png')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
