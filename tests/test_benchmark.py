@@ -158,3 +158,18 @@ def test_ablation_variants_and_checks():
     # mixer-independent arithmetic of the paper: -29.1% (SDFFN) and -25% (full) give our full model's size
     assert abs(c['implied_full_params_m'] / c['our_full_params_m'] - 1) < 0.01
     assert abs(c['our_full_over_sem_only_gflops'] / c['paper_full_over_sem_only_gflops'] - 1) < 0.01
+
+
+def test_fresh_install_fallbacks(tmp_path, monkeypatch):
+    """Without matplotlib the chart is skipped (others written); without psutil RSS comes from /proc."""
+    import sys
+
+    from mednext_zoo.benchmark import runner
+    monkeypatch.setitem(sys.modules, 'psutil', None)
+    reader = runner._rss_reader()
+    if reader is not None:  # Linux: /proc/self/statm
+        assert reader() > 10 * 2 ** 20
+    result = run_benchmark(models=[TINY], reference='', **FAST)
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)
+    written = write_results(result, tmp_path)
+    assert set(written) == {'json', 'csv', 'md'} and not (tmp_path / 'results.png').exists()
