@@ -144,7 +144,7 @@ def _explain(e: BaseException, what: str, spec: ModelSpec, batch: int, device: t
     oom_words = ('out of memory', "can't allocate memory", 'not enough memory')
     if isinstance(e, oom_types) or any(s in low for s in oom_words):
         return (f'batch {batch} at {spec.img_size}x{spec.img_size} does not fit in {device.type} memory '
-                f'({first[:160]}); lower --batch-size.')
+                f'({first[:160]}); ' + ('lower --batch-size.' if batch > 1 else 'choose a smaller --img-size.'))
     if isinstance(e, UserInputError):
         return first
     return (f'{spec.arch} could not {what} at {spec.img_size}x{spec.img_size} ({type(e).__name__}: {first[:300]}); '
@@ -239,8 +239,8 @@ def run_benchmark(config: Optional[BenchConfig] = None, **overrides: Any) -> Ben
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
 
-    def fail(e: _Entry, exc: BaseException, what: str) -> None:
-        e.row['error'] = _explain(exc, what, e.spec, cfg.batch_size, device)
+    def fail(e: _Entry, exc: BaseException, what: str, batch: Optional[int] = None) -> None:
+        e.row['error'] = _explain(exc, what, e.spec, batch or cfg.batch_size, device)
         e.model = e.x1 = e.xn = None
         gc.collect()
         if device.type == 'cuda':
@@ -250,10 +250,11 @@ def run_benchmark(config: Optional[BenchConfig] = None, **overrides: Any) -> Ben
     for e in entries:
         bar.set_description(f'build+count {e.spec.name}')
         try:
+            _check_fits(e.spec, 1, torch.device('cpu'))  # the fvcore trace runs batch 1 on the CPU
             torch.manual_seed(0)
             model = build_model(e.spec)
         except Exception as exc:  # noqa: BLE001  (reported in the row)
-            fail(e, exc, 'build')
+            fail(e, exc, 'build', batch=1)
             bar.update(1)
             continue
         try:
@@ -262,7 +263,7 @@ def run_benchmark(config: Optional[BenchConfig] = None, **overrides: Any) -> Ben
                          activations_m=counts.activations / 1e6,
                          skipped_ops=' '.join(f'{k.replace("aten::", "")}:{v}' for k, v in counts.skipped_ops.items()))
         except Exception as exc:  # noqa: BLE001
-            fail(e, exc, 'run')
+            fail(e, exc, 'run', batch=1)
             bar.update(1)
             continue
         try:
