@@ -470,6 +470,20 @@ def _write_splits(path: str, splits: Dict[str, List[VolumeRecord]]) -> None:
     atomic_write(path, buf.getvalue().encode())
 
 
+def _on_main(eng, info, fn, *args):
+    """Run ``fn`` on rank 0 and share its result, or its UserInputError, with every rank (no rank hangs)."""
+    res, err = None, None
+    if info.is_main:
+        try:
+            res = fn(*args)
+        except UserInputError as e:
+            err = str(e)
+    res, err = eng._broadcast_obj((res, err), info)
+    if err is not None:
+        raise UserInputError(err)
+    return res
+
+
 def fit(cfg: SegConfig) -> Dict[str, Any]:
     """Train, evaluate in 3D (both metric modes) and export; returns the final report on rank 0, ``{}`` elsewhere."""
     eng = _engine()
@@ -502,8 +516,7 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
                 'context': cfg.context, 'slice_axis': cfg.slice_axis, 'in_chans': in_chans}
     identity = {'task': RUN_KIND, 'model': cfg.model, 'classes': list(label_map.classes), 'in_chans': in_chans,
                 'img_size': cfg.img_size}
-    resumed = eng._broadcast_obj(eng.prepare_run_dir(cfg.out, identity, cfg.resume, cfg.overwrite, info.is_main)
-                                 if info.is_main else None, info)
+    resumed = _on_main(eng, info, eng.prepare_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
     if info.is_main:
         eng.atomic_write_json(os.path.join(cfg.out, 'config.json'), {
             **cfg.to_dict(), **settings, 'label_map': label_map.name, 'classes': list(label_map.classes),
