@@ -9,7 +9,8 @@ import pytest
 from mednext_zoo.cli import main
 from mednext_zoo.finetune.segmentation.phantom import write_phantom_dataset
 
-pytest.importorskip('mednext_zoo.models.medunext')
+pytest.importorskip('mednext_zoo.models.medunext')  # MedUNeXt (issue 3)
+pytest.importorskip('mednext_zoo.finetune.engine')  # the training engine and cli/finetune.py (issue 7)
 
 
 @pytest.mark.slow

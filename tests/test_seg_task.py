@@ -13,7 +13,11 @@ from mednext_zoo.errors import UserInputError
 from mednext_zoo.finetune.segmentation import protocols as PR
 from mednext_zoo.finetune.segmentation.data import discover
 from mednext_zoo.finetune.segmentation.phantom import PHANTOM_CLASSES, write_phantom_dataset
-from mednext_zoo.finetune.segmentation.task import (
+
+pytest.importorskip('mednext_zoo.models.medunext')  # MedUNeXt (issue 3)
+pytest.importorskip('mednext_zoo.finetune.engine')  # the training engine (issue 7)
+
+from mednext_zoo.finetune.segmentation.task import (  # noqa: E402
     SegConfig,
     SliceDataset,
     _Prepared,
@@ -23,8 +27,6 @@ from mednext_zoo.finetune.segmentation.task import (
     fit,
     predict,
 )
-
-pytest.importorskip('mednext_zoo.models.medunext')
 
 
 @pytest.fixture(scope='module')
