@@ -50,3 +50,23 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     rc = main(['finetune', '--task', 'seg', '--model', 'medunext_tiny', '--data', data, '--out',
                str(tmp_path / 'run'), '--ct-window', 'wide', '--no-progress'])
     assert rc == 2 and '--ct-window' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_ddp_segmentation(tmp_path):
+    import subprocess
+    import sys
+    data = write_phantom_dataset(str(tmp_path / 'data'), n_cases=6, shape=(40, 40, 6), seed=3)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, 'PYTHONPATH': root, 'OMP_NUM_THREADS': '1'}
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29517',
+           '-m', 'mednext_zoo.cli', 'finetune', '--task', 'seg', '--model', 'medunext_tiny', '--data', data,
+           '--out', str(tmp_path / 'run'), '--img-size', '32', '--epochs', '2', '--batch-size', '4',
+           '--no-progress', '--overlays', '0', '--no-export']
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.load(open(tmp_path / 'run' / 'config.json'))
+    assert cfg['world_size'] == 2
+    log = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
+    assert len(log) == 2 and all('val_dice' in r for r in log)  # one line per epoch (rank 0 only)
+    assert os.path.isfile(tmp_path / 'run' / 'eval-val' / 'report.md')
