@@ -106,6 +106,11 @@ def pad_to_valid_size(
             )
     top, left = (th - h) // 2, (tw - w) // 2
     padding = (left, tw - w - left, top, th - h - top)
+    if mode == 'reflect' and (max(padding[:2]) >= w or max(padding[2:]) >= h):
+        raise UserInputError(
+            f"pad_to_valid_size: 'reflect' padding of a {h}x{w} image to {th}x{tw} needs more padding than the "
+            f"image has pixels; use mode='replicate' or 'constant'."
+        )
     if mode == 'constant':
         return F.pad(x, padding, mode=mode, value=value), padding
     return F.pad(x, padding, mode=mode), padding
@@ -368,7 +373,7 @@ class MedUNeXt(nn.Module):
         For ``medunext_base``: 16 ch @ 1/2, 32 @ 1/4, 128 @ 1/8, 480 @ 1/16, 768 @ 1/32 (bottleneck).
         Use them for deep supervision or a custom decoder (``forward_decoder`` takes this list).
         """
-        if not torch.jit.is_scripting():
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             self._check_input(x)
         x = self.pool(x)
         features = []
