@@ -299,3 +299,27 @@ def test_onnx_matches_pytorch(tiny):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
     out1 = sess.run(None, {'image': x[:1].numpy()})[0]
     np.testing.assert_allclose(out1, ref[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_group_matcher_orders_encoder_decoder_head(tiny):
+    from timm.models._manipulate import group_parameters
+    groups = group_parameters(tiny, tiny.group_matcher())
+    first = [names[0].split('.')[0] + '.' + names[0].split('.')[1] for names in groups.values()]
+    assert first == ['stages.0', 'stages.1', 'stages.2', 'stages.3', 'stages.4',
+                     'decoder.0', 'decoder.1', 'decoder.2', 'decoder.3', 'final_up.conv']
+    assert sum(len(v) for v in groups.values()) == len(list(tiny.parameters()))
+
+
+def test_pretrained_file_adapts_channels_and_classes(tmp_path, tiny):
+    from safetensors.torch import save_file
+    path = tmp_path / 'w.safetensors'
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path))
+    model = timm.create_model('medunext_tiny', pretrained=True, in_chans=3, num_classes=4, img_size=SMALL,
+                              pretrained_cfg_overlay=dict(file=str(path))).eval()
+    key = 'stages.0.blocks.0.conv.weight'
+    assert model.state_dict()[key].shape[1] == 3
+    # timm spreads the 1-channel kernel over 3 channels: their sum equals the original kernel
+    torch.testing.assert_close(model.state_dict()[key].sum(1), tiny.state_dict()[key][:, 0])
+    torch.testing.assert_close(model.state_dict()['stages.3.blocks.0.laffn.proj.weight'],
+                               tiny.state_dict()['stages.3.blocks.0.laffn.proj.weight'])
+    assert model(torch.randn(1, 3, SMALL, SMALL)).shape == (1, 4, SMALL, SMALL)

@@ -301,13 +301,12 @@ class MedUNeXt(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups in depth order: encoder levels, then decoder levels, then the output layers."""
         return dict(
             stem=r'^pool',
-            blocks=[
-                (r'^stages\.(\d+)', None),
-                (r'^decoder\.(\d+)', (1000,)),
-                (r'^final_up|^head', (2000,)),
-            ],
+            blocks=r'^stages\.(\d+)',
+            decoder=r'^decoder\.(\d+)',
+            head=r'^final_up|^head',
         )
 
     @torch.jit.ignore
