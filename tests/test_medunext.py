@@ -188,6 +188,9 @@ def test_features_only():
 def test_train_step_and_grad_checkpointing():
     torch.manual_seed(0)
     model = timm.create_model('medunext_tiny', img_size=SMALL, num_classes=3, drop_path_rate=0.1)
+    rates = [float(getattr(b.drop_path, 'drop_prob', 0.)) for b in model.stages[3].blocks]
+    dec_rates = [float(getattr(b.drop_path, 'drop_prob', 0.)) for b in model.decoder[0].stage.blocks]
+    assert dec_rates == rates[::-1] and max(rates) > 0
     x = torch.randn(2, 1, SMALL, SMALL)
     target = torch.randint(0, 3, (2, SMALL, SMALL))
     loss = nn.functional.cross_entropy(model(x), target)

@@ -123,6 +123,12 @@ def crop_to_size(y: torch.Tensor, padding: Tuple[int, int, int, int]) -> torch.T
     return y[..., top:h - bottom, left:w - right]
 
 
+def _mirror_rates(rates: List[float], depth: int) -> List[float]:
+    """Drop-path rates of a decoder level: the encoder level's, deep to shallow, repeated as needed."""
+    rev = list(reversed(rates))
+    return [rev[min(i, len(rev) - 1)] for i in range(depth)]
+
+
 class ConvStage(nn.Module):
     """Conv level: optional 3x3 stride-2 conv + BN, then two 3x3 conv-BN-ReLU. ``B, C, H, W`` -> ``B, C', H', W'``."""
 
@@ -244,7 +250,7 @@ class MedUNeXt(nn.Module):
         sizes = self._level_sizes(self.img_size)
         block_kwargs = dict(laffn=laffn, token_mixer=token_mixer, ffn=ffn)
         dp_rates = calculate_drop_path_rates(drop_path_rate, list(med_depths), stagewise=False)
-        dp_rates = [list(x) for x in torch.tensor(dp_rates).split(list(med_depths))] if dp_rates else None
+        dp_rates = [x.tolist() for x in torch.tensor(dp_rates).split(list(med_depths))] if dp_rates else None
 
         # encoder
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
@@ -283,7 +289,7 @@ class MedUNeXt(nn.Module):
                     feat_size=sizes[i],
                     depth=decoder_med_depths[j],
                     downsample=False,
-                    drop_path_rates=list(reversed(dp_rates[j]))[:decoder_med_depths[j]] if dp_rates else None,
+                    drop_path_rates=_mirror_rates(dp_rates[j], decoder_med_depths[j]) if dp_rates else None,
                     block_kwargs=block_kwargs,
                     **dd,
                 )
