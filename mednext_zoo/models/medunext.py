@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvNormAct, calculate_drop_path_rates, get_device_dtype, to_2tuple
+from timm.layers import ConvNormAct, calculate_drop_path_rates, get_device_dtype, register_notrace_function, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
@@ -68,6 +68,28 @@ def _check_multiple(size: Tuple[int, int], stride: int, what: str) -> None:
         f'MedUNeXt {what} {size[0]}x{size[1]}: every side must be a positive multiple of the network\'s total '
         f'stride {stride} (nearest valid sizes: {hints}). {todo}'
     )
+
+
+@register_notrace_function  # a leaf for FX tracing (timm's feature extraction)
+def check_input_medunext(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], stride: int) -> None:
+    """Raise :class:`UserInputError` unless ``x`` is ``B, in_chans, *img_size`` with sides multiples of ``stride``."""
+    if x.dim() != 4:
+        raise UserInputError(
+            f'MedUNeXt is a 2D model and expects a 4-D tensor (B, C, H, W); got {x.dim()}-D shape '
+            f'{tuple(x.shape)}. For a volume (B, C, D, H, W), feed its slices as a batch '
+            f'(or k adjacent slices as channels with in_chans=k).'
+        )
+    if x.shape[1] != in_chans:
+        raise UserInputError(
+            f'MedUNeXt built for {in_chans} input channel(s) got {x.shape[1]}. Create it with in_chans={x.shape[1]}.'
+        )
+    h, w = int(x.shape[2]), int(x.shape[3])
+    _check_multiple((h, w), stride, 'input')
+    if h != img_size[0] or w != img_size[1]:
+        raise UserInputError(
+            f'MedUNeXt built for {img_size[0]}x{img_size[1]} inputs got {h}x{w}. Resize the input, '
+            f'or create the model with img_size=({h}, {w}) / call model.set_input_size(img_size=({h}, {w})).'
+        )
 
 
 def pad_to_valid_size(
@@ -351,27 +373,6 @@ class MedUNeXt(nn.Module):
         if cfg:
             self.pretrained_cfg = {**cfg, 'input_size': (self.in_chans, *img_size)}
 
-    @torch.jit.unused
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4:
-            raise UserInputError(
-                f'MedUNeXt is a 2D model and expects a 4-D tensor (B, C, H, W); got {x.dim()}-D shape '
-                f'{tuple(x.shape)}. For a volume (B, C, D, H, W), feed its slices as a batch '
-                f'(or k adjacent slices as channels with in_chans=k).'
-            )
-        if x.shape[1] != self.in_chans:
-            raise UserInputError(
-                f'MedUNeXt built for {self.in_chans} input channel(s) got {x.shape[1]}. '
-                f'Create it with in_chans={x.shape[1]}.'
-            )
-        h, w = x.shape[2], x.shape[3]
-        _check_multiple((h, w), self.stride, 'input')
-        if h != self.img_size[0] or w != self.img_size[1]:
-            raise UserInputError(
-                f'MedUNeXt built for {self.img_size[0]}x{self.img_size[1]} inputs got {h}x{w}. Resize the input, '
-                f'or create the model with img_size=({h}, {w}) / call model.set_input_size(img_size=({h}, {w})).'
-            )
-
     def forward_encoder(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Encoder features, shallow to deep: level ``i`` is ``B, dims[i], H / 2^(i+1), W / 2^(i+1)``.
 
@@ -379,7 +380,7 @@ class MedUNeXt(nn.Module):
         Use them for deep supervision or a custom decoder (``forward_decoder`` takes this list).
         """
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
-            self._check_input(x)
+            check_input_medunext(x, self.in_chans, self.img_size, self.stride)
         x = self.pool(x)
         features = []
         for stage in self.stages:
@@ -408,7 +409,7 @@ class MedUNeXt(nn.Module):
         assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         if intermediates_only and stop_early and not torch.jit.is_scripting():
-            self._check_input(x)
+            check_input_medunext(x, self.in_chans, self.img_size, self.stride)
             x = self.pool(x)
             intermediates = []
             for feat_idx, stage in enumerate(self.stages[:max_index + 1]):
