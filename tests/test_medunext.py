@@ -163,18 +163,36 @@ def test_encoder_features(tiny):
     x = torch.randn(2, 1, SMALL, SMALL)
     with torch.no_grad():
         feats = tiny.forward_encoder(x)
-        logits, inter = tiny.forward_intermediates(x)
+        final, inter = tiny.forward_intermediates(x)
         only = tiny.forward_intermediates(x, indices=[1, 3], intermediates_only=True, stop_early=True)
         ref = tiny(x)
     assert len(feats) == len(tiny.feature_info) == 5
     for f, info in zip(feats, tiny.feature_info, strict=True):
         assert f.shape == (2, info['num_chs'], SMALL // info['reduction'], SMALL // info['reduction'])
     assert [i['reduction'] for i in tiny.feature_info] == [2, 4, 8, 16, 32]
-    torch.testing.assert_close(logits, ref)
+    torch.testing.assert_close(final, tiny.forward_features(x))
+    torch.testing.assert_close(tiny.forward_head(final), ref)
+    assert final.shape == (2, tiny.num_features, SMALL, SMALL)
     for a, b in zip(inter, feats, strict=True):
         torch.testing.assert_close(a, b)
     assert [o.shape for o in only] == [feats[1].shape, feats[3].shape]
     torch.testing.assert_close(tiny.forward_head(tiny.forward_decoder(feats)), ref)
+
+
+def test_prune_intermediate_layers(tiny):
+    import copy
+    x = torch.randn(1, 1, SMALL, SMALL)
+    with torch.no_grad():
+        taps = tiny.forward_encoder(x)
+        ref = tiny(x)
+        kept = copy.deepcopy(tiny)
+        assert kept.prune_intermediate_layers([4], prune_head=False) == [4]
+        torch.testing.assert_close(kept(x), ref)
+        pruned = copy.deepcopy(tiny)
+        assert pruned.prune_intermediate_layers([2]) == [2]
+        torch.testing.assert_close(pruned.forward_features(x), taps[2])
+        torch.testing.assert_close(pruned.forward_intermediates(x, indices=[2], intermediates_only=True)[0], taps[2])
+    assert len(pruned.stages) == 3 and len(pruned.decoder) == 0 and pruned.num_features == 64
 
 
 def test_features_only():

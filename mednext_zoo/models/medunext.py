@@ -19,8 +19,6 @@ Input sides must be multiples of the total stride (32) and equal to ``img_size``
 mixing matrices of the MED blocks fix the resolution). :func:`pad_to_valid_size` and
 :func:`crop_to_size` pad an image and crop the prediction back.
 """
-from __future__ import annotations
-
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -271,8 +269,7 @@ class MedUNeXt(nn.Module):
         _check_multiple(self.img_size, self.stride, 'img_size')
         sizes = self._level_sizes(self.img_size)
         block_kwargs = dict(laffn=laffn, token_mixer=token_mixer, ffn=ffn)
-        dp_rates = calculate_drop_path_rates(drop_path_rate, list(med_depths), stagewise=False)
-        dp_rates = [x.tolist() for x in torch.tensor(dp_rates).split(list(med_depths))] if dp_rates else None
+        dp_rates = calculate_drop_path_rates(drop_path_rate, list(med_depths), stagewise=True)  # per level, per block
 
         # encoder
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
@@ -290,7 +287,7 @@ class MedUNeXt(nn.Module):
                     feat_size=sizes[i],
                     depth=med_depths[j],
                     downsample=True,
-                    drop_path_rates=dp_rates[j] if dp_rates else None,
+                    drop_path_rates=dp_rates[j],
                     block_kwargs=block_kwargs,
                     **dd,
                 ))
@@ -311,7 +308,7 @@ class MedUNeXt(nn.Module):
                     feat_size=sizes[i],
                     depth=decoder_med_depths[j],
                     downsample=False,
-                    drop_path_rates=_mirror_rates(dp_rates[j], decoder_med_depths[j]) if dp_rates else None,
+                    drop_path_rates=_mirror_rates(dp_rates[j], decoder_med_depths[j]),
                     block_kwargs=block_kwargs,
                     **dd,
                 )
@@ -389,7 +386,10 @@ class MedUNeXt(nn.Module):
         return features
 
     def forward_decoder(self, features: List[torch.Tensor]) -> torch.Tensor:
-        """Encoder features (as from ``forward_encoder``) -> decoder map ``B, dims[0], H, W`` (before the head)."""
+        """Encoder features (as from ``forward_encoder``) -> decoder map ``B, dims[0], H, W`` (before the head).
+
+        After ``prune_intermediate_layers`` (no decoder) it returns the last encoder level.
+        """
         x = features[-1]
         for k, level in enumerate(self.decoder):
             x = level(x, features[self.num_levels - 2 - k])
@@ -404,12 +404,16 @@ class MedUNeXt(nn.Module):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """timm-style access to the encoder levels (see ``forward_encoder``); returns logits too unless
-        ``intermediates_only``."""
+        """timm-style access to the encoder levels (see ``forward_encoder``).
+
+        Returns the selected levels, and unless ``intermediates_only`` also the ``forward_features``
+        map (decoder output before the head), as timm's ``(final, intermediates)``.
+        """
         assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         if intermediates_only and stop_early and not torch.jit.is_scripting():
-            check_input_medunext(x, self.in_chans, self.img_size, self.stride)
+            if not torch.jit.is_tracing():
+                check_input_medunext(x, self.in_chans, self.img_size, self.stride)
             x = self.pool(x)
             intermediates = []
             for feat_idx, stage in enumerate(self.stages[:max_index + 1]):
@@ -421,7 +425,7 @@ class MedUNeXt(nn.Module):
         intermediates = [features[i] for i in take_indices]
         if intermediates_only:
             return intermediates
-        return self.forward_head(self.forward_decoder(features)), intermediates
+        return self.forward_decoder(features), intermediates
 
     def prune_intermediate_layers(
             self,
@@ -429,15 +433,26 @@ class MedUNeXt(nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        """Keep only the encoder levels needed for ``indices`` (drops decoder and head)."""
+        """Keep the encoder levels needed for ``indices``.
+
+        The decoder needs every level, so it goes with the head unless the last level is kept and
+        ``prune_head=False``. A pruned model's ``forward_features`` / ``forward`` return the last kept
+        encoder level.
+        """
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        if max_index == len(self.stages) - 1 and not prune_head:
+            return take_indices
         self.stages = self.stages[:max_index + 1]
         self.decoder = nn.ModuleList()
         self.final_up = nn.Identity()
-        if prune_head:
-            self.num_classes = 0
-            self.head = nn.Identity()
+        self.num_classes = 0
+        self.head = nn.Identity()
+        self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
         return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, in_chans, H, W`` -> decoder map ``B, dims[0], H, W`` (the features the 1x1 head classifies)."""
+        return self.forward_decoder(self.forward_encoder(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Decoder map ``B, dims[0], H, W`` -> logits ``B, num_classes, H, W``."""
@@ -446,7 +461,7 @@ class MedUNeXt(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B, in_chans, H, W`` -> logits ``B, num_classes, H, W``."""
-        return self.forward_head(self.forward_decoder(self.forward_encoder(x)))
+        return self.forward_head(self.forward_features(x))
 
     @torch.jit.ignore
     def forward_padded(self, x: torch.Tensor, mode: str = 'constant', value: float = 0.) -> torch.Tensor:
