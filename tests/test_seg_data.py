@@ -284,3 +284,9 @@ def test_dataset_json_v1_labels(tmp_path):
     ds = discover(str(tmp_path))
     PR.check_label_names(ds.label_names, PR.get_label_map(PHANTOM_CLASSES), 'dataset.json')
     assert os.path.basename(ds.meta_source) == 'dataset.json'
+
+
+def test_label_maps_agree_with_medunext_defaults():
+    medunext = pytest.importorskip('mednext_zoo.models.medunext')
+    assert tuple(medunext.SYNAPSE_LABELS) == PR.SYNAPSE_LABEL_MAP.classes
+    assert tuple(medunext.ACDC_LABELS) == PR.ACDC_LABEL_MAP.classes
