@@ -439,7 +439,7 @@ def _json_default(o):
 
 # ---------------------------------------------------------------- fit
 def _export(model: nn.Module, export_dir: str, label_map: LabelMap, settings: Dict[str, Any],
-            headline: Dict[str, Any], note: str) -> str:
+            headline: Dict[str, Any], note: str, dataset: Optional[Dict[str, Any]] = None) -> str:
     """``export_dir`` written with ``mednext_zoo.hub.save_pretrained`` (timm's ``save_for_hf`` without it), plus
     ``segmentation.json``: the preprocessing a user needs to apply the model to new volumes."""
     model.pretrained_cfg = {**getattr(model, 'pretrained_cfg', {}), 'label_names': list(label_map.classes)}
@@ -449,8 +449,9 @@ def _export(model: nn.Module, export_dir: str, label_map: LabelMap, settings: Di
         save_pretrained = None
     if save_pretrained is not None:
         params = inspect.signature(save_pretrained).parameters
-        kw = {'metrics': headline, 'metrics_note': note, 'label_names': list(label_map.classes), 'flops': False}
-        save_pretrained(model, export_dir, **{k: v for k, v in kw.items() if k in params})
+        kw = {'metrics': headline, 'metrics_note': note, 'label_names': list(label_map.classes), 'flops': False,
+              'dataset': dataset}
+        save_pretrained(model, export_dir, **{k: v for k, v in kw.items() if k in params and v is not None})
     else:
         from timm.models import save_for_hf
         save_for_hf(model, export_dir, model_config={'label_names': list(label_map.classes)}, safe_serialization=True)
@@ -592,7 +593,15 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
             note = (f'3D per-volume metrics on the {eval_split} split ({result["sizes"][eval_split]} volumes'
                     f'{", protocol " + protocol.name if protocol else ""}); legacy and strict modes as in '
                     f'docs/segmentation.md')
-        _export(final.cpu(), os.path.join(cfg.out, 'export'), label_map, settings, headline, note)
+        from .metrics import MODE_NOTES
+        dataset = {'name': os.path.basename(os.path.normpath(cfg.data)), 'task': 'segmentation',
+                   'modality': ds.modality or '', 'label_names': list(label_map.classes),
+                   'split': ', '.join(f'{k} {len(v)} volumes' for k, v in splits.items())
+                   + (f' ({protocol.reference})' if protocol else ' (patient-grouped)'),
+                   'protocol': f'slice-wise 2D training at {cfg.img_size}x{cfg.img_size}, intensity {intensity}, '
+                               f'{cfg.epochs} epochs, loss {cfg.ce_weight} CE + {cfg.dice_weight} soft Dice',
+                   'metric_conventions': '; '.join(MODE_NOTES[m] for m in MODES)}
+        _export(final.cpu(), os.path.join(cfg.out, 'export'), label_map, settings, headline, note, dataset)
     print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
     return result
 
