@@ -442,7 +442,10 @@ def _export(model: nn.Module, export_dir: str, label_map: LabelMap, settings: Di
             headline: Dict[str, Any], note: str, dataset: Optional[Dict[str, Any]] = None) -> str:
     """``export_dir`` written with ``mednext_zoo.hub.save_pretrained`` (timm's ``save_for_hf`` without it), plus
     ``segmentation.json``: the preprocessing a user needs to apply the model to new volumes."""
-    model.pretrained_cfg = {**getattr(model, 'pretrained_cfg', {}), 'label_names': list(label_map.classes)}
+    n = int(settings.get('in_chans', 1))
+    # the network sees the intensities of segmentation.json directly: no further (x - mean) / std
+    model.pretrained_cfg = {**getattr(model, 'pretrained_cfg', {}), 'label_names': list(label_map.classes),
+                            'mean': (0.0,) * n, 'std': (1.0,) * n}
     try:
         from ...hub import save_pretrained
     except ImportError:
@@ -459,6 +462,14 @@ def _export(model: nn.Module, export_dir: str, label_map: LabelMap, settings: Di
                  (json.dumps({**settings, 'label_map': label_map.name, 'classes': list(label_map.classes)},
                              indent=2) + '\n').encode())
     return export_dir
+
+
+def _describe_intensity(intensity: str, window, img_size: int, context: int) -> str:
+    what = {'ct': f'HU clipped to [{window[0]:g}, {window[1]:g}] and scaled to [0, 1] per volume',
+            'zscore': 'zero mean, unit variance per volume', 'minmax': 'scaled to [0, 1] per volume',
+            'none': 'as stored (TransUNet files are pre-windowed; 2D images read as [0, 1])'}[intensity]
+    ctx = f'; {context} adjacent slices as channels (2.5D)' if context > 1 else ''
+    return f'{what}; slices resized to {img_size}x{img_size} (bilinear){ctx}; see segmentation.json'
 
 
 def _write_splits(path: str, splits: Dict[str, List[VolumeRecord]]) -> None:
@@ -600,6 +611,7 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
                    + (f' ({protocol.reference})' if protocol else ' (patient-grouped)'),
                    'protocol': f'slice-wise 2D training at {cfg.img_size}x{cfg.img_size}, intensity {intensity}, '
                                f'{cfg.epochs} epochs, loss {cfg.ce_weight} CE + {cfg.dice_weight} soft Dice',
+                   'preprocessing': _describe_intensity(intensity, cfg.window, cfg.img_size, cfg.context),
                    'metric_conventions': '; '.join(MODE_NOTES[m] for m in MODES)}
         _export(final.cpu(), os.path.join(cfg.out, 'export'), label_map, settings, headline, note, dataset)
     print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
