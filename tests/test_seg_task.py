@@ -238,3 +238,23 @@ def test_2d_colour_folders_train_and_predict_png(tmp_path):
                   overlays=1)
     mask = np.asarray(Image.open(out[0]['prediction']))
     assert mask.shape == (96, 96) and set(np.unique(mask)) <= {0, 1}
+
+
+def test_raw_btcv_labels_remapped_to_synapse(tmp_path):
+    from mednext_zoo.finetune.segmentation.data import VolumeRecord
+    from mednext_zoo.finetune.segmentation.task import _load
+    lab = np.zeros((20, 20, 2), np.uint8)
+    lab[2:6, 2:6] = 6  # raw BTCV liver
+    lab[10:14, 10:14] = 1  # raw BTCV spleen
+    lab[15:18, 2:5] = 13  # raw BTCV left adrenal gland: not a Synapse organ
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 2), np.float32), np.eye(4)), str(tmp_path / 'img0001.nii.gz'))
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / 'label0001.nii.gz'))
+    rec = VolumeRecord('img0001', str(tmp_path / 'img0001.nii.gz'), str(tmp_path / 'label0001.nii.gz'), 'nifti')
+    with pytest.raises(UserInputError, match=r'label0001\.nii\.gz: label values \[13\]'):
+        _load(rec, PR.SYNAPSE_LABEL_MAP, 2)
+    vol = _load(rec, PR.SYNAPSE_LABEL_MAP, 2, 'btcv-to-synapse')
+    names = PR.SYNAPSE_LABEL_MAP.classes
+    assert names[int(vol.label[0, 3, 3])] == 'liver' and names[int(vol.label[0, 11, 11])] == 'spleen'
+    assert vol.label[0, 16, 3] == 0
+    with pytest.raises(UserInputError, match='remapping'):
+        _load(rec, None, 2, 'btcv-to-acdc')

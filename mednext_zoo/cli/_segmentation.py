@@ -56,6 +56,8 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     s.add_argument('--labels', default=None,
                    help="label map: synapse | btcv | acdc, or comma-separated class names (background first); "
                         "default: dataset.json or class_1..K")
+    s.add_argument('--remap-labels', default=None, choices=('btcv-to-synapse',),
+                   help='map label values first: btcv-to-synapse turns raw BTCV labels into the synapse map')
     s.add_argument('--layout', default='auto', choices=('auto', 'nnunet', 'synapse', 'acdc', 'folders', 'csv'))
     s.add_argument('--intensity', default='auto', choices=('auto', 'ct', 'zscore', 'minmax', 'none'),
                    help='auto: CT window for CT, z-score for MRI, none for TransUNet files and 2D images')
@@ -87,7 +89,8 @@ def finetune(args: argparse.Namespace) -> int:
     if labels and ',' in labels:
         labels = [s.strip() for s in labels.split(',')]
     cfg = SegConfig(
-        data=args.data, out=args.out, model=args.model, protocol=args.protocol, labels=labels, layout=args.layout,
+        data=args.data, out=args.out, model=args.model, protocol=args.protocol, labels=labels,
+        remap_labels=args.remap_labels, layout=args.layout,
         slice_axis=args.slice_axis, img_size=args.img_size, context=args.context, intensity=args.intensity,
         window=_window(args.ct_window), epochs=int(pick('epochs')), batch_size=int(pick('batch_size')),
         opt=args.opt, lr=float(pick('lr')), min_lr=args.min_lr, weight_decay=float(pick('weight_decay')),

@@ -49,13 +49,16 @@ from .preprocess import (
     resize_slices,
 )
 from .protocols import (
+    BTCV_TO_SYNAPSE,
     LabelMap,
     Protocol,
     check_label_names,
+    check_label_values,
     get_label_map,
     get_protocol,
     grouped_kfold,
     protocol_split,
+    remap_labels,
 )
 from .report import dice_boxplot, markdown_table, write_case_csv
 
@@ -77,6 +80,7 @@ class SegConfig:
     model: str = 'medunext_base'
     protocol: Optional[str] = None  # 'synapse' | 'acdc'
     labels: Optional[Any] = None  # a label-map name or the class names (background first)
+    remap_labels: Optional[str] = None  # e.g. 'btcv-to-synapse': raw BTCV label values -> the Synapse map
     layout: str = 'auto'
     slice_axis: int = 2  # NIfTI array axis sliced (2: axial for most scans)
     img_size: int = 224
@@ -122,16 +126,42 @@ class SegConfig:
 
 
 # ---------------------------------------------------------------- dataset resolution
-def _scan_max_label(ds: SegDataset, slice_axis: int) -> int:
+LABEL_REMAPS: Dict[str, Dict[int, int]] = {'btcv-to-synapse': BTCV_TO_SYNAPSE}
+
+
+def _check_remap(name: Optional[str]) -> Optional[Dict[int, int]]:
+    if not name:
+        return None
+    if name not in LABEL_REMAPS:
+        raise UserInputError(f'Unknown label remapping {name!r}; choose one of {", ".join(LABEL_REMAPS)}.')
+    return LABEL_REMAPS[name]
+
+
+def _load(record: VolumeRecord, label_map: Optional[LabelMap], slice_axis: int, remap: Optional[str] = None
+          ) -> Volume:
+    """``load_volume`` with an optional label remapping applied before the label-map check."""
+    mapping = _check_remap(remap)
+    if mapping is None:
+        return load_volume(record, label_map, slice_axis)
+    vol = load_volume(record, None, slice_axis)
+    if vol.label is not None:
+        vol.label = remap_labels(vol.label, mapping).astype(np.int16)
+        if label_map is not None:
+            check_label_values(vol.label, label_map, vol.label_path or vol.image_path)
+    return vol
+
+
+def _scan_max_label(ds: SegDataset, slice_axis: int, remap: Optional[str] = None) -> int:
     top = 0
     for r in ds.records:
         if r.label:
-            vol = load_volume(r, None, slice_axis)
+            vol = _load(r, None, slice_axis, remap)
             top = max(top, int(vol.label.max()))
     return top
 
 
-def resolve_label_map(ds: SegDataset, protocol: Optional[Protocol], labels: Any, slice_axis: int = 2) -> LabelMap:
+def resolve_label_map(ds: SegDataset, protocol: Optional[Protocol], labels: Any, slice_axis: int = 2,
+                      remap: Optional[str] = None) -> LabelMap:
     """The protocol's map, else ``labels``, else dataset.json's names, else ``class_1..K`` from the data.
 
     When the dataset declares class names (dataset.json) they must agree with the chosen map.
@@ -152,12 +182,12 @@ def resolve_label_map(ds: SegDataset, protocol: Optional[Protocol], labels: Any,
             names = [items.get(i, f'class_{i}') for i in range(max(items) + 1)]
         lm = LabelMap.from_names(names, name=os.path.basename(os.path.normpath(ds.root)))
     else:
-        top = _scan_max_label(ds, slice_axis)
+        top = _scan_max_label(ds, slice_axis, remap)
         if ds.layout == 'folders' and top <= 1:
             lm = LabelMap('binary', ('background', 'foreground'))
         else:
             lm = LabelMap.from_names(['background'] + [f'class_{i}' for i in range(1, max(top, 1) + 1)], 'inferred')
-    if ds.label_names and ds.meta_source:
+    if ds.label_names and ds.meta_source and not remap:  # remapped labels no longer follow dataset.json
         check_label_names(ds.label_names, lm, ds.meta_source)
     return lm
 
@@ -398,7 +428,7 @@ def evaluate_volumes(model: nn.Module, records: Sequence[VolumeRecord], label_ma
         it = tqdm(records, desc=f'{title} (3D)', leave=False)
     spacing_known = True
     for i, r in enumerate(it):
-        vol = load_volume(r, label_map, settings.get('slice_axis', 2))
+        vol = _load(r, label_map, settings.get('slice_axis', 2), settings.get('remap_labels'))
         if vol.label is None:
             raise UserInputError(f'{r.image}: no label file to evaluate against.')
         pred = predict_volume(model, vol, settings['img_size'], settings['intensity'], tuple(settings['window']),
@@ -514,18 +544,21 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
             raise UserInputError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(cfg, name)}.')
     protocol = get_protocol(cfg.protocol) if cfg.protocol else None
     ds = discover(cfg.data, cfg.layout)
-    label_map = resolve_label_map(ds, protocol, cfg.labels, cfg.slice_axis)
+    _check_remap(cfg.remap_labels)
+    label_map = resolve_label_map(ds, protocol, cfg.labels, cfg.slice_axis, cfg.remap_labels)
     intensity = _resolve_intensity(cfg.intensity, ds, protocol)
     splits = assign_case_splits(ds, protocol, cfg.val_frac, cfg.test_frac, cfg.folds, cfg.fold, cfg.seed)
     # load every training / validation volume up front: bad files fail before any training
-    prepared = {s: [_prepare(load_volume(r, label_map, cfg.slice_axis), cfg.img_size, intensity, cfg.window)
+    prepared = {s: [_prepare(_load(r, label_map, cfg.slice_axis, cfg.remap_labels), cfg.img_size, intensity,
+                             cfg.window)
                     for r in splits.get(s, [])] for s in ('train', 'val')}
     channels = prepared['train'][0].image.shape[1]
     if channels == 3 and cfg.context != 1:
         raise UserInputError('2.5D --context needs grayscale volumes; the data holds colour images.')
     in_chans = channels * cfg.context
     settings = {'task': RUN_KIND, 'img_size': cfg.img_size, 'intensity': intensity, 'window': list(cfg.window),
-                'context': cfg.context, 'slice_axis': cfg.slice_axis, 'in_chans': in_chans}
+                'context': cfg.context, 'slice_axis': cfg.slice_axis, 'in_chans': in_chans,
+                'remap_labels': cfg.remap_labels}
     identity = {'task': RUN_KIND, 'model': cfg.model, 'classes': list(label_map.classes), 'in_chans': in_chans,
                 'img_size': cfg.img_size}
     resumed = _on_main(eng, info, eng.prepare_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
@@ -665,7 +698,7 @@ def evaluate(run_dir: str, data: Optional[str] = None, split: Optional[str] = No
         recs = [r for r in recs if r.split == split]
     if not recs:
         raise UserInputError(f'{data}: no labelled volumes{f" in split {split!r}" if split else ""} to evaluate.')
-    if ds.label_names and ds.meta_source:
+    if ds.label_names and ds.meta_source and not rc.get('remap_labels'):
         check_label_names(ds.label_names, label_map, ds.meta_source)
     name = os.path.basename(os.path.normpath(data)).replace('.csv', '') + (f'-{split}' if split else '')
     out = out or os.path.join(run_dir, f'eval-{name}')
