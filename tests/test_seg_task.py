@@ -218,6 +218,7 @@ def test_fit_bad_inputs(tmp_path):
                       epochs=1, progress=False))
 
 
+@pytest.mark.slow
 def test_2d_colour_folders_train_and_predict_png(tmp_path):
     from PIL import Image
     from skimage import data as skdata
