@@ -1,11 +1,12 @@
 """Safe checkpoint reading and atomic file writing."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import pickle
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Dict, Iterator, Union
 
@@ -46,6 +47,8 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
 
 
 def _unwrap(checkpoint: Any) -> Dict[str, torch.Tensor]:
+    if isinstance(checkpoint, torch.nn.Module):  # a whole pickled model (allow_pickle=True only)
+        checkpoint = checkpoint.state_dict()
     if isinstance(checkpoint, dict):
         for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
             if isinstance(checkpoint.get(key), dict):
@@ -64,8 +67,8 @@ def load_state_dict(path: PathLike, *, allow_pickle: bool = False) -> Dict[str, 
 
     ``.safetensors`` files are read with safetensors. Anything else (``.pth``, ``.pt``, ``.bin``,
     ``.pth.tar``) goes through ``torch.load(weights_only=True)``, which only rebuilds tensors and
-    plain containers. A checkpoint that needs full unpickling (it stores optimiser objects,
-    argparse namespaces, a whole pickled model, ...) is refused with :class:`PickleCheckpointError`
+    plain containers. A checkpoint that needs full unpickling (it stores a whole pickled model,
+    custom Python objects, ...) is refused with :class:`PickleCheckpointError`
     unless ``allow_pickle=True``: only pass that for files whose origin you trust, since
     unpickling can execute arbitrary code. Training wrappers (``state_dict``, ``model``,
     ``state_dict_ema``) and a DataParallel ``module.`` prefix are unwrapped.
@@ -79,7 +82,10 @@ def load_state_dict(path: PathLike, *, allow_pickle: bool = False) -> Dict[str, 
         except Exception as e:  # SafetensorError is not exported under a stable name
             raise UserInputError(f'{path} is not a readable safetensors file ({e}).') from e
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        # argparse.Namespace (the `args` of timm training checkpoints) is allowed, as timm does
+        allow = getattr(torch.serialization, 'safe_globals', None)  # torch >= 2.5
+        with allow([argparse.Namespace]) if allow else nullcontext():
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         if not allow_pickle:
             raise PickleCheckpointError(

@@ -349,8 +349,9 @@ def check_state_dict(
     missing = [k for k in target if k not in state_dict and k not in skip]
     unexpected = [k for k in state_dict if k not in target and k not in skip]
     shapes = []
-    for k, v in state_dict.items():
-        if k not in target or k in skip or not isinstance(v, torch.Tensor):
+    for k in target:  # model order: the first mismatching layers are listed first
+        v = state_dict.get(k)
+        if v is None or k in skip or not isinstance(v, torch.Tensor):
             continue
         want = target[k].shape
         if v.shape == want:
