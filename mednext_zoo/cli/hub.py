@@ -16,7 +16,11 @@ def _run_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     headers = ('MODEL', 'TAG', 'DATASET', 'STATUS', 'HUB ID')
-    table = [(r['model'], (r['tag'] + (' (default)' if r.get('default') else '')) or '-', r['dataset'] or '-', r['status'], r['hub_id'] or '-') for r in rows]
+    table = [
+        (r['model'], (r['tag'] + (' (default)' if r.get('default') else '')) or '-', r['dataset'] or '-',
+         r['status'], r['hub_id'] or '-')
+        for r in rows
+    ]
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
     for line in (headers, *table):
         print('  '.join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
