@@ -253,6 +253,13 @@ def test_wrong_depth_raises_even_when_head_is_replaced(tiny_file):
     assert 'missing from the checkpoint (160)' in str(e.value) and 'stages.2.blocks.2.norm1.weight' in str(e.value)
 
 
+def test_other_head_size_is_named(tiny_file):
+    _, path = tiny_file  # 4 classes, but the cfg (and so the model) says 1000
+    with pytest.raises(hub.PretrainedMismatchError, match='only the classifier differs') as e:
+        timm.create_model('mednext_tiny', pretrained=True, img_size=SIZE, pretrained_cfg_overlay=dict(file=path))
+    assert 'head.fc.weight: checkpoint (4, 256) vs model (1000, 256)' in str(e.value)
+
+
 def test_pickle_checkpoint_refused_unless_allowed(tiny_file, tmp_path):
     src, _ = tiny_file
     path = tmp_path / 'whole_model.pth'

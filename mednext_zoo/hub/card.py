@@ -50,7 +50,8 @@ def _entry_doc(arch: str) -> str:
     try:
         from timm.models import model_entrypoint
         doc = (model_entrypoint(arch).__doc__ or '').strip().splitlines()
-        return doc[0].rstrip('.') if doc else arch
+        short = doc[0].split(':')[0].split(',')[0].strip().rstrip('.') if doc else ''
+        return f'{short} (`{arch}`)' if short else f'`{arch}`'
     except Exception:
         return arch
 
@@ -152,7 +153,11 @@ def render_model_card(
           f'| Intensities | {ds.get("preprocessing", "as used in training (not recorded)")} |',
           f'| Normalisation | (x - mean) / std, mean = {tuple(round(m, 4) for m in mean)}, '
           f'std = {tuple(round(s, 4) for s in std)} |',
-          f'| Resize interpolation | {interpolation} |', '']
+          f'| Resize interpolation | {interpolation} |',
+          '| Output | ' + ('logits (B, K, H, W), one map per label; argmax gives the label map |' if segmentation
+                         else 'logits (B, K), one per label; softmax gives scores that are not calibrated '
+                              'probabilities of disease |'),
+          '']
     if not segmentation:
         L += ['`timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))` builds the matching '
               'evaluation transform for PIL images.', '']

@@ -369,21 +369,28 @@ def check_state_dict(
         more = f'\n    ... and {len(items) - limit} more' if len(items) > limit else ''
         return f'\n  {title} ({len(items)}):\n    ' + '\n    '.join(items[:limit]) + more
 
+    classifier_keys = {f'{c}.{p}' for c in classifiers for p in ('weight', 'bias')}
+    bad = {s.split(':')[0] for s in shapes}
+    head_only = bool(bad) and bad <= classifier_keys and not (missing or unexpected)
+    if head_only:
+        cause = 'only the classifier differs.'
+        advice = ('\nBuild the model with the checkpoint\'s number of classes and declare it: '
+                  'num_classes=K, pretrained_cfg_overlay=dict(..., num_classes=K).')
+    else:
+        cause = 'it was probably saved from another architecture or variant.'
+        advice = ('\nCreate the model that matches the checkpoint (its config.json names the architecture), '
+                  'or load it with pretrained=False and your own mapping.')
+    if any(k in first_convs for k in bad):
+        advice += ('\nIf the first conv differs in input channels, the checkpoint has another in_chans than the '
+                   'cfg declares: pass pretrained_cfg_overlay=dict(..., input_size=(C, H, W)) with its C.')
     arch = cfg.get('architecture') or type(model).__name__
-    hint = ''
-    if any(k in first_convs for k in (s.split(':')[0] for s in shapes)):
-        hint = ('\nIf only the first conv differs in input channels, the checkpoint has another in_chans than '
-                'the cfg declares: pass pretrained_cfg_overlay=dict(..., input_size=(C, H, W)) with its C.')
     raise PretrainedMismatchError(
         f'{source} does not match {arch} as built (in_chans={getattr(model, "in_chans", "?")}, '
-        f'num_classes={getattr(model, "num_classes", "?")}, img_size={getattr(model, "img_size", "?")}): '
-        f'it was probably saved from another architecture or variant.'
+        f'num_classes={getattr(model, "num_classes", "?")}, img_size={getattr(model, "img_size", "?")}): {cause}'
         + _fmt('missing from the checkpoint', missing)
         + _fmt('not in the model', unexpected)
         + _fmt('shape mismatches', shapes)
-        + hint
-        + '\nCreate the model that matches the checkpoint (its config.json names the architecture), '
-          'or load it with pretrained=False and your own mapping.'
+        + advice
     )
 
 
