@@ -60,17 +60,12 @@ def _run_export(args: argparse.Namespace) -> int:
         num_classes = len(DATASETS[dataset]['label_names'])
     kwargs = {k: v for k, v in dict(num_classes=num_classes, in_chans=args.in_chans, img_size=args.img_size).items()
               if v is not None}
-    if args.checkpoint:
-        # Export what the checkpoint holds, unadapted: the cfg overlay declares the model's own head and input
-        # so timm neither drops the classifier nor converts the first conv; a mismatch raises with the keys.
-        state_dict = load_state_dict(args.checkpoint, allow_pickle=args.allow_pickle)
-        probe = timm.create_model(name, pretrained=False, **kwargs)
-        overlay = dict(state_dict=state_dict, num_classes=probe.num_classes,
-                       input_size=(probe.in_chans, *probe.img_size))
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    else:
-        print('No --checkpoint: exporting freshly initialised weights (for testing the layout only).')
-        model = timm.create_model(name, pretrained=False, **kwargs)
+    # Export what the checkpoint holds, unadapted: the cfg overlay declares the model's own head and input
+    # so timm neither drops the classifier nor converts the first conv; a mismatch raises with the keys.
+    state_dict = load_state_dict(args.checkpoint, allow_pickle=args.allow_pickle)
+    probe = timm.create_model(name, pretrained=False, **kwargs)
+    overlay = dict(state_dict=state_dict, num_classes=probe.num_classes, input_size=(probe.in_chans, *probe.img_size))
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     metrics = _read_metrics(args.metrics) if args.metrics else None
     out = save_pretrained(model, args.out_dir, dataset=dataset, metrics=metrics, split=args.split,
                           training=args.training, repo_id=args.repo_id, flops=not args.no_flops)
@@ -106,7 +101,7 @@ def register(subparsers) -> None:
                     'and write the folder timm reads with local-dir: / hf-hub:, with a model card.')
     p.add_argument('model', help='architecture or arch.tag, e.g. mednext_base.sarscov2_ct')
     p.add_argument('out_dir', help='output folder')
-    p.add_argument('--checkpoint', help='weights to export (.safetensors, .pth, .bin)')
+    p.add_argument('--checkpoint', required=True, help='trained weights to export (.safetensors, .pth, .bin)')
     p.add_argument('--allow-pickle', action='store_true',
                    help='allow a pickle checkpoint that weights_only loading refuses (only for trusted files)')
     p.add_argument('--dataset', help='training dataset key (sarscov2_ct, monkeypox_msld, covid_ct_large, synapse, '
