@@ -53,7 +53,10 @@ def fetch_test_file(workdir: Path) -> Path:
 
 def main() -> int:
     args = sys.argv[1:]
-    workdir = Path(args.pop(0)) if args and not args[0].startswith('-') else Path(tempfile.mkdtemp(prefix='timm-suite-'))
+    if args and not args[0].startswith('-'):
+        workdir = Path(args.pop(0))
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix='timm-suite-'))
     test_file = fetch_test_file(workdir)
     env = dict(os.environ, TORCH_BACKEND='mednext_zoo')
     cmd = [sys.executable, '-m', 'pytest', str(test_file), '-q', '-p', 'no:cacheprovider',

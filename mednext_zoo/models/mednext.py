@@ -467,9 +467,16 @@ class MedNeXt(nn.Module):
         sizes = feature_sizes(self.img_size, len(self.stages) + 1)[1:]
         for stage, size in zip(self.stages, sizes):
             stage.set_feat_size(size)
+        self._sync_pretrained_cfg()
+
+    @torch.jit.ignore
+    def _sync_pretrained_cfg(self) -> None:
+        """Make ``pretrained_cfg`` (used by timm's data config) describe this model's input."""
         cfg = getattr(self, 'pretrained_cfg', None)
         if cfg:
-            self.pretrained_cfg = {**cfg, 'input_size': (self.in_chans, *self.img_size), 'pool_size': sizes[-1]}
+            pool = feature_sizes(self.img_size, len(self.stages) + 1)[-1]
+            cfg = {**cfg, 'input_size': (self.in_chans, *self.img_size), 'pool_size': pool}
+            self.pretrained_cfg = self.default_cfg = cfg
 
     def forward_intermediates(
             self,
@@ -565,6 +572,8 @@ def _create_mednext(variant: str, pretrained: bool = False, **kwargs) -> MedNeXt
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
         **kwargs,
     )
+    if isinstance(model, MedNeXt):
+        model._sync_pretrained_cfg()
     return model
 
 
