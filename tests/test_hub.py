@@ -91,9 +91,11 @@ def test_default_tag_and_segmentation_entries():
     syn = pretrained_cfg_kwargs('medunext_base.synapse')
     assert syn['hf_hub_id'] == f'{HF_HUB_ORG}/medunext_base.synapse'
     assert syn['label_names'][0] == 'background' and syn['num_classes'] == 9
-    assert syn['label_names'][1:] == ('aorta', 'gallbladder', 'kidney_left', 'kidney_right', 'liver', 'pancreas',
+    assert syn['label_names'][1:] == ('aorta', 'gallbladder', 'left kidney', 'right kidney', 'liver', 'pancreas',
                                       'spleen', 'stomach')
-    assert pretrained_cfg_kwargs('medunext_base.acdc')['label_names'] == ('background', 'rv', 'myo', 'lv')
+    acdc = pretrained_cfg_kwargs('medunext_base.acdc')
+    assert acdc['label_names'] == ('background', 'right ventricle', 'myocardium', 'left ventricle')
+    assert syn['input_size'] == acdc['input_size'] == (1, 224, 224)
 
 
 # --- round trip through the real cache layout ---------------------------------------------------------------

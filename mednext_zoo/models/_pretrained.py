@@ -160,18 +160,18 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         citation='Landman B, Xu Z, Iglesias JE, Styner M, Langerak TR, Klein A. MICCAI multi-atlas labeling '
                  'beyond the cranial vault - workshop and challenge (2015). doi:10.7303/syn3193805.',
         license='cc-by-4.0',
-        label_names=('background', 'aorta', 'gallbladder', 'kidney_left', 'kidney_right', 'liver',
+        label_names=('background', 'aorta', 'gallbladder', 'left kidney', 'right kidney', 'liver',
                      'pancreas', 'spleen', 'stomach'),
         label_descriptions={},
         positive_class=None,
         size='30 CT volumes; TransUNet split 18 train (2,211 axial slices) / 12 test',
         in_chans=1,
         img_size=224,
-        mean=(0.,),
-        std=(1.,),
+        mean=(0.5,),
+        std=(0.5,),
         preprocessing='CT window: HU clipped to [-125, 275] and each volume scaled to [0, 1]; every axial '
-                      'slice resized to the input size (224x224 in the paper; 1 channel); no further '
-                      'normalisation (mean 0, std 1).',
+                      'slice resized to the input size (224x224 in the paper; 1 channel); then normalised with '
+                      'mean 0.5, std 0.5 (to [-1, 1]).',
         split='TransUNet split. Test: case0001, 0002, 0003, 0004, 0008, 0022, 0025, 0029, 0032, 0035, 0036, '
               '0038; train: the other 18 cases.',
         protocol='0.5 CE + 0.5 soft Dice over 9 classes, random rot90 + flip / rotation; Adam, batch 12, '
@@ -192,18 +192,21 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         citation='Bernard O, et al. Deep learning techniques for automatic MRI cardiac multi-structures '
                  'segmentation and diagnosis: is the problem solved? IEEE TMI 37(11):2514-2525 (2018).',
         license='cc-by-nc-sa-4.0',
-        label_names=('background', 'rv', 'myo', 'lv'),
+        label_names=('background', 'right ventricle', 'myocardium', 'left ventricle'),
         label_descriptions={
-            'rv': 'right ventricle cavity', 'myo': 'left-ventricular myocardium', 'lv': 'left ventricle cavity',
+            'right ventricle': 'right ventricle cavity (RV)',
+            'myocardium': 'left-ventricular myocardium (Myo)',
+            'left ventricle': 'left ventricle cavity (LV)',
         },
         positive_class=None,
         size='100 patients x (ED, ES); TransUNet-lineage split 70 / 10 / 20 patients',
         in_chans=1,
         img_size=224,
-        mean=(0.,),
-        std=(1.,),
+        mean=(0.5,),
+        std=(0.5,),
         preprocessing='Each volume min-max scaled to [0, 1]; every short-axis slice resized to the input '
-                      'size (224x224 in the paper; 1 channel); no further normalisation (mean 0, std 1).',
+                      'size (224x224 in the paper; 1 channel); then normalised with mean 0.5, std 0.5 '
+                      '(to [-1, 1]).',
         split='Test patients 002, 003, 008, 009, 012, 014, 017, 024, 042, 048, 049, 053, 055, 064, 067, 079, '
               '081, 088, 092, 095 (ED + ES = 40 volumes); validation 019, 021, 029, 033, 041, 050, 061, 071, '
               '076, 080; train the other 70.',
