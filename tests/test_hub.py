@@ -321,6 +321,24 @@ def test_fine_tuned_export_does_not_inherit_tag_labels(tmp_path):
     assert not {'label_names', 'license', 'origin_url', 'tag'} & set(config['pretrained_cfg'])
     card = (out / 'README.md').read_text()
     assert 'covid' not in card.lower() and 'No evaluation figures' in card
+    assert 'timm.create_model("local-dir:' in card and 'hf-hub:' not in card  # no invented repo
+
+
+def test_card_for_own_dataset(tmp_path):
+    model = timm.create_model('mednext_tiny', img_size=SIZE, num_classes=3, in_chans=1)
+    own = dict(name='Hospital X chest CT, 2019-2023', license='internal use only', modality='CT (chest)',
+               split='patient-grouped 70/15/15, seed 0', metric_conventions='macro averages over 3 classes')
+    out = hub.save_pretrained(model, tmp_path / 'own', dataset=own, label_names=['normal', 'nodule', 'mass'],
+                              metrics={'macro F1': 0.7}, repo_id='hospital-x/mednext_tiny-ct', flops=False)
+    card = (out / 'README.md').read_text()
+    assert '**Hospital X chest CT, 2019-2023**' in card and '| 2 | mass |' in card
+    assert 'patient-grouped 70/15/15, seed 0' in card and 'macro averages over 3 classes' in card
+    assert 'timm.create_model("hf-hub:hospital-x/mednext_tiny-ct", pretrained=True)' in card
+    assert '| Channels | 1 |' in card
+    config = json.loads((out / 'config.json').read_text())
+    assert config['pretrained_cfg']['license'] == 'internal use only' and config['model_args']['in_chans'] == 1
+    with pytest.raises(UserInputError, match='name'):
+        hub.save_pretrained(model, tmp_path / 'x', dataset={'url': 'https://example.org'}, flops=False)
 
 
 def test_label_count_must_match_head(tmp_path):
@@ -366,10 +384,11 @@ def test_cli_export_then_push_dry_run(tiny_file, tmp_path, capsys):
     metrics = tmp_path / 'metrics.json'
     metrics.write_text(json.dumps({'dice': 0.8}))
     code = cli_main(['export', 'mednext_tiny', os.fspath(out), '--checkpoint', os.fspath(path), '--num-classes', '4',
-                     '--img-size', str(SIZE), '--metrics', os.fspath(metrics), '--no-flops', '--seed-cache'])
+                     '--img-size', str(SIZE), '--metrics', os.fspath(metrics), '--no-flops', '--seed-cache',
+                     '--repo-id', 'someone/mednext_tiny-test'])
     assert code == 0
-    exported = timm.create_model(f'local-dir:{out}', pretrained=True)
-    assert _same_weights(exported, src)
+    assert _same_weights(timm.create_model(f'local-dir:{out}', pretrained=True), src)
+    assert _same_weights(timm.create_model('hf-hub:someone/mednext_tiny-test', pretrained=True), src)  # offline
     assert cli_main(['push', os.fspath(out), 'someone/mednext_tiny-test', '--dry-run']) == 0
     assert 'Nothing was uploaded' in capsys.readouterr().out
 

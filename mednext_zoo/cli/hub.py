@@ -72,9 +72,11 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f'Wrote {out}/config.json, model.safetensors, README.md')
     print(f'Check it: python -c "import mednext_zoo, timm; timm.create_model(\'local-dir:{out}\', pretrained=True)"')
     if args.seed_cache:
-        from ..models._pretrained import HF_HUB_ORG, hub_id
+        from ..models._pretrained import hub_id
 
-        repo = args.repo_id or (hub_id(arch, dataset) if dataset else f'{HF_HUB_ORG}/{arch}')
+        repo = args.repo_id or (hub_id(arch, dataset) if dataset in DATASETS else None)
+        if repo is None:
+            raise UserInputError('--seed-cache needs --repo-id OWNER/NAME for a model without a paper dataset tag.')
         snap = seed_hf_cache(out, repo)
         print(f'Seeded the Hugging Face cache: {snap}')
     return 0

@@ -75,20 +75,31 @@ def _arch_name(model: nn.Module) -> str:
     return arch
 
 
-def _resolve_dataset(dataset: Optional[str], arch: str) -> Optional[str]:
+def _resolve_dataset(
+        dataset: Union[str, Mapping[str, Any], None],
+        arch: str,
+) -> Tuple[Optional[str], Dict[str, Any]]:
+    """(registry key or None, dataset facts) for a ``DATASETS`` key, an ``arch.tag`` or a custom mapping."""
     if dataset is None:
-        return None
+        return None, {}
+    if isinstance(dataset, Mapping):
+        if not dataset.get('name'):
+            raise UserInputError('A custom dataset description needs at least a "name" (see DATASETS for the keys).')
+        return None, dict(dataset)
     key = dataset.split('.', 1)[1] if dataset.startswith(arch + '.') else dataset
     if key not in DATASETS:
-        raise UserInputError(f'Unknown dataset {dataset!r}; choose one of {", ".join(DATASETS)} (or pass None).')
-    return key
+        raise UserInputError(
+            f'Unknown dataset {dataset!r}; choose one of {", ".join(DATASETS)}, describe your own as a dict '
+            f'(name, url, license, modality, size, split, protocol, metric_conventions, ...), or pass None.'
+        )
+    return key, dict(DATASETS[key])
 
 
 def save_pretrained(
         model: nn.Module,
         save_dir: PathLike,
         *,
-        dataset: Optional[str] = None,
+        dataset: Union[str, Mapping[str, Any], None] = None,
         metrics: Optional[Mapping[str, Any]] = None,
         metrics_note: Optional[str] = None,
         split: Optional[str] = None,
@@ -105,33 +116,35 @@ def save_pretrained(
     Args:
         model: A mednext-zoo model made by ``timm.create_model`` (any in_chans / num_classes / img_size).
         save_dir: Output folder (created; existing files of the same names are replaced atomically).
-        dataset: The training dataset, a key of ``DATASETS`` (``'sarscov2_ct'``, ...) or ``'arch.tag'``;
-            sets labels, input spec, licence, split and protocol text of the card. ``None``: not recorded.
+        dataset: The training dataset: a key of ``DATASETS`` (``'sarscov2_ct'``, ...), ``'arch.tag'``, or a
+            dict describing your own data with the same keys (``name`` required; ``url``, ``license``,
+            ``modality``, ``size``, ``split``, ``protocol``, ``metric_conventions``, ``label_names``, ...).
+            Sets labels, input spec, licence, split and protocol text of the card. ``None``: not recorded.
         metrics: Test metrics, ``{'accuracy': 0.98, 'auc': {'value': 0.99, 'ci': (0.98, 1.0)}, ...}``;
             the card prints them with the dataset's metric conventions.
         metrics_note: Extra sentence on how the metrics were computed (e.g. the protocol name).
         split: Extra split details (ratio, seed, split file) appended to the dataset's split text.
         training: Extra training details appended to the dataset's protocol text.
         label_names: Class names in output order; default: the dataset's.
-        repo_id: Hub repo the card points to; default ``'<HF_HUB_ORG>/<arch>.<dataset>'``.
+        repo_id: Hub repo the card's loading lines use; default ``'<HF_HUB_ORG>/<arch>.<tag>'`` for a paper
+            dataset, else none (the card then loads with ``local-dir:``).
         flops: Count FLOPs with fvcore for the card (a few seconds on CPU for a base model).
 
     Returns:
         The folder path.
     """
     arch = _arch_name(model)
-    ds_key = _resolve_dataset(dataset, arch)
-    ds = DATASETS.get(ds_key, {}) if ds_key else {}
+    ds_key, ds = _resolve_dataset(dataset, arch)
     num_classes = getattr(model, 'num_classes', None)
-    if label_names is None and ds:
+    if label_names is None and ds.get('label_names'):
         label_names = ds['label_names']
     if label_names is not None and num_classes is not None and len(label_names) != num_classes:
         raise UserInputError(
             f'{len(label_names)} label names ({", ".join(label_names)}) for a model with {num_classes} outputs: '
             f'pass label_names=... matching the head, or build the model with num_classes={len(label_names)}.'
         )
-    if repo_id is None:
-        repo_id = hub_id(arch, ds_key) if ds_key else f'{HF_HUB_ORG}/{arch}'
+    if repo_id is None and ds_key:
+        repo_id = hub_id(arch, ds_key)
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
 
@@ -157,13 +170,13 @@ def save_pretrained(
         if img_size and in_chans is not None:
             pcfg['input_size'] = [in_chans, *img_size]
         if ds:
-            pcfg.update(
+            pcfg.update({k: v for k, v in dict(
                 tag=ds_key,
-                license=ds['license'],
-                origin_url=ds['url'],
-                description=f'{arch} trained on {ds["name"]} ({ds["task"]}).',
-            )
-            if ds['label_descriptions'] and label_names is not None:
+                license=ds.get('license'),
+                origin_url=ds.get('url'),
+                description=f'{arch} trained on {ds["name"]}.',
+            ).items() if v})
+            if ds.get('label_descriptions') and label_names is not None:
                 config['label_descriptions'] = {n: ds['label_descriptions'][n]
                                                 for n in label_names if n in ds['label_descriptions']}
         if label_names is not None:
@@ -189,12 +202,13 @@ def save_pretrained(
         num_params=num_params,
         gflops=gflops,
         flops_skipped=skipped,
-        dataset=ds_key,
+        dataset=ds,
+        dataset_tag=ds_key,
         metrics=metrics,
         metrics_note=metrics_note,
         split=split,
         training=training,
-        published=weight_status(repo_id.split('/')[-1]) == 'published',
+        published=bool(repo_id) and weight_status(repo_id.split('/')[-1]) == 'published',
     )
     write_text_atomic(save_dir / CARD_NAME, card)
     return save_dir

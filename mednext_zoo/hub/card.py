@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from huggingface_hub import ModelCardData
 
-from ..models._pretrained import DATASETS, HF_HUB_ORG, PAPER_CITATION, PAPER_DOI
+from ..models._pretrained import HF_HUB_ORG, PAPER_CITATION, PAPER_DOI
 from ..version import __version__
 
 __all__ = ['render_model_card']
@@ -59,7 +59,7 @@ def _entry_doc(arch: str) -> str:
 def render_model_card(
         *,
         arch: str,
-        repo_id: str,
+        repo_id: Optional[str],
         task: str,
         input_size: Sequence[int],
         mean: Sequence[float],
@@ -69,7 +69,8 @@ def render_model_card(
         num_params: int,
         gflops: Optional[float],
         flops_skipped: Sequence[str] = (),
-        dataset: Optional[str] = None,
+        dataset: Optional[Mapping[str, Any]] = None,
+        dataset_tag: Optional[str] = None,
         metrics: Optional[Mapping[str, Any]] = None,
         metrics_note: Optional[str] = None,
         split: Optional[str] = None,
@@ -77,8 +78,12 @@ def render_model_card(
         license: Optional[str] = None,
         published: bool = False,
 ) -> str:
-    """The README.md text: YAML metadata for the Hub, then the card body."""
-    ds: Dict[str, Any] = DATASETS.get(dataset, {}) if dataset else {}
+    """The README.md text: YAML metadata for the Hub, then the card body.
+
+    ``dataset`` is an entry of ``DATASETS`` or a mapping with the same keys (only ``name`` is
+    required) describing the training data; ``dataset_tag`` its registry key, if any.
+    """
+    ds: Dict[str, Any] = dict(dataset or {})
     in_chans, height, width = input_size
     segmentation = task == 'segmentation'
     card_data = ModelCardData(
@@ -86,17 +91,20 @@ def render_model_card(
         library_name='timm',
         pipeline_tag='image-segmentation' if segmentation else 'image-classification',
         tags=['timm', 'mednext-zoo', 'medical-imaging', 'mednext-xue-2026', task]
-        + ([dataset] if dataset else []),
+        + ([dataset_tag] if dataset_tag else []),
     )
-    name = repo_id.split('/')[-1]
+    name = repo_id.split('/')[-1] if repo_id else (f'{arch}.{dataset_tag}' if dataset_tag else arch)
+    source = f'hf-hub:{repo_id}' if repo_id else 'local-dir:/path/to/this/folder'
     what = 'segmentation network' if segmentation else 'image classifier'
     L: List[str] = ['---', card_data.to_yaml(), '---', '', f'# {name}', '']
     summary = f'**{_entry_doc(arch)}**: a 2D medical {what} from Xue et al., *PLoS One* 2026'
     if ds:
-        labels = ', '.join(f'"{n}"' for n in ds['label_names'])
-        summary += (f', trained on the **{ds["name"]}** to '
-                    + ('label every pixel' if segmentation else 'classify each image')
-                    + f' as one of {labels}. Modality: {ds["modality"]}.')
+        summary += f', trained on the **{ds["name"]}**'
+        if label_names:
+            labels = ', '.join(f'"{n}"' for n in label_names)
+            summary += (' to ' + ('label every pixel' if segmentation else 'classify each image')
+                        + f' as one of {labels}')
+        summary += '.' + (f' Modality: {ds["modality"]}.' if ds.get('modality') else '')
     else:
         summary += '.'
     L += [summary, '']
@@ -107,7 +115,7 @@ def render_model_card(
         'Weights, code and reported results of the two are not interchangeable.',
         '',
     ]
-    if not published:
+    if not published and repo_id:
         L += [
             f'> **Status: not yet published.** This card was generated locally with `mednext_zoo.hub.save_pretrained`; '
             f'weights become available under `{repo_id}` only once uploaded.',
@@ -132,15 +140,16 @@ def render_model_card(
 
     L += ['## How to load', '', '```python',
           'import mednext_zoo, timm  # import mednext_zoo first: it registers MedNeXt / MedUNeXt in timm',
-          f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()', '```', '']
+          f'model = timm.create_model("{source}", pretrained=True).eval()', '```', '']
+    cache_way = (f'copy a Hugging Face cache made with `hf download {repo_id} --cache-dir DIR` and set '
+                 '`HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1`; or ') if repo_id else ''
     L += [
-        'Offline (hospital networks, clusters): copy a Hugging Face cache made with '
-        f'`hf download {repo_id} --cache-dir DIR` and set `HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1`; or load this folder '
-        'directly with `timm.create_model("local-dir:/path/to/folder", pretrained=True)`; or pass the weights file '
+        f'Offline (hospital networks, clusters): {cache_way}load this folder directly with '
+        '`timm.create_model("local-dir:/path/to/folder", pretrained=True)`; or pass the weights file '
         f'with `pretrained_cfg_overlay=dict(file="/path/to/model.safetensors")`. If the weights cannot be found, '
         'loading stops with an error; it never falls back to random weights.',
         '',
-        'Fine-tuning: `timm.create_model("hf-hub:' + repo_id + '", pretrained=True, num_classes=K, in_chans=1, '
+        f'Fine-tuning: `timm.create_model("{source}", pretrained=True, num_classes=K, in_chans=1, '
         f'img_size=256)` re-initialises the {"segmentation" if segmentation else "classification"} head for K '
         'classes, adapts the first convolution to 1 (or 3) input channels and resamples the axial mixing matrices '
         'to the new input size.',
@@ -178,13 +187,17 @@ def render_model_card(
 
     L += ['## Training data', '']
     if ds:
-        L += [f'- Dataset: [{ds["name"]}]({ds["url"]})' + (f' (doi:{ds["doi"]})' if ds.get('doi') else ''),
-              f'- Size: {ds["size"]}',
-              f'- Dataset licence: {ds["license"]} (as listed by the dataset authors; the weights carry the same '
-              'terms)',
-              f'- Split: {ds["split"]}' + (f' {split}' if split else ''),
-              f'- Protocol: {ds["protocol"]}' + (f' {training}' if training else ''),
-              f'- Dataset citation: {ds["citation"]}', '']
+        name = f'[{ds["name"]}]({ds["url"]})' if ds.get('url') else ds['name']
+        L += [f'- Dataset: {name}' + (f' (doi:{ds["doi"]})' if ds.get('doi') else '')]
+        if ds.get('size'):
+            L += [f'- Size: {ds["size"]}']
+        L += [f'- Dataset licence: {ds["license"]} (as listed by the dataset authors; the weights carry the same '
+              'terms)' if ds.get('license') else '- Dataset licence: not recorded',
+              '- Split: ' + (' '.join(t for t in (ds.get('split'), split) if t) or 'not recorded'),
+              '- Protocol: ' + (' '.join(t for t in (ds.get('protocol'), training) if t) or 'not recorded')]
+        if ds.get('citation'):
+            L += [f'- Dataset citation: {ds["citation"]}']
+        L += ['']
     else:
         L += [f'- Split: {split or "not recorded"}', f'- Protocol: {training or "not recorded"}', '']
 
