@@ -85,9 +85,33 @@ def test_base_tags_have_full_cfgs():
         assert DATASETS[tag]['label_names'][1] == DATASETS[tag]['positive_class']
 
 
+def test_medunext_tags_have_full_cfgs():
+    tiny = timm.create_model('medunext_tiny', img_size=SIZE)  # same module names as base
+    for tag, n in (('synapse', 9), ('acdc', 4)):
+        cfg = timm.models.get_pretrained_cfg(f'medunext_base.{tag}').to_dict()
+        assert cfg['hf_hub_id'] == f'{HF_HUB_ORG}/medunext_base.{tag}'
+        assert cfg['num_classes'] == len(cfg['label_names']) == n and cfg['label_names'][0] == 'background'
+        assert cfg['input_size'] == (1, 224, 224) and len(cfg['mean']) == len(cfg['std']) == 1
+        assert cfg['license'] == DATASETS[tag]['license']
+        tiny.get_submodule(cfg['first_conv'])
+        tiny.get_submodule(cfg['classifier'])
+    assert timm.models.get_pretrained_cfg('medunext_base').tag == 'synapse'
+
+
+def test_segmentation_card_round_trip(tmp_path):
+    model = timm.create_model('medunext_tiny', img_size=SIZE, num_classes=4).eval()
+    out = hub.save_pretrained(model, tmp_path / 'acdc', dataset='acdc', metrics={'mean DSC': 0.9}, flops=False)
+    card = (out / 'README.md').read_text()
+    assert 'pipeline_tag: image-segmentation' in card and '| 3 | left ventricle |' in card
+    assert 'Per structure per test volume in 3D' in card
+    loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
+    assert _same_weights(loaded, model) and loaded.in_chans == 1
+
+
 def test_default_tag_and_segmentation_entries():
     assert timm.models.get_pretrained_cfg('mednext_base').tag == 'sarscov2_ct'
     assert set(timm.list_pretrained('mednext_base.*')) == {f'mednext_base.{t}' for t in BASE_TAGS}
+    assert set(timm.list_pretrained('medunext_base.*')) == {'medunext_base.synapse', 'medunext_base.acdc'}
     syn = pretrained_cfg_kwargs('medunext_base.synapse')
     assert syn['hf_hub_id'] == f'{HF_HUB_ORG}/medunext_base.synapse'
     assert syn['label_names'][0] == 'background' and syn['num_classes'] == 9
@@ -211,6 +235,8 @@ def test_empty_cache_raises_with_repo_location_and_offline_ways(offline_hf):
 def test_default_name_pretrained_raises_not_random(offline_hf):
     with pytest.raises(hub.PretrainedWeightsNotFoundError, match='mednext_base.sarscov2_ct'):
         timm.create_model('mednext_base', pretrained=True, img_size=SIZE)
+    with pytest.raises(hub.PretrainedWeightsNotFoundError, match=f"'{HF_HUB_ORG}/medunext_base.synapse'"):
+        timm.create_model('medunext_base', pretrained=True, img_size=SIZE)
 
 
 def test_wrong_revision_raises(saved_base):
@@ -370,8 +396,8 @@ def test_cli_list_shows_every_tag_with_real_status(capsys):
     out = capsys.readouterr().out
     for name in PRETRAINED_TAGS:
         arch, tag = name.split('.')
-        line = next(ln for ln in out.splitlines() if ln.startswith(arch) and f' {tag}' in ln)
-        assert 'not yet published' in line
+        line = next(ln for ln in out.splitlines() if ln.startswith(arch + ' ') and f' {tag}' in ln)
+        assert 'not yet published' in line and 'not in this build' not in line
     assert '0 of 5 pretrained tags published' in out
     assert cli_main(['list', '--json']) == 0
     rows = json.loads(capsys.readouterr().out)
