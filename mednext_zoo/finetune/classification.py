@@ -56,7 +56,7 @@ from .engine import (
 )
 from .metrics import classification_report, fit_temperature, point_metrics
 
-__all__ = ['FinetuneConfig', 'ClassificationTask', 'fit', 'evaluate', 'predict', 'cross_validate',
+__all__ = ['FinetuneConfig', 'ClassificationTask', 'build_optimizer', 'fit', 'evaluate', 'predict', 'cross_validate',
            'load_run_model', 'check_model_name', 'create_classifier']
 
 
@@ -91,7 +91,7 @@ class FinetuneConfig:
     linear_probe: bool = False  # train only the classifier
     freeze_epochs: int = 0  # backbone frozen for the first N epochs, then unfrozen
     drop_path: float = 0.0
-    monitor: str = 'auto'  # auto: auc (max); or loss / accuracy / f1 / precision / recall / auc
+    monitor: str = 'auto'  # auto: val loss (min); or loss / accuracy / f1 / precision / recall / auc
     patience: int = 0
     temperature_scaling: bool = False
     positive_class: Optional[str] = None
@@ -172,6 +172,25 @@ def _norm_stats(model: nn.Module, in_chans: int) -> Tuple[List[float], List[floa
     return mean, std
 
 
+def build_optimizer(model: nn.Module, cfg: FinetuneConfig, updates_per_epoch: int):
+    """AdamW (weight decay ``cfg.weight_decay``, none on 1-D parameters) with optional layer-wise lr decay
+    over ``model.group_matcher`` (timm's ``param_groups_layer_decay``), and a per-update cosine schedule with
+    linear warm-up. Each group's lr is ``schedule(t) * lr_scale`` once the scheduler has been stepped."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
+        raise UserInputError(f'--layer-decay must be in (0, 1], got {cfg.layer_decay}.')
+    optimizer = create_optimizer_v2(model, 'adamw', lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    layer_decay=cfg.layer_decay)
+    total_updates = cfg.epochs * updates_per_epoch
+    warmup = min(int(round(cfg.warmup_epochs * updates_per_epoch)), max(0, total_updates - 1))
+    scheduler = CosineLRScheduler(optimizer, t_initial=total_updates - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
+                                  warmup_lr_init=cfg.lr * 1e-3 if warmup else cfg.lr, warmup_prefix=True,
+                                  t_in_epochs=False)
+    scheduler.step_update(num_updates=0)  # apply the warm-up start and layer-decay scales before the first step
+    return optimizer, scheduler
+
+
 # ---------------------------------------------------------------- task
 class ClassificationTask(Task):
     """Cross-entropy (optionally class-weighted, label-smoothed); freezing; accuracy / P / R / F1 / AUC."""
@@ -210,6 +229,13 @@ class ClassificationTask(Task):
         changed = self._frozen is not None or frozen
         self._frozen = frozen
         return changed
+
+    def on_train_mode(self, model):
+        if self._frozen:  # a frozen backbone keeps its BatchNorm statistics too
+            head = {id(m) for m in model.get_classifier().modules()}
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head:
+                    m.eval()
 
 
 # ---------------------------------------------------------------- helpers
@@ -329,7 +355,7 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource]) -> D
     _check_in_chans(source, cfg.in_chans)
     classes = source.classes
     positive = _positive_index(classes, cfg.positive_class)
-    monitor = 'auc' if cfg.monitor == 'auto' else cfg.monitor
+    monitor = 'loss' if cfg.monitor == 'auto' else cfg.monitor
     mode = 'min' if monitor == 'loss' else 'max'
     if monitor not in ('loss', 'accuracy', 'precision', 'recall', 'f1', 'auc'):
         raise UserInputError(f'--monitor must be loss, accuracy, precision, recall, f1 or auc, got {monitor!r}.')
@@ -370,17 +396,8 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource]) -> D
     if cfg.imbalance == 'weights':
         class_weights = torch.tensor(counts.sum() / (len(classes) * counts), dtype=torch.float32)
 
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-    optimizer = create_optimizer_v2(model, 'adamw', lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    layer_decay=cfg.layer_decay)
     updates_per_epoch = max(1, math.ceil(len(train_loader) / cfg.accum_steps))
-    total_updates = cfg.epochs * updates_per_epoch
-    warmup = min(int(round(cfg.warmup_epochs * updates_per_epoch)), max(0, total_updates - 1))
-    scheduler = CosineLRScheduler(optimizer, t_initial=total_updates, lr_min=cfg.min_lr, warmup_t=warmup,
-                                  warmup_lr_init=cfg.lr * 1e-3 if warmup else cfg.lr, warmup_prefix=True,
-                                  t_in_epochs=False)
-    scheduler.step_update(num_updates=0)  # apply the warm-up start and layer-decay scales before the first step
+    optimizer, scheduler = build_optimizer(model, cfg, updates_per_epoch)
     task = ClassificationTask(classes, class_weights, cfg.label_smoothing, positive, cfg.linear_probe,
                               cfg.freeze_epochs)
     ecfg = EngineConfig(epochs=cfg.epochs, accum_steps=cfg.accum_steps, amp=cfg.amp, device=cfg.device,

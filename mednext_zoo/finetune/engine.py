@@ -204,6 +204,9 @@ class Task:
         """Hook, e.g. to freeze / unfreeze; return True if the set of trainable parameters changed."""
         return False
 
+    def on_train_mode(self, model: nn.Module) -> None:
+        """Hook called after ``model.train()`` each epoch (e.g. to keep frozen norm layers in eval mode)."""
+
 
 @dataclass
 class EngineConfig:
@@ -479,7 +482,9 @@ class Engine:
             sampler.set_epoch(p.epoch, start=p.batch * bs)
             total = p.batch + len(self.train_loader)
             self._ddp.train()
-            self.eval_model.train(False) if self.ema is not None else None
+            self.task.on_train_mode(self.model)
+            if self.ema is not None:
+                self.ema.module.eval()
             t0 = time.time()
             loss_sum, loss_n = 0.0, 0
             bar = self._bar(self.train_loader, f'epoch {p.epoch + 1}/{cfg.epochs}', total=total, initial=p.batch)
