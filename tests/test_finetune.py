@@ -452,3 +452,66 @@ def test_ddp_two_processes_gloo(tmp_path, folder):
     assert m['val']['n'] == m['sizes']['val'] == 5  # gathered from both ranks, no padding duplicates
     assert (out / 'export' / 'model.safetensors').is_file()
     assert len([ln for ln in open(out / 'metrics.jsonl')]) == 1  # rank 0 logs once
+
+
+def test_grayscale_one_channel_unfreeze_and_early_stop(tmp_path):
+    from safetensors.torch import load_file
+
+    from mednext_zoo.data import ImageClassificationDataset
+    gray = make_folder(tmp_path / 'gray', n=8, size=32, gray=True)
+    src = discover(gray)
+    assert src.channels == 1
+    one = ImageClassificationDataset(src.samples[:1], src.class_to_idx, None, in_chans=1)[0][0]
+    three = ImageClassificationDataset(src.samples[:1], src.class_to_idx, None, in_chans=3)[0][0]
+    assert one.shape == (1, 32, 32) and three.shape == (3, 32, 32) and torch.equal(three[2], one[0])
+    seen = {}
+
+    def snap(engine):
+        seen.setdefault(engine.progress.epoch, engine.model.stem[0].conv.weight.detach().clone())
+
+    cfg = small_cfg(gray, tmp_path / 'run', in_chans=1, epochs=2, freeze_epochs=1, imbalance='weights', export=False)
+    cfg._callbacks = [snap]
+    torch.manual_seed(cfg.seed)
+    res = fit(cfg)
+    import timm
+    torch.manual_seed(0)
+    init = timm.create_model('mednext_tiny', img_size=32, num_classes=2, in_chans=1).state_dict()
+    assert torch.equal(seen[0], init['stem.0.conv.weight'])  # frozen in epoch 0
+    assert not torch.equal(seen[1], init['stem.0.conv.weight'])  # unfrozen from epoch 1
+    assert res['sizes']['train'] > 0
+    # early stopping: with lr 0 nothing improves after the first epoch
+    res = fit(small_cfg(gray, tmp_path / 'stop', epochs=5, lr=0.0, min_lr=0.0, patience=1, export=False))
+    assert res['stopped_early'] and res['epochs_run'] == 2 and res['best_epoch'] == 1
+    assert len(load_file(str(tmp_path / 'stop' / 'checkpoints' / 'best.safetensors'))) > 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume(tmp_path, folder):
+    import signal
+    import time
+    out = tmp_path / 'killed'
+    env = {**os.environ, 'PYTHONPATH': REPO, 'OMP_NUM_THREADS': '1'}
+    args = ['-m', 'mednext_zoo.cli', 'finetune', '--model', 'mednext_tiny', '--data', folder, '--out', str(out),
+            '--epochs', '2', '--img-size', '32', '--batch-size', '2', '--bootstrap', '20', '--no-progress',
+            '--device', 'cpu', '--val-frac', '0.25', '--ckpt-every', '1', '--no-export']
+    proc = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = out / 'checkpoints' / 'latest.json'
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(latest.read_text())['step'] >= 9:  # inside the second epoch (7 steps per epoch)
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads(latest.read_text())
+    assert 0 < state['step'] < 14 and not (out / 'metrics.json').exists()
+    p = subprocess.run([sys.executable, *args, '--resume'], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert 'resuming' in p.stdout
+    assert json.loads(latest.read_text())['step'] == 14
+    lines = [json.loads(ln) for ln in open(out / 'metrics.jsonl')]
+    assert [r['epoch'] for r in lines] == [0, 1] and (out / 'metrics.json').is_file()
