@@ -515,3 +515,11 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, folder):
     assert json.loads(latest.read_text())['step'] == 14
     lines = [json.loads(ln) for ln in open(out / 'metrics.jsonl')]
     assert [r['epoch'] for r in lines] == [0, 1] and (out / 'metrics.json').is_file()
+
+
+def test_any_timm_classifier_with_cam(tmp_path, folder):
+    from mednext_zoo.finetune import predict
+    res = fit(small_cfg(folder, tmp_path / 'rn', model='test_resnet', export=False))
+    assert res['model'] == 'test_resnet' and res['val']['n'] == 5
+    rows = predict(str(tmp_path / 'rn'), [os.path.join(folder, 'ihc', '000.png')], cam=True)
+    assert len(rows) == 1 and os.path.isfile(rows[0]['cam']) and set(rows[0]) >= {'p_ihc', 'p_retina'}
