@@ -405,6 +405,7 @@ def test_cli_learns_evaluates_predicts_exports(tmp_path):
     m = json.load(open(out / 'metrics.json'))
     assert m['val']['averaging'] == 'binary' and m['val']['positive_class'] == 'retina'
     assert m['val']['accuracy'] >= 0.8 and m['val']['auc'] >= 0.9
+    assert m['temperature'] != 1.0 and 'val_uncalibrated' in m
     for f in ('config.json', 'splits.csv', 'metrics.jsonl', 'plots/curves.png', 'plots/roc_val.png',
               'plots/confusion_val.png', 'export/config.json', 'export/model.safetensors'):
         assert (out / f).is_file(), f
@@ -479,9 +480,15 @@ def test_grayscale_one_channel_unfreeze_and_early_stop(tmp_path):
     assert torch.equal(seen[0], init['stem.0.conv.weight'])  # frozen in epoch 0
     assert not torch.equal(seen[1], init['stem.0.conv.weight'])  # unfrozen from epoch 1
     assert res['sizes']['train'] > 0
-    # early stopping: with lr 0 nothing improves after the first epoch
-    res = fit(small_cfg(gray, tmp_path / 'stop', epochs=5, lr=0.0, min_lr=0.0, patience=1, export=False))
+    # early stopping: with lr 0 nothing improves after the first epoch; a corrupt file is skipped and counted
+    (tmp_path / 'gray' / 'ihc' / 'zz_broken.png').write_bytes(b'not an image')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = fit(small_cfg(gray, tmp_path / 'stop', epochs=5, lr=0.0, min_lr=0.0, patience=1, export=False,
+                            on_bad_file='skip'))
     assert res['stopped_early'] and res['epochs_run'] == 2 and res['best_epoch'] == 1
+    assert res['skipped_files'] == 1
+    assert 'zz_broken.png' in json.load(open(tmp_path / 'stop' / 'config.json'))['skipped_files'][0][0]
     assert len(load_file(str(tmp_path / 'stop' / 'checkpoints' / 'best.safetensors'))) > 0
 
 

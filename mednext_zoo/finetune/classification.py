@@ -425,7 +425,9 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource]) -> D
         print(f'[mednext-zoo] {cfg.model}: {len(classes)} classes {classes}; train {len(train_s)}, val {len(val_s)}, '
               f'test {len(test_s)} images; {cfg.epochs} epochs on {engine.device}'
               f'{f" x{info.world_size} ranks" if info.enabled else ""}'
-              f'{"; resuming" if resumed else ""}', flush=True)
+              f'{"; resuming" if resumed else ""}'
+              f'{f"; skipped {len(source.skipped)} unreadable file(s) (see config.json)" if source.skipped else ""}',
+              flush=True)
     summary = engine.fit(resume=resumed)
 
     # final evaluation with the best weights

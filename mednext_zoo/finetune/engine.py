@@ -400,6 +400,11 @@ class Engine:
             self.ema.module.load_state_dict(state['ema'])
         self.progress = _Progress(**state['progress'])
         _set_rng_state(state['rng'])
+        if self.dist.is_main:  # temporary files of a write that was killed half-way
+            for n in os.listdir(self.ckpt_dir):
+                if n.startswith('.tmp-'):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self.ckpt_dir, n))
         # drop log lines written after this checkpoint (they will be written again)
         log = os.path.join(self.run_dir, 'metrics.jsonl')
         if self.dist.is_main and os.path.isfile(log):
