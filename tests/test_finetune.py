@@ -414,6 +414,13 @@ def test_cli_learns_evaluates_predicts_exports(tmp_path):
     assert main(['evaluate', '--run', str(out), '--data', test, '--bootstrap', '100', '--no-progress']) == 0
     ev = json.load(open(out / 'eval-test' / 'metrics.json'))
     assert ev['n'] == 16 and ev['accuracy'] >= 0.75 and ev['ci95']['accuracy'][0] <= ev['accuracy']
+    # a label the model does not know is refused by name
+    from PIL import Image
+    os.makedirs(tmp_path / 'test' / 'xray')
+    Image.open(os.path.join(test, 'ihc', '000.png')).save(tmp_path / 'test' / 'xray' / 'a.png')
+    with pytest.raises(UserInputError, match=r"class\(es\) \['xray'\] the model was not trained on"):
+        from mednext_zoo.finetune import evaluate
+        evaluate(str(out), test, n_bootstrap=0, progress=False)
     # predict with Grad-CAM overlays
     pred_dir = str(tmp_path / 'p')
     assert main(['predict', '--run', str(out), os.path.join(test, 'retina'), '--cam', '--out', pred_dir]) == 0
