@@ -262,7 +262,7 @@ def test_layer_decay_gives_each_group_its_lr():
             lr_by[name_of[id(p)]] = g['lr']
     stem, head = lr_by['stem.0.conv.weight'], lr_by['head.fc.weight']
     assert head == pytest.approx(1e-3)
-    assert stem < lr_by['stages.3.blocks.1.mlp.fc1.weight'] if 'stages.3.blocks.1.mlp.fc1.weight' in lr_by else True
+    assert stem < lr_by['stages.1.blocks.0.laffn.proj.weight'] < lr_by['stages.3.blocks.1.laffn.proj.weight'] < head
     n_layers = len({g['lr_scale'] for g in opt.param_groups})
     assert n_layers > 5 and stem == pytest.approx(1e-3 * 0.5 ** (n_layers - 1), rel=1e-6)
     sched.step_update(num_updates=5)  # the schedule keeps the ratios
@@ -537,3 +537,23 @@ def test_any_timm_classifier_with_cam(tmp_path, folder):
     assert res['model'] == 'test_resnet' and res['val']['n'] == 5
     rows = predict(str(tmp_path / 'rn'), [os.path.join(folder, 'ihc', '000.png')], cam=True)
     assert len(rows) == 1 and os.path.isfile(rows[0]['cam']) and set(rows[0]) >= {'p_ihc', 'p_retina'}
+
+
+def test_pretrained_from_export_and_file(tmp_path, folder):
+    import timm
+    from safetensors.torch import load_file, save_file
+    src = timm.create_model('mednext_tiny', img_size=32, num_classes=5)
+    save_file(src.state_dict(), str(tmp_path / 'w.safetensors'))
+    res = fit(small_cfg(folder, tmp_path / 'a', pretrained=str(tmp_path / 'w.safetensors'), linear_probe=True))
+    best = load_file(str(tmp_path / 'a' / 'checkpoints' / 'best.safetensors'))
+    key = 'stages.2.blocks.0.laffn.proj.weight'
+    assert torch.equal(best[key], src.state_dict()[key])
+    assert best['head.fc.weight'].shape == (2, src.num_features)  # new classifier for the 2 classes
+    # a run's export seeds the next run
+    fit(small_cfg(folder, tmp_path / 'b', pretrained=str(tmp_path / 'a' / 'export'), linear_probe=True,
+                  export=False))
+    again = load_file(str(tmp_path / 'b' / 'checkpoints' / 'best.safetensors'))
+    assert torch.equal(again['stem.0.conv.weight'], best['stem.0.conv.weight'])
+    assert res['classes'] == ['ihc', 'retina']
+    with pytest.raises(UserInputError, match='does not exist'):
+        fit(small_cfg(folder, tmp_path / 'c', pretrained=str(tmp_path / 'missing.safetensors')))

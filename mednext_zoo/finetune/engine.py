@@ -504,7 +504,7 @@ class Engine:
                     with self.autocast():
                         loss = self.task.loss(self._ddp, inputs, targets)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f'Loss became {loss.item()} at epoch {p.epoch + 1}, step {p.step}; '
+                        raise UserInputError(f'Loss became {loss.item()} at epoch {p.epoch + 1}, step {p.step}; '
                                                  f'lower --lr or disable --amp.')
                     scaled = loss / accum
                     if self.scaler is not None:
