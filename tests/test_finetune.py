@@ -104,6 +104,9 @@ def test_dicom_mr_and_multiframe_rejected(tmp_path):
     from pydicom.data import get_testdata_file
     mr = load_image(get_testdata_file('MR_small.dcm'))
     assert mr.shape == (64, 64) and 0 <= mr.min() < mr.max() <= 1
+    own = load_image(get_testdata_file('MR_small.dcm'), window='file')  # the file's WindowCenter 600 / Width 1600
+    raw = pydicom.dcmread(get_testdata_file('MR_small.dcm')).pixel_array.astype(np.float32)
+    assert own.shape == (64, 64) and np.corrcoef(own.ravel(), np.clip(raw, -200, 1400).ravel())[0, 1] > 0.99
     ds = pydicom.dcmread(_ct_path())
     ds.NumberOfFrames = 2
     ds.PixelData = ds.PixelData * 2

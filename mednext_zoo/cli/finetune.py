@@ -80,7 +80,7 @@ def register(subparsers) -> None:
                    help='1: grayscale model; 3: RGB (grayscale images replicated to 3 channels)')
     g.add_argument('--img-size', type=int, default=224)
     g.add_argument('--window', default=None, help=f'DICOM / NIfTI intensity window: a CT preset ({windows}) or '
-                   '"LEVEL,WIDTH" in HU; default min-max scaling per image')
+                   '"LEVEL,WIDTH" in HU, or "file" (the DICOM\'s own window); default min-max scaling per image')
     g.add_argument('--val-frac', type=float, default=0.2, help='validation fraction when the data gives no val split')
     g.add_argument('--test-frac', type=float, default=0.0, help='test fraction held out if the data has no test split')
     g.add_argument('--folds', type=int, default=0, help='k-fold cross-validation with K folds (0: single run)')

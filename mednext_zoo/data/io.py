@@ -33,6 +33,9 @@ CT_WINDOWS: Dict[str, Tuple[float, float]] = {
 }
 
 
+FILE_WINDOW = 'file'  # use the DICOM file's own VOI LUT / WindowCenter-WindowWidth
+
+
 @dataclass(frozen=True)
 class Window:
     """A display window: values in ``[level - width / 2, level + width / 2]`` map linearly to ``[0, 1]``."""
@@ -44,9 +47,10 @@ class Window:
         return np.clip((x - lo) / self.width, 0.0, 1.0).astype(np.float32)
 
 
-def parse_window(spec: Union[None, str, Tuple[float, float], Window]) -> Optional[Window]:
-    """``None`` (min-max scaling), a preset name (``lung``, ``bone`` ...), ``"LEVEL,WIDTH"`` or a tuple."""
-    if spec is None or isinstance(spec, Window):
+def parse_window(spec: Union[None, str, Tuple[float, float], Window]) -> Union[None, str, Window]:
+    """``None`` (min-max scaling), a preset name (``lung``, ``bone`` ...), ``"LEVEL,WIDTH"``, a tuple, or
+    ``"file"`` (the DICOM file's own window / VOI LUT; min-max where a file has none)."""
+    if spec is None or isinstance(spec, Window) or spec == FILE_WINDOW:
         return spec
     if isinstance(spec, (tuple, list)):
         level, width = float(spec[0]), float(spec[1])
@@ -64,8 +68,8 @@ def parse_window(spec: Union[None, str, Tuple[float, float], Window]) -> Optiona
                     raise ValueError
             except (ValueError, IndexError):
                 raise UserInputError(
-                    f'Unknown window {spec!r}: use a preset ({", ".join(CT_WINDOWS)}) or "LEVEL,WIDTH" in HU, '
-                    f'e.g. "40,400".') from None
+                    f'Unknown window {spec!r}: use a preset ({", ".join(CT_WINDOWS)}), "LEVEL,WIDTH" in HU '
+                    f'(e.g. "40,400") or "file" for the DICOM file\'s own window.') from None
     if width <= 0:
         raise UserInputError(f'Window width must be positive, got {width} (window {spec!r}).')
     return Window(level, width)
@@ -148,8 +152,8 @@ def _check_dicom_header(ds, path: str) -> int:
     return 3 if int(ds.get('SamplesPerPixel', 1) or 1) == 3 else 1
 
 
-def _load_dicom(path: str, window: Optional[Window]) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut
+def _load_dicom(path: str, window: Union[None, str, Window]) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
     ds = _read_dicom(path)
     chans = _check_dicom_header(ds, path)
     try:
@@ -162,7 +166,10 @@ def _load_dicom(path: str, window: Optional[Window]) -> np.ndarray:
             arr = convert_color_space(arr, ds.PhotometricInterpretation, 'RGB')
         return _minmax(arr) if arr.dtype != np.uint8 else arr.astype(np.float32) / 255.0
     values = apply_modality_lut(arr, ds).astype(np.float32)  # CT: Hounsfield units
-    if window is not None:
+    if window == FILE_WINDOW:
+        has_voi = 'VOILUTSequence' in ds or ('WindowCenter' in ds and 'WindowWidth' in ds)
+        out = _minmax(apply_voi_lut(values, ds)) if has_voi else _minmax(values)
+    elif window is not None:
         out = window.apply(values)
     else:
         out = _minmax(values)
@@ -193,7 +200,7 @@ def nifti_num_slices(path: Union[str, os.PathLike]) -> int:
     return 1 if len(shape) == 2 else shape[2]
 
 
-def _load_nifti(path: str, slice_index: Optional[int], window: Optional[Window]) -> np.ndarray:
+def _load_nifti(path: str, slice_index: Optional[int], window: Union[None, str, Window]) -> np.ndarray:
     img = _nib_load(path)
     n = nifti_num_slices(path)
     idx = n // 2 if slice_index is None else int(slice_index)
@@ -205,7 +212,7 @@ def _load_nifti(path: str, slice_index: Optional[int], window: Optional[Window])
         raise UserInputError(f'Cannot read slice {idx} of NIfTI file {path}: {e}.') from None
     data = np.squeeze(data)
     data = np.rot90(data)  # NIfTI stores (x, y): show rows top-down like a radiology viewer
-    return window.apply(data) if window is not None else _minmax(data)
+    return window.apply(data) if isinstance(window, Window) else _minmax(data)
 
 
 # ---------------------------------------------------------------- public
@@ -219,9 +226,9 @@ def load_image(
     Args:
         path: PNG / JPEG / TIFF / BMP, DICOM (``.dcm``) or NIfTI (``.nii``, ``.nii.gz``).
         slice_index: NIfTI slice along the last axis (``None``: the middle slice).
-        window: For DICOM / NIfTI intensities: a CT preset, ``"LEVEL,WIDTH"`` in HU, or ``None`` for
-            min-max scaling. DICOM values are first rescaled to HU with the modality LUT, and
-            MONOCHROME1 images are inverted so that high values are bright.
+        window: For DICOM / NIfTI intensities: a CT preset, ``"LEVEL,WIDTH"`` in HU, ``"file"`` (the DICOM's
+            own window), or ``None`` for min-max scaling. DICOM values are first rescaled to HU with the
+            modality LUT, and MONOCHROME1 images are inverted so that high values are bright.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
