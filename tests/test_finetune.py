@@ -440,8 +440,12 @@ def test_cli_learns_evaluates_predicts_exports(tmp_path):
 
 @pytest.mark.slow
 def test_kfold_summary(tmp_path, folder):
-    res = fit(small_cfg(folder, tmp_path / 'cv', folds=2, export=False))
+    res = fit(small_cfg(folder, tmp_path / 'cv', folds=2, export=False, test_frac=0.2))
     assert res['folds'] == 2 and set(res['mean']) >= {'accuracy', 'f1', 'auc'}
+    f0 = json.load(open(tmp_path / 'cv' / 'fold-0' / 'metrics.json'))
+    f1 = json.load(open(tmp_path / 'cv' / 'fold-1' / 'metrics.json'))
+    assert f0['sizes']['test'] == f1['sizes']['test'] == 4 and f0['test']['n'] == 4  # same held-out test set
+    assert f0['sizes']['val'] + f1['sizes']['val'] == 16
     s = json.load(open(tmp_path / 'cv' / 'cv_summary.json'))
     assert len(s['per_fold']) == 2 and s['std']['accuracy'] >= 0
     assert all((tmp_path / 'cv' / f'fold-{k}' / 'metrics.json').is_file() for k in range(2))

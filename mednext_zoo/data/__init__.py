@@ -9,6 +9,7 @@ from .datasets import (
     build_transforms,
     check_patient_splits,
     discover,
+    hold_out_test,
     kfold_assignments,
     read_csv_manifest,
     read_image_folder,
@@ -17,6 +18,6 @@ from .io import CT_WINDOWS, Window, load_image, parse_window, probe_image
 
 __all__ = [
     'SPLITS', 'DataSource', 'EpochSampler', 'ImageClassificationDataset', 'Sample', 'assign_splits',
-    'build_transforms', 'check_patient_splits', 'discover', 'kfold_assignments', 'read_csv_manifest',
+    'build_transforms', 'check_patient_splits', 'discover', 'hold_out_test', 'kfold_assignments', 'read_csv_manifest',
     'read_image_folder', 'CT_WINDOWS', 'Window', 'load_image', 'parse_window', 'probe_image',
 ]

@@ -25,8 +25,8 @@ from .io import SUPPORTED_EXTS, Window, image_kind, load_image, nifti_num_slices
 
 __all__ = [
     'Sample', 'DataSource', 'discover', 'read_csv_manifest', 'read_image_folder', 'assign_splits',
-    'kfold_assignments', 'check_patient_splits', 'ImageClassificationDataset', 'EpochSampler', 'build_transforms',
-    'SPLITS',
+    'kfold_assignments', 'hold_out_test', 'check_patient_splits', 'ImageClassificationDataset', 'EpochSampler',
+    'build_transforms', 'SPLITS',
 ]
 
 SPLITS = ('train', 'val', 'test')
@@ -282,6 +282,20 @@ def assign_splits(source: DataSource, val_frac: float = 0.2, test_frac: float = 
         if not any(s.split == split for s in out):
             raise UserInputError(f'The {split} split of {source.origin} is empty; add images or change --val-frac.')
     return replace(source, samples=out)
+
+
+def hold_out_test(source: DataSource, frac: float, seed: int = 0) -> DataSource:
+    """Mark ``frac`` of the samples as ``test`` (stratified, patient-grouped) unless a test split exists."""
+    if frac <= 0 or any(s.split == 'test' for s in source.samples):
+        return source
+    keep, held = _holdout(list(source.samples), frac, seed)
+    samples = list(source.samples)
+    for j in held:
+        samples[j] = replace(samples[j], split='test')
+    for j in keep:
+        if samples[j].split == 'test':
+            samples[j] = replace(samples[j], split=None)
+    return replace(source, samples=samples)
 
 
 def kfold_assignments(source: DataSource, k: int, seed: int = 0) -> List[DataSource]:

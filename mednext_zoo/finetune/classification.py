@@ -34,6 +34,7 @@ from ..data import (
     assign_splits,
     build_transforms,
     discover,
+    hold_out_test,
     kfold_assignments,
     load_image,
     parse_window,
@@ -500,7 +501,7 @@ def cross_validate(cfg: FinetuneConfig) -> Dict[str, Any]:
     k = int(cfg.folds)
     info = setup_distributed(cfg.device)
     try:
-        source = discover(cfg.data, cfg.on_bad_file)
+        source = hold_out_test(discover(cfg.data, cfg.on_bad_file), cfg.test_frac, cfg.seed)
         folds = kfold_assignments(source, k, cfg.seed)
         _on_main(info, prepare_run_dir, cfg.out, {'model': cfg.model, 'folds': k, 'classes': source.classes},
                  cfg.resume, cfg.overwrite)
