@@ -321,6 +321,7 @@ def test_gradcam_default_layers():
     assert float(maps.min()) >= 0 and float(maps.max()) == pytest.approx(1.0, abs=1e-5)
     ov = overlay(np.zeros((32, 32), np.float32), maps[0].numpy())
     assert ov.shape == (32, 32, 3) and ov.dtype == np.uint8
+    assert overlay(np.zeros((32, 48, 3), np.float32), maps[0].numpy(), min_size=64).shape == (64, 96, 3)
 
 
 # ---------------------------------------------------------------- engine: run dirs, resume, repeatability

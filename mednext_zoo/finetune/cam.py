@@ -84,14 +84,22 @@ class GradCAM:
         return cam.detach(), logits.detach()
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blend a [0, 1] heatmap ``(H, W)`` (jet colour map) over an image ``(H, W)`` or ``(H, W, 3)``; uint8 RGB."""
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45, min_size: int = 0) -> np.ndarray:
+    """Blend a [0, 1] heatmap ``(H, W)`` (jet colour map) over an image ``(H, W)`` or ``(H, W, 3)``; uint8 RGB.
+
+    ``min_size`` upsamples small images so that their shorter side has at least that many pixels.
+    """
     import matplotlib
+    from PIL import Image
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
+    if min_size and min(img.shape[:2]) < min_size:
+        f = min_size / min(img.shape[:2])
+        size = (int(round(img.shape[1] * f)), int(round(img.shape[0] * f)))
+        img = np.asarray(Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).resize(size, Image.BICUBIC),
+                         dtype=np.float32) / 255.0
     if img.shape[:2] != cam.shape:
-        from PIL import Image
         cam = np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(img.shape[1::-1], Image.BILINEAR),
                          dtype=np.float32) / 255.0
     heat = matplotlib.colormaps['jet'](cam)[..., :3]

@@ -698,7 +698,7 @@ def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, cam:
             if gc is not None:
                 stem = os.path.basename(path).split('.')[0] + ('' if sl is None else f'_s{sl}')
                 cam_path = os.path.join(out, 'cam', f'{start + j:05d}_{stem}_{classes[k]}.png')
-                Image.fromarray(overlay(raws[j], cams[j].cpu().numpy())).save(cam_path)
+                Image.fromarray(overlay(raws[j], cams[j].cpu().numpy(), min_size=256)).save(cam_path)
                 row['cam'] = cam_path
             rows.append(row)
     if gc is not None:
