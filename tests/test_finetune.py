@@ -565,3 +565,55 @@ def test_pretrained_from_export_and_file(tmp_path, folder):
     assert res['classes'] == ['ihc', 'retina']
     with pytest.raises(UserInputError, match='does not exist'):
         fit(small_cfg(folder, tmp_path / 'c', pretrained=str(tmp_path / 'missing.safetensors')))
+
+
+def test_engine_is_task_agnostic(tmp_path):
+    """A regression task through the bare engine: what a segmentation task will plug into."""
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
+
+    from mednext_zoo.finetune import Engine, EngineConfig, Task, prepare_run_dir
+
+    class Pairs(Dataset):
+        def __init__(self, n):
+            g = torch.Generator().manual_seed(0)
+            self.x = torch.randn(n, 4, generator=g)
+            self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, item):
+            i = item[0] if isinstance(item, tuple) else item
+            return self.x[i], self.y[i]
+
+    class Regression(Task):
+        def loss(self, model, inputs, targets):
+            return nn.functional.mse_loss(model(inputs).squeeze(1), targets)
+
+        def evaluate(self, outputs, targets):
+            return {'loss': float(nn.functional.mse_loss(outputs.squeeze(1), targets)),
+                    'mae': float((outputs.squeeze(1) - targets).abs().mean())}
+
+    def run(out, resume=False):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 1)
+        tr, va = Pairs(64), Pairs(16)
+        tl = DataLoader(tr, batch_size=8, sampler=EpochSampler(64, seed=0), generator=torch.Generator())
+        vl = DataLoader(va, batch_size=8, sampler=EpochSampler(16, shuffle=False))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        resumed = prepare_run_dir(str(out), {'task': 'regression'}, resume=resume)
+        eng = Engine(model, Regression(), tl, vl, opt, None, str(out),
+                     EngineConfig(epochs=5, monitor='mae', monitor_mode='min', progress=False, device='cpu'))
+        return eng, eng.fit(resume=resumed)
+
+    eng, summary = run(tmp_path / 'reg')
+    lines = [json.loads(ln) for ln in open(tmp_path / 'reg' / 'metrics.jsonl')]
+    assert summary['epochs_run'] == 5 and summary['steps'] == 40
+    assert lines[-1]['val_mae'] < 0.1 * lines[0]['val_mae']
+    assert summary['best_score'] == min(r['val_mae'] for r in lines)
+    assert (tmp_path / 'reg' / 'checkpoints' / 'best.safetensors').is_file()
+    # resuming a finished run trains nothing more and keeps the weights
+    w = eng.model.weight.detach().clone()
+    eng2, s2 = run(tmp_path / 'reg', resume=True)
+    assert s2['steps'] == 40 and torch.equal(eng2.model.weight, w)
