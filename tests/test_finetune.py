@@ -374,7 +374,9 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, folder):
     assert latest_b['step'] == latest_a['step']
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     lines = [json.loads(ln) for ln in open(tmp_path / 'b' / 'metrics.jsonl')]
+    lines_a = [json.loads(ln) for ln in open(tmp_path / 'a' / 'metrics.jsonl')]
     assert [r['epoch'] for r in lines] == [0, 1]
+    assert [r['train_loss'] for r in lines] == [r['train_loss'] for r in lines_a]  # the interrupted epoch too
     ma = json.load(open(tmp_path / 'a' / 'metrics.json'))
     mb = json.load(open(tmp_path / 'b' / 'metrics.json'))
     assert ma['val']['accuracy'] == mb['val']['accuracy'] and ma['val']['auc'] == mb['val']['auc']

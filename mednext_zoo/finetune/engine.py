@@ -266,6 +266,8 @@ class _Progress:
     best: Optional[float] = None
     best_epoch: int = -1
     bad_epochs: int = 0
+    loss_sum: float = 0.0  # training loss of the epoch in progress (sum over samples, this rank)
+    loss_n: int = 0
     history: List[Dict[str, Any]] = field(default_factory=list)
 
 
@@ -491,7 +493,6 @@ class Engine:
             if self.ema is not None:
                 self.ema.module.eval()
             t0 = time.time()
-            loss_sum, loss_n = 0.0, 0
             bar = self._bar(self.train_loader, f'epoch {p.epoch + 1}/{cfg.epochs}', total=total, initial=p.batch)
             self.optimizer.zero_grad(set_to_none=True)
             for inputs, targets in bar:
@@ -505,14 +506,14 @@ class Engine:
                         loss = self.task.loss(self._ddp, inputs, targets)
                     if not torch.isfinite(loss):
                         raise UserInputError(f'Loss became {loss.item()} at epoch {p.epoch + 1}, step {p.step}; '
-                                                 f'lower --lr or disable --amp.')
+                                             f'lower --lr or disable --amp.')
                     scaled = loss / accum
                     if self.scaler is not None:
                         self.scaler.scale(scaled).backward()
                     else:
                         scaled.backward()
-                loss_sum += float(loss.detach()) * len(targets)
-                loss_n += len(targets)
+                p.loss_sum += float(loss.detach()) * len(targets)
+                p.loss_n += len(targets)
                 if not update:
                     continue
                 if self.scaler is not None:
@@ -537,9 +538,9 @@ class Engine:
                     self.save_checkpoint()
                 for cb in self.callbacks:
                     cb(self)
-            train_loss = loss_sum / max(1, loss_n)
+            train_loss = p.loss_sum / max(1, p.loss_n)
             if self.dist.enabled:
-                t = torch.tensor([loss_sum, float(loss_n)], dtype=torch.float64)
+                t = torch.tensor([p.loss_sum, float(p.loss_n)], dtype=torch.float64)
                 dist.all_reduce(t)
                 train_loss = float(t[0] / t[1].clamp(min=1))
             record: Dict[str, Any] = {'epoch': p.epoch, 'step': p.step, 'lr': self.optimizer.param_groups[-1]['lr'],
@@ -561,6 +562,7 @@ class Engine:
             p.history.append({k: record[k] for k in ('epoch', 'train_loss') if k in record})
             p.epoch += 1
             p.batch = 0
+            p.loss_sum, p.loss_n = 0.0, 0
             stop = bool(cfg.patience and p.bad_epochs >= cfg.patience)
             self._log(record)
             self.save_checkpoint()
