@@ -231,6 +231,8 @@ def test_bad_model_and_in_chans(tmp_path, folder):
         fit(small_cfg(folder, tmp_path / 'r1', model='mednext_tiyn'))
     with pytest.raises(UserInputError, match='--in-chans 1 contradicts the data.*colour'):
         fit(small_cfg(folder, tmp_path / 'r2', in_chans=1))
+    with pytest.raises(UserInputError, match='not an image classifier'):
+        fit(small_cfg(folder, tmp_path / 'r3', model='medunext_tiny'))
 
 
 def test_epoch_sampler_shards_and_resumes():

@@ -208,6 +208,10 @@ class ClassificationTask(Task):
 
     def loss(self, model, inputs, targets):
         logits = model(inputs)
+        if logits.ndim != 2 or logits.shape[1] != len(self.classes):
+            raise UserInputError(
+                f'The model returns shape {tuple(logits.shape)}, not (batch, {len(self.classes)} classes): it is not '
+                f'an image classifier (MedUNeXt is a segmentation model; use a MedNeXt or another timm classifier).')
         crit = self.criterion
         if crit.weight is not None and crit.weight.device != logits.device:
             crit.to(logits.device)
