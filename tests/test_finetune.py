@@ -545,8 +545,12 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, folder):
 
 def test_any_timm_classifier_with_cam(tmp_path, folder):
     from mednext_zoo.finetune import predict
-    res = fit(small_cfg(folder, tmp_path / 'rn', model='test_resnet', export=False))
+    res = fit(small_cfg(folder, tmp_path / 'rn', model='test_resnet'))
     assert res['model'] == 'test_resnet' and res['val']['n'] == 5
+    import timm
+    exported = timm.create_model(f'local-dir:{tmp_path / "rn" / "export"}', pretrained=True)
+    assert type(exported).__name__ == 'ResNet' and exported.num_classes == 2
+    assert (tmp_path / 'rn' / 'export' / 'README.md').is_file()  # the model card
     rows = predict(str(tmp_path / 'rn'), [os.path.join(folder, 'ihc', '000.png')], cam=True)
     assert len(rows) == 1 and os.path.isfile(rows[0]['cam']) and set(rows[0]) >= {'p_ihc', 'p_retina'}
 

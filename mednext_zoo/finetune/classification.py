@@ -296,32 +296,38 @@ def _positive_index(classes: Sequence[str], positive_class: Optional[str]) -> Op
 
 def _export(model: nn.Module, export_dir: str, metrics: Dict[str, Any], dataset: Dict[str, Any],
             classes: Sequence[str], mean: Sequence[float], std: Sequence[float], in_chans: int, img_size: int) -> str:
-    """Write ``export_dir`` with :func:`mednext_zoo.hub.save_pretrained` (timm's ``save_for_hf`` until it lands).
+    """Write ``export_dir`` (config.json, model.safetensors, model card) with :func:`mednext_zoo.hub.save_pretrained`.
 
     The exported config carries the class names and the normalisation / input size used in training.
     """
     model.pretrained_cfg = {**getattr(model, 'pretrained_cfg', {}), 'label_names': list(classes),
                             'mean': tuple(mean), 'std': tuple(std), 'input_size': (in_chans, img_size, img_size),
                             'num_classes': len(classes)}
-    try:
-        from ..hub import save_pretrained
-    except ImportError:
-        save_pretrained = None
-    if save_pretrained is not None:
-        card_metrics = {k: {'value': v, 'ci': tuple(metrics['ci95'][k])} if metrics['ci95'].get(k) else v
-                        for k, v in metrics.items() if k in ('accuracy', 'precision', 'recall', 'f1', 'auc')}
-        avg = (f"binary, positive class '{metrics['positive_class']}'" if metrics['averaging'] == 'binary'
-               else 'macro average over classes, AUC one-vs-rest')
-        save_pretrained(
-            model, export_dir, dataset=None, metrics=card_metrics, label_names=list(classes),
-            metrics_note=f'{dataset["split"]} split of {dataset["name"]}, {avg}; 95% CIs by percentile bootstrap '
-                         f'over images; ECE {metrics["ece"]:.3f}.',
-            split=f'sizes {dataset["sizes"]}, split by {dataset["split_by"]}',
-            training=dataset.get('training'),
-        )
-    else:
-        from timm.models import save_for_hf
-        save_for_hf(model, export_dir, model_config={'label_names': list(classes)}, safe_serialization=True)
+    from ..hub import save_pretrained
+    card_metrics = {k: {'value': v, 'ci': tuple(metrics['ci95'][k])} if metrics['ci95'].get(k) else v
+                    for k, v in metrics.items() if k in ('accuracy', 'precision', 'recall', 'f1', 'auc')}
+    avg = (f"binary metrics of the positive class '{metrics['positive_class']}'"
+           if metrics['averaging'] == 'binary' else 'macro averages over classes, AUC one-vs-rest')
+    sizes = dataset['sizes']
+    card_dataset = {
+        'name': dataset['name'],
+        'task': 'classification',
+        'size': f'{sum(sizes.values())} images ({sizes["train"]} train / {sizes["val"]} val / '
+                f'{sizes["test"]} test)',
+        'label_names': list(classes),
+        'split': f'Split by {dataset["split_by"]}, stratified by class (the split of every image is in the '
+                 f'run folder\'s splits.csv).',
+        'protocol': dataset.get('training'),
+        'preprocessing': dataset.get('preprocessing'),
+        'metric_conventions': f'{avg}; 95% CIs by percentile bootstrap over images.',
+    }
+    if metrics['positive_class']:
+        card_dataset['positive_class'] = metrics['positive_class']
+    save_pretrained(
+        model, export_dir, dataset=card_dataset, metrics=card_metrics, label_names=list(classes),
+        metrics_note=f'Measured by mednext-zoo finetune on the {dataset["split"]} split '
+                     f'(n={sizes[dataset["split"]]}); expected calibration error {metrics["ece"]:.3f}.',
+    )
     return export_dir
 
 
@@ -492,7 +498,9 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource]) -> D
                          'split': main_split, 'sizes': result['sizes'], 'split_by': result['split_by'],
                          'training': f'mednext-zoo finetune: {cfg.epochs} epochs, AdamW lr {cfg.lr:g} wd '
                                      f'{cfg.weight_decay:g}, cosine, batch {cfg.batch_size}, img {cfg.img_size}, '
-                                     f'in_chans {cfg.in_chans}, seed {cfg.seed}'},
+                                     f'in_chans {cfg.in_chans}, seed {cfg.seed}',
+                         'preprocessing': f'window {cfg.window or "min-max per image"}, resized to {cfg.img_size}, '
+                                          f'normalised with mean {mean} / std {std}'},
                 classes=classes, mean=mean, std=std, in_chans=cfg.in_chans, img_size=cfg.img_size)
     print(format_report(reports[main_split], f'[mednext-zoo] {main_split} metrics'), flush=True)
     print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
