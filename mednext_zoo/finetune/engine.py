@@ -21,7 +21,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -268,7 +268,6 @@ class _Progress:
     bad_epochs: int = 0
     loss_sum: float = 0.0  # training loss of the epoch in progress (sum over samples, this rank)
     loss_n: int = 0
-    history: List[Dict[str, Any]] = field(default_factory=list)
 
 
 class Engine:
@@ -559,7 +558,6 @@ class Engine:
                 else:
                     p.bad_epochs += 1
             record['time_s'] = round(time.time() - t0, 3)
-            p.history.append({k: record[k] for k in ('epoch', 'train_loss') if k in record})
             p.epoch += 1
             p.batch = 0
             p.loss_sum, p.loss_n = 0.0, 0

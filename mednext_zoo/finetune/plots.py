@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Dict, List
 
 __all__ = ['plot_curves', 'plot_roc', 'plot_confusion']
@@ -80,6 +79,3 @@ def plot_confusion(report: Dict[str, Any], out_path: str, title: str = '') -> No
     _save(fig, out_path)
     plt.close(fig)
 
-
-def _ensure_dir(path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
