@@ -40,7 +40,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 
-__all__ = ['MedNeXt', 'MedBlock', 'MedStage', 'LAFFN', 'SEM', 'SDFFN', 'ConvFFN', 'DwConvMixer']
+__all__ = ['MedNeXt', 'MedBlock', 'MedStage', 'LAFFN', 'SEM', 'SDFFN', 'ConvFFN', 'DwConvMixer', 'set_reference_paths']
 
 SizeLike = Union[int, Tuple[int, int]]
 
@@ -92,6 +92,20 @@ class LAFFN(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)  # W3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        n = H * W
+        attn_c = self.fc_channel(x).softmax(dim=-1, dtype=torch.float32)
+        attn_n = self.fc_token(x).view(B, n, C).softmax(dim=1, dtype=torch.float32)
+        # One pass for ``N * softmax_C * softmax_N`` (fp32, ~1/C: representable in fp16), then one GEMM
+        # for ``b3 + (A W3^T) / N``: the 1/N rides in the GEMM's alpha, the bias in its beta term.
+        attn = torch.addcmul(attn_c.new_zeros(()), attn_c.view(B, n, C), attn_n, value=float(n))
+        weight = self.proj.weight
+        out = torch.addmm(
+            self.proj.bias.to(weight.dtype), attn.view(B * n, C).to(weight.dtype), weight.t(), alpha=1.0 / n)
+        return out.view(B, H, W, C).to(x.dtype)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain reference path (same maths and weights as ``forward``), kept for equivalence tests."""
         B, H, W, C = x.shape
         n = H * W
         attn_c = self.fc_channel(x).softmax(dim=-1, dtype=torch.float32)
@@ -159,6 +173,47 @@ class SEM(nn.Module):
                 f'the axial mixing matrices fix the resolution. Build the model with img_size=... '
                 f'or call model.set_input_size(img_size=...) for the input size you use.'
             )
+        # Wa and Wv read the same input: one GEMM for both.
+        uv = F.linear(
+            x,
+            torch.cat([self.fc_in.weight, self.fc_value.weight]),
+            torch.cat([self.fc_in.bias, self.fc_value.bias]),
+        )
+        u = self.act(uv[..., :C]).reshape(B, H, W, C)  # strided slice in, contiguous out
+        v = uv[..., C:]
+        u_2d = u.permute(0, 3, 1, 2)  # channels-last view: the depth-wise convs run in NHWC
+        z0 = self.dw0_v(self.dw0_h(u_2d)).permute(0, 2, 3, 1).reshape(-1, C)
+        z1 = self.dw1_v(self.dw1_h(u_2d)).permute(0, 2, 3, 1).reshape(-1, C)
+        # Axial mixes as GEMMs on contiguous views of u, no transposes: along H, (H x H) @ (H x W*C)
+        # per image; along W, (W x W) @ (W x C) per row. Their biases are folded into ``bias`` below.
+        mix_h = torch.bmm(self.mix_h.weight.expand(B, H, H), u.view(B, H, W * C)).view(-1, C)
+        mix_w = torch.bmm(self.mix_w.weight.expand(B * H, W, W), u.view(B * H, W, C)).view(-1, C)
+        # Wf [Mh; Mw] and Wagg [Z0; Z1; Z2] as sums of per-path projections (no concatenation),
+        # accumulated in place (no bias copies); weights cast to the activations' dtype for autocast.
+        dt = mix_h.dtype
+        wf = self.fc_mix.weight.to(dt)
+        wg = self.fc_agg.weight.to(dt)
+        z2 = torch.mm(mix_h, wf[:, :C].t()).addmm_(mix_w, wf[:, C:].t())
+        attn = torch.mm(z0.to(dt), wg[:, :C].t()).addmm_(z1.to(dt), wg[:, C:2 * C].t()).addmm_(z2, wg[:, 2 * C:].t())
+        attn = attn.view(B, H * W, C).add_(self._agg_bias(C).to(dt))
+        return self.proj(attn.view(B, H, W, C) * v)
+
+    def _agg_bias(self, C: int) -> torch.Tensor:
+        """Every bias after the depth-wise convs, pushed through Wf and Wagg: ``(H * W, C)``.
+
+        ``bagg + Wg2 (bf + bh[h] Wf_h 1 + bw[w] Wf_w 1)`` -- the mixing biases are constant over
+        channels, so each reaches the output as a rank-1 (position x channel) term.
+        """
+        wf = self.fc_mix.weight
+        wg2 = self.fc_agg.weight[:, 2 * C:]
+        rows = torch.stack([self.fc_mix.bias, wf[:, :C].sum(1), wf[:, C:].sum(1)])  # 3, C
+        c0, ch, cw = (rows @ wg2.t()).unbind(0)  # 3 x (C,)
+        bias = (c0 + self.fc_agg.bias) + self.mix_h.bias[:, None, None] * ch + self.mix_w.bias[None, :, None] * cw
+        return bias.reshape(-1, C)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain reference path (same maths and weights as ``forward``), kept for equivalence tests."""
+        B, H, W, C = x.shape
         u = self.act(self.fc_in(x))
         u_2d = u.permute(0, 3, 1, 2)
         z0 = self.dw0_v(self.dw0_h(u_2d)).permute(0, 2, 3, 1)
@@ -302,11 +357,19 @@ class MedStage(nn.Module):
                 block.token_mixer.set_feat_size(feat_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x).permute(0, 2, 3, 1)
+        # Channels-last end to end: a channels-last NCHW input is a free view as (B, H, W, C), and the
+        # (B, C, H, W) output is a channels-last view, so the next stage's conv runs in NHWC too.
+        x = self.downsample(x).permute(0, 2, 3, 1).contiguous()
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
+        return x.permute(0, 3, 1, 2)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain reference path, kept for equivalence tests."""
+        x = self.downsample(x).permute(0, 2, 3, 1)
+        x = self.blocks(x)
         return x.permute(0, 3, 1, 2)
 
 
@@ -510,14 +573,38 @@ class MedNeXt(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``B, in_chans, H, W`` -> ``B, num_features, H/32, W/32``."""
         self._check_input(x)
-        x = self.stem(x)
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))  # NHWC convs: ~1.5x faster stem
         return self.stages(x)
+
+    def forward_features_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain reference path (NCHW stem), kept for equivalence tests; see ``set_reference_paths``."""
+        self._check_input(x)
+        return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def set_reference_paths(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Run ``model`` (any module holding MedNeXt blocks) on the plain reference forwards, or back.
+
+    Every module with a ``forward_reference`` (LAFFN, SEM, MedStage, ...) gets it bound as its
+    ``forward``; ``enable=False`` restores the optimised paths. Same weights, same ``state_dict``:
+    for equivalence tests and before/after benchmarks, not for scripting.
+    """
+    for module in model.modules():
+        for name in ('forward', 'forward_features'):
+            ref = getattr(module, f'{name}_reference', None)
+            if ref is None:
+                continue
+            if enable:
+                setattr(module, name, ref)
+            elif name in module.__dict__:
+                delattr(module, name)
+    return model
 
 
 def _init_weights(module: nn.Module, name: Optional[str] = None) -> None:
