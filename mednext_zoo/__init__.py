@@ -5,8 +5,8 @@
     import mednext_zoo, timm
     model = timm.create_model("mednext_base", num_classes=2)
 """
-from .version import __version__
 from . import models
 from .models import MedNeXt
+from .version import __version__
 
 __all__ = ['__version__', 'models', 'MedNeXt']

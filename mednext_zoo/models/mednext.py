@@ -18,7 +18,6 @@ The axial mixing matrices (``H x H`` and ``W x W``) fix the input resolution: bu
 with ``img_size=...`` or call ``set_input_size``; weights loaded at another size have those
 matrices resampled by ``checkpoint_filter_fn``.
 """
-from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -34,6 +33,8 @@ from timm.layers import (
     NormMlpClassifierHead,
     calculate_drop_path_rates,
     get_device_dtype,
+    register_notrace_function,
+    register_notrace_module,
     to_2tuple,
     trunc_normal_,
 )
@@ -109,6 +110,29 @@ def _forward_conv_bn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@register_notrace_function
+def check_input_2d(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], model_name: str) -> None:
+    """Raise a clear error unless ``x`` is ``B, in_chans, *img_size``."""
+    if x.dim() != 4:
+        raise ValueError(
+            f'{model_name} is a 2D model and expects a 4-D tensor (B, C, H, W); got a {x.dim()}-D tensor of shape '
+            f'{list(x.shape)}. For a volume (B, C, D, H, W), feed its slices as a batch '
+            f'(or k adjacent slices as channels).'
+        )
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f'{model_name} built for {in_chans} input channel(s) got {x.shape[1]}. '
+            f'Create it with in_chans={x.shape[1]} (pretrained first-conv weights are adapted).'
+        )
+    if x.shape[2] != img_size[0] or x.shape[3] != img_size[1]:
+        raise ValueError(
+            f'{model_name} built for {img_size[0]}x{img_size[1]} inputs got {x.shape[2]}x{x.shape[3]}. '
+            f'Resize the input, or create the model with img_size=({x.shape[2]}, {x.shape[3]}) '
+            f'or call model.set_input_size(img_size=...).'
+        )
+
+
+@register_notrace_module  # shape-dependent scaling: a leaf for FX feature extraction
 class LAFFN(nn.Module):
     """Linear Attention FFN: ``A = softmax_C(X W1) * softmax_N(X W2)``, ``out = A W3 + b3``.
 
@@ -125,6 +149,8 @@ class LAFFN(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)  # W3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # legacy ONNX export traces sizes as tensors: scalar args can't follow them
+            return self.forward_reference(x)
         B, H, W, C = x.shape
         n = H * W
         attn_c = self.fc_channel(x).softmax(dim=-1, dtype=torch.float32)
@@ -149,6 +175,7 @@ class LAFFN(nn.Module):
         return out.to(x.dtype)
 
 
+@register_notrace_module  # input-size check: a leaf for FX feature extraction
 class SEM(nn.Module):
     """Spatial Encoding Module: multi-scale attention map gating a value branch.
 
@@ -475,8 +502,7 @@ class MedNeXt(nn.Module):
 
         self.stem = _stem(in_chans, (stem_chs[0], stem_chs[1], dims[0]), **dd)
         sizes = feature_sizes(self.img_size, num_stages + 1)[1:]  # stem /4, then /2 per stage
-        dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
-        dp_rates = [list(x) for x in torch.tensor(dp_rates).split(list(depths))] if dp_rates else None
+        dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         block_kwargs = dict(laffn=laffn, token_mixer=token_mixer, ffn=ffn)
         stages = []
         self.feature_info = []
@@ -488,7 +514,7 @@ class MedNeXt(nn.Module):
                 feat_size=sizes[i],
                 depth=depths[i],
                 downsample=i > 0,
-                drop_path_rates=dp_rates[i] if dp_rates else None,
+                drop_path_rates=dp_rates[i],
                 block_kwargs=block_kwargs,
                 **dd,
             ))
@@ -546,28 +572,16 @@ class MedNeXt(nn.Module):
         sizes = feature_sizes(self.img_size, len(self.stages) + 1)[1:]
         for stage, size in zip(self.stages, sizes):
             stage.set_feat_size(size)
+        self._sync_pretrained_cfg()
+
+    @torch.jit.ignore
+    def _sync_pretrained_cfg(self) -> None:
+        """Make ``pretrained_cfg`` (used by timm's data config) describe this model's input."""
         cfg = getattr(self, 'pretrained_cfg', None)
         if cfg:
-            self.pretrained_cfg = {**cfg, 'input_size': (self.in_chans, *self.img_size), 'pool_size': sizes[-1]}
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(
-                f'MedNeXt is a 2D model and expects a 4-D tensor (B, C, H, W); got {x.dim()}-D shape '
-                f'{tuple(x.shape)}. For a volume (B, C, D, H, W), feed its slices as a batch '
-                f'(or k adjacent slices as channels).'
-            )
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f'MedNeXt built for {self.in_chans} input channel(s) got {x.shape[1]}. '
-                f'Create it with in_chans={x.shape[1]} (pretrained first-conv weights are adapted).'
-            )
-        if x.shape[2] != self.img_size[0] or x.shape[3] != self.img_size[1]:
-            raise ValueError(
-                f'MedNeXt built for {self.img_size[0]}x{self.img_size[1]} inputs got '
-                f'{x.shape[2]}x{x.shape[3]}. Resize the input, or create the model with '
-                f'img_size=({x.shape[2]}, {x.shape[3]}) / call model.set_input_size(img_size=...).'
-            )
+            pool = feature_sizes(self.img_size, len(self.stages) + 1)[-1]
+            cfg = {**cfg, 'input_size': (self.in_chans, *self.img_size), 'pool_size': pool}
+            self.pretrained_cfg = self.default_cfg = cfg
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """Stem in channels-last (NHWC convs and max-pool: ~1.5x faster), BatchNorm folded in eval."""
@@ -593,7 +607,7 @@ class MedNeXt(nn.Module):
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Features of the selected stages (``B, C_i, H/2^(i+2), W/2^(i+2)``) and optionally the final map."""
         assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        self._check_input(x)
+        check_input_2d(x, self.in_chans, self.img_size, 'MedNeXt')
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         x = self._stem(x)
@@ -627,12 +641,12 @@ class MedNeXt(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``B, in_chans, H, W`` -> ``B, num_features, H/32, W/32``."""
-        self._check_input(x)
+        check_input_2d(x, self.in_chans, self.img_size, 'MedNeXt')
         return self.stages(self._stem(x))
 
     def forward_features_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Plain reference path (NCHW stem), kept for equivalence tests; see ``set_reference_paths``."""
-        self._check_input(x)
+        check_input_2d(x, self.in_chans, self.img_size, 'MedNeXt')
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -698,6 +712,8 @@ def _create_mednext(variant: str, pretrained: bool = False, **kwargs) -> MedNeXt
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
         **kwargs,
     )
+    if isinstance(model, MedNeXt):
+        model._sync_pretrained_cfg()
     return model
 
 

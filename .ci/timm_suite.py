@@ -1,0 +1,68 @@
+"""Run timm's own ``tests/test_models.py`` (from the sdist of the installed timm) on our models.
+
+The sdist is fetched from PyPI at run time (timm's code is never committed here). Two things are
+adjusted in the downloaded copy, nothing else:
+
+* ``TORCH_BACKEND=mednext_zoo`` makes the file import our package before it builds its model
+  lists, so ``mednext_*`` / ``medunext_*`` are in timm's registry at collection time;
+* ``mednext`` / ``medunext`` are added to ``FEAT_INTER_FILTERS``, the list of model modules whose
+  ``forward_intermediates`` and pruning tests run.
+
+Usage: python .ci/timm_suite.py [WORKDIR] [extra pytest args]
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+OUR_MODULES = ('mednext', 'medunext')
+
+
+def fetch_test_file(workdir: Path) -> Path:
+    import timm
+
+    version = timm.__version__
+    dest = workdir / f'timm-{version}-tests'
+    test_file = dest / 'test_models.py'
+    if test_file.exists():
+        return test_file
+    dl = workdir / 'sdist'
+    subprocess.run(
+        [sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--no-binary', ':all:',
+         f'timm=={version}', '-d', str(dl)],
+        check=True,
+    )
+    sdist = next(dl.glob(f'timm-{version}.tar.gz'))
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(sdist) as tar:
+        member = tar.getmember(f'timm-{version}/tests/test_models.py')
+        member.name = 'test_models.py'
+        tar.extract(member, dest, filter='data')
+    src = test_file.read_text()
+    anchor = 'FEAT_INTER_FILTERS = ['
+    if anchor not in src:
+        raise SystemExit(f'timm {version} test_models.py has no FEAT_INTER_FILTERS list; update .ci/timm_suite.py')
+    src = src.replace(anchor, anchor + ' ' + ', '.join(repr(m) for m in OUR_MODULES) + ',', 1)
+    test_file.write_text(src)
+    return test_file
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    if args and not args[0].startswith('-'):
+        workdir = Path(args.pop(0))
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix='timm-suite-'))
+    test_file = fetch_test_file(workdir)
+    env = dict(os.environ, TORCH_BACKEND='mednext_zoo')
+    cmd = [sys.executable, '-m', 'pytest', str(test_file), '-q', '-p', 'no:cacheprovider',
+           '-k', ' or '.join(OUR_MODULES), '--rootdir', str(test_file.parent), *args]
+    return subprocess.run(cmd, env=env, cwd=test_file.parent).returncode
+
+
+if __name__ == '__main__':
+    sys.exit(main())
