@@ -149,7 +149,7 @@ class LAFFN(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)  # W3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing():  # legacy ONNX export traces sizes as tensors: scalar args can't follow them
+        if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
             return self.forward_reference(x)
         B, H, W, C = x.shape
         n = H * W
@@ -226,13 +226,10 @@ class SEM(nn.Module):
         self.feat_size = feat_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
+            return self.forward_reference(x)
         B, H, W, C = x.shape
-        if H != self.feat_size[0] or W != self.feat_size[1]:
-            raise ValueError(
-                f'MedNeXt SEM built for a {self.feat_size[0]}x{self.feat_size[1]} feature map got {H}x{W}: '
-                f'the axial mixing matrices fix the resolution. Build the model with img_size=... '
-                f'or call model.set_input_size(img_size=...) for the input size you use.'
-            )
+        self._check_size(H, W)
         # Wa and Wv read the same input: one GEMM for both.
         uv = F.linear(
             x,
@@ -258,6 +255,14 @@ class SEM(nn.Module):
         attn = attn.view(B, H * W, C).add_(self._agg_bias(C).to(dt))
         return self.proj(attn.view(B, H, W, C) * v)
 
+    def _check_size(self, H: int, W: int) -> None:
+        if H != self.feat_size[0] or W != self.feat_size[1]:
+            raise ValueError(
+                f'MedNeXt SEM built for a {self.feat_size[0]}x{self.feat_size[1]} feature map got {H}x{W}: '
+                f'the axial mixing matrices fix the resolution. Build the model with img_size=... '
+                f'or call model.set_input_size(img_size=...) for the input size you use.'
+            )
+
     def _agg_bias(self, C: int) -> torch.Tensor:
         """Every bias after the depth-wise convs, pushed through Wf and Wagg: ``(H * W, C)``.
 
@@ -274,6 +279,7 @@ class SEM(nn.Module):
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Plain reference path (same maths and weights as ``forward``), kept for equivalence tests."""
         B, H, W, C = x.shape
+        self._check_size(H, W)
         u = self.act(self.fc_in(x))
         u_2d = u.permute(0, 3, 1, 2)
         z0 = self.dw0_v(self.dw0_h(u_2d)).permute(0, 2, 3, 1)
@@ -419,6 +425,8 @@ class MedStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Channels-last end to end: a channels-last NCHW input is a free view as (B, H, W, C), and the
         # (B, C, H, W) output is a channels-last view, so the next stage's conv runs in NHWC too.
+        if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
+            return self.forward_reference(x)
         x = self._downsample(x).permute(0, 2, 3, 1).contiguous()
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
@@ -585,10 +593,11 @@ class MedNeXt(nn.Module):
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """Stem in channels-last (NHWC convs and max-pool: ~1.5x faster), BatchNorm folded in eval."""
-        x = x.contiguous(memory_format=torch.channels_last)
         if torch.jit.is_scripting():
+            return self.stem(x.contiguous(memory_format=torch.channels_last))
+        if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
             return self.stem(x)
-        return self._stem_folded(x)
+        return self._stem_folded(x.contiguous(memory_format=torch.channels_last))
 
     @torch.jit.unused
     def _stem_folded(self, x: torch.Tensor) -> torch.Tensor:
