@@ -154,13 +154,17 @@ class LAFFN(nn.Module):
         B, H, W, C = x.shape
         n = H * W
         attn_c = self.fc_channel(x).softmax(dim=-1, dtype=torch.float32)
-        attn_n = self.fc_token(x).view(B, n, C).softmax(dim=1, dtype=torch.float32)
-        # One pass for ``N * softmax_C * softmax_N`` (fp32, ~1/C: representable in fp16), then one GEMM
-        # for ``b3 + (A W3^T) / N``: the 1/N rides in the GEMM's alpha, the bias in its beta term.
+        if torch.is_grad_enabled():  # keep the bias in the graph (DDP expects every parameter to get a grad)
+            logits_n = self.fc_token(x)
+        else:  # softmax over tokens ignores a per-channel shift: W2's bias cancels exactly, skip its pass
+            logits_n = torch.matmul(x, self.fc_token.weight.t())
+        attn_n = logits_n.view(B, n, C).softmax(dim=1, dtype=torch.float32)
+        # One pass for ``N * softmax_C * softmax_N`` (fp32, ~1/C: representable in fp16), one GEMM (in
+        # fp16/bf16 under autocast), then one pass for ``b3 + out / N`` in fp32, as the reference does.
         attn = torch.addcmul(attn_c.new_zeros(()), attn_c.view(B, n, C), attn_n, value=float(n))
         weight = self.proj.weight
-        out = torch.addmm(
-            self.proj.bias.to(weight.dtype), attn.view(B * n, C).to(weight.dtype), weight.t(), alpha=1.0 / n)
+        out = torch.mm(attn.view(B * n, C).to(weight.dtype), weight.t())
+        out = torch.add(self.proj.bias.float(), out.float(), alpha=1.0 / n)
         return out.view(B, H, W, C).to(x.dtype)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
