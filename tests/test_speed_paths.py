@@ -5,6 +5,7 @@ switches a whole model over. Tolerance: max abs difference <= 1e-4 in fp32.
 """
 import copy
 
+import pytest
 import timm
 import torch
 import torch.nn as nn
@@ -48,13 +49,15 @@ def test_laffn_matches_reference():
 
 
 def test_sem_matches_reference_non_square():
-    torch.manual_seed(0)
-    m = _perturb(SEM(24, (10, 13)))
-    x = torch.randn(2, 10, 13, 24)
-    with torch.no_grad():
-        out, ref = m(x), m.forward_reference(x)
-    assert out.shape == ref.shape == x.shape
-    assert _max_diff(out, ref) <= TOL
+    # (2, 10, 13, 24): B H W > 2 C, Wagg folds Wf; (1, 3, 3, 64): small map, Wf applied on its own
+    for B, H, W, C in ((2, 10, 13, 24), (1, 3, 3, 64)):
+        torch.manual_seed(0)
+        m = _perturb(SEM(C, (H, W)))
+        x = torch.randn(B, H, W, C)
+        with torch.no_grad():
+            out, ref = m(x), m.forward_reference(x)
+        assert out.shape == ref.shape == x.shape
+        assert _max_diff(out, ref) <= TOL
 
 
 def test_sem_folded_biases_matter():
@@ -228,3 +231,13 @@ def test_meta_device_forward():
     model = timm.create_model('mednext_tiny', img_size=64, num_classes=3, device='meta')
     out = model(torch.randn(2, 3, 64, 64, device='meta'))
     assert out.shape == (2, 3) and out.device.type == 'meta'
+
+
+@pytest.mark.slow
+def test_inductor_compiled_block_matches_eager():
+    """Inductor once miscompiled ``add(bias, mm_out, alpha=1/N)`` in LAFFN: guard the block under inductor."""
+    torch.manual_seed(0)
+    block = _perturb(MedBlock(32, (16, 16))).eval()
+    x = torch.randn(2, 16, 16, 32)
+    with torch.no_grad():
+        assert _max_diff(torch.compile(block)(x), block(x)) <= TOL

@@ -164,7 +164,8 @@ class LAFFN(nn.Module):
         attn = torch.addcmul(attn_c.new_zeros(()), attn_c.view(B, n, C), attn_n, value=float(n))
         weight = self.proj.weight
         out = torch.mm(attn.view(B * n, C).to(weight.dtype), weight.t())
-        out = torch.add(self.proj.bias.float(), out.float(), alpha=1.0 / n)
+        out = out.float()  # addcmul, not add(alpha=1/n): inductor (torch 2.14) miscompiles that after a mm
+        out = torch.addcmul(self.proj.bias.float(), out, out.new_full((), 1.0 / n))
         return out.view(B, H, W, C).to(x.dtype)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -252,10 +253,15 @@ class SEM(nn.Module):
         # Wf [Mh; Mw] and Wagg [Z0; Z1; Z2] as sums of per-path projections (no concatenation),
         # accumulated in place (no bias copies); weights cast to the activations' dtype for autocast.
         dt = mix_h.dtype
-        wf = self.fc_mix.weight.to(dt)
         wg = self.fc_agg.weight.to(dt)
-        z2 = torch.mm(mix_h, wf[:, :C].t()).addmm_(mix_w, wf[:, C:].t())
-        attn = torch.mm(z0.to(dt), wg[:, :C].t()).addmm_(z1.to(dt), wg[:, C:2 * C].t()).addmm_(z2, wg[:, 2 * C:].t())
+        attn = torch.mm(z0.to(dt), wg[:, :C].t()).addmm_(z1.to(dt), wg[:, C:2 * C].t())
+        if B * H * W > 2 * C:  # Wg2 Wf (2 C^3 MACs) is cheaper than the (B H W, C) x (C, C) GEMM it saves
+            wf = (self.fc_agg.weight[:, 2 * C:] @ self.fc_mix.weight).to(dt)
+            attn.addmm_(mix_h, wf[:, :C].t()).addmm_(mix_w, wf[:, C:].t())
+        else:
+            wf = self.fc_mix.weight.to(dt)
+            z2 = torch.mm(mix_h, wf[:, :C].t()).addmm_(mix_w, wf[:, C:].t())
+            attn.addmm_(z2, wg[:, 2 * C:].t())
         attn = attn.view(B, H * W, C).add_(self._agg_bias(C).to(dt))
         return self.proj(attn.view(B, H, W, C) * v)
 
