@@ -1,0 +1,545 @@
+"""MedUNeXt: the U-shaped 2D segmentation network of MedNeXt (Xue et al., PLoS One 2026).
+
+Not the 3D MedNeXt of Roy et al. (MICCAI 2023). The layout follows UNeXt (three conv levels,
+then token-mixing levels), with the MED block of :mod:`mednext_zoo.models.mednext`:
+
+* encoder: a stride-2 max-pool on the input, three conv levels (each two 3x3 conv-BN-ReLU),
+  then MED stages; every level after the first starts with a 3x3 stride-2 conv + BN (the
+  paper's "down-sample at the end of each block"). The last MED stage is the bottleneck;
+* decoder: mirrors the encoder (without the bottleneck); each level upsamples by a 2x2
+  stride-2 transposed conv + BN, adds the encoder feature of the same scale (additive skip)
+  and runs the same kind of block as the encoder level (MED blocks or two convs);
+* a last transposed conv undoes the max-pool, and a 1x1 conv gives the logits.
+
+Widths and depths of ``medunext_base`` (conv 16-32-128, MED 480 x 3 at 1/16 and 768 x 2 at
+1/32, decoder mirrored) are our reading of the paper, chosen to match its 39.85 M parameters;
+see ``docs/medunext.md``.
+
+Input sides must be multiples of the total stride (32) and equal to ``img_size`` (the axial
+mixing matrices of the MED blocks fix the resolution). :func:`pad_to_valid_size` and
+:func:`crop_to_size` pad an image and crop the prediction back.
+"""
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import ConvNormAct, calculate_drop_path_rates, get_device_dtype, register_notrace_function, to_2tuple
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq, named_apply
+
+from ..errors import UserInputError
+from .mednext import MedStage, SizeLike, _init_weights
+from .mednext import checkpoint_filter_fn as _mednext_checkpoint_filter_fn
+
+__all__ = [
+    'MedUNeXt', 'ConvStage', 'UpBlock', 'DecoderLevel', 'pad_to_valid_size', 'crop_to_size', 'nearest_valid_sizes',
+    'SYNAPSE_LABELS', 'ACDC_LABELS',
+]
+
+SYNAPSE_LABELS = (
+    'background', 'aorta', 'gallbladder', 'left kidney', 'right kidney', 'liver', 'pancreas', 'spleen', 'stomach',
+)
+ACDC_LABELS = ('background', 'right ventricle', 'myocardium', 'left ventricle')
+
+
+def nearest_valid_sizes(size: int, stride: int = 32) -> Tuple[int, int]:
+    """The multiples of ``stride`` just below and above ``size`` (the lower one is at least ``stride``)."""
+    lower = max(stride, (size // stride) * stride)
+    upper = -(-size // stride) * stride
+    return lower, max(upper, stride)
+
+
+def _check_multiple(size: Tuple[int, int], stride: int, what: str) -> None:
+    bad = [(name, s) for name, s in zip(('height', 'width'), size, strict=True) if s % stride != 0 or s <= 0]
+    if not bad:
+        return
+    hints = ', '.join(f'{name} {s} -> {" or ".join(str(v) for v in dict.fromkeys(nearest_valid_sizes(s, stride)))}'
+                      for name, s in bad)
+    if what == 'img_size':
+        todo = 'Build the model with one of those sizes and pad or resize your images to it.'
+    else:
+        todo = (f'Resize the image, or pad it with mednext_zoo.models.medunext.pad_to_valid_size(x, {stride}) and '
+                f'crop the prediction back with crop_to_size(...), or call model.forward_padded(x).')
+    raise UserInputError(
+        f'MedUNeXt {what} {size[0]}x{size[1]}: every side must be a positive multiple of the network\'s total '
+        f'stride {stride} (nearest valid sizes: {hints}). {todo}'
+    )
+
+
+@register_notrace_function  # a leaf for FX tracing (timm's feature extraction)
+def check_input_medunext(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], stride: int) -> None:
+    """Raise :class:`UserInputError` unless ``x`` is ``B, in_chans, *img_size`` with sides multiples of ``stride``."""
+    if x.dim() != 4:
+        raise UserInputError(
+            f'MedUNeXt is a 2D model and expects a 4-D tensor (B, C, H, W); got {x.dim()}-D shape '
+            f'{tuple(x.shape)}. For a volume (B, C, D, H, W), feed its slices as a batch '
+            f'(or k adjacent slices as channels with in_chans=k).'
+        )
+    if x.shape[1] != in_chans:
+        raise UserInputError(
+            f'MedUNeXt built for {in_chans} input channel(s) got {x.shape[1]}. Create it with in_chans={x.shape[1]}.'
+        )
+    h, w = int(x.shape[2]), int(x.shape[3])
+    _check_multiple((h, w), stride, 'input')
+    if h != img_size[0] or w != img_size[1]:
+        raise UserInputError(
+            f'MedUNeXt built for {img_size[0]}x{img_size[1]} inputs got {h}x{w}. Resize the input, '
+            f'or create the model with img_size=({h}, {w}) / call model.set_input_size(img_size=({h}, {w})).'
+        )
+
+
+def pad_to_valid_size(
+        x: torch.Tensor,
+        stride: int = 32,
+        size: Optional[SizeLike] = None,
+        mode: str = 'constant',
+        value: float = 0.,
+) -> Tuple[torch.Tensor, Tuple[int, int, int, int]]:
+    """Pad ``x`` (``B, C, H, W``) symmetrically to a valid MedUNeXt input size.
+
+    Args:
+        x: Image batch ``B, C, H, W``.
+        stride: Sides are padded up to the next multiple of this (the network's total stride, 32).
+        size: Pad to exactly this ``(H, W)`` instead (e.g. ``model.img_size``); must be at least
+            the image size.
+        mode: ``F.pad`` mode ('constant', 'reflect', 'replicate').
+        value: Fill value for 'constant' (use the background intensity of the normalised image).
+
+    Returns:
+        The padded batch and the padding ``(left, right, top, bottom)`` to give :func:`crop_to_size`.
+
+    Note: the LAFFN softmax over all tokens couples every position, so padding changes every output
+    a little; whole-image inference at the size the model was trained for is best.
+    """
+    if x.dim() != 4:
+        raise UserInputError(f'pad_to_valid_size expects a 4-D tensor (B, C, H, W); got shape {tuple(x.shape)}.')
+    h, w = x.shape[-2:]
+    if size is None:
+        th, tw = -(-h // stride) * stride, -(-w // stride) * stride
+    else:
+        th, tw = to_2tuple(size)
+        if th < h or tw < w:
+            raise UserInputError(
+                f'pad_to_valid_size cannot pad a {h}x{w} image to the smaller size {th}x{tw}; resize it instead.'
+            )
+    top, left = (th - h) // 2, (tw - w) // 2
+    padding = (left, tw - w - left, top, th - h - top)
+    if mode == 'reflect' and (max(padding[:2]) >= w or max(padding[2:]) >= h):
+        raise UserInputError(
+            f"pad_to_valid_size: 'reflect' padding of a {h}x{w} image to {th}x{tw} needs more padding than the "
+            f"image has pixels; use mode='replicate' or 'constant'."
+        )
+    if mode == 'constant':
+        return F.pad(x, padding, mode=mode, value=value), padding
+    return F.pad(x, padding, mode=mode), padding
+
+
+def crop_to_size(y: torch.Tensor, padding: Tuple[int, int, int, int]) -> torch.Tensor:
+    """Undo :func:`pad_to_valid_size` on a prediction ``B, K, H', W'`` -> ``B, K, H, W``."""
+    left, right, top, bottom = padding
+    h, w = y.shape[-2:]
+    return y[..., top:h - bottom, left:w - right]
+
+
+def _mirror_rates(rates: List[float], depth: int) -> List[float]:
+    """Drop-path rates of a decoder level: the encoder level's, deep to shallow, repeated as needed."""
+    rev = list(reversed(rates))
+    return [rev[min(i, len(rev) - 1)] for i in range(depth)]
+
+
+class ConvStage(nn.Module):
+    """Conv level: optional 3x3 stride-2 conv + BN, then two 3x3 conv-BN-ReLU. ``B, C, H, W`` -> ``B, C', H', W'``."""
+
+    def __init__(self, in_chs: int, out_chs: int, downsample: bool = True, device=None, dtype=None):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.grad_checkpointing = False
+        if downsample:
+            self.downsample = ConvNormAct(in_chs, out_chs, 3, stride=2, padding=1, bias=False, apply_act=False, **dd)
+            in_chs = out_chs
+        else:
+            self.downsample = nn.Identity()
+        self.blocks = nn.Sequential(
+            ConvNormAct(in_chs, out_chs, 3, padding=1, bias=False, **dd),
+            ConvNormAct(out_chs, out_chs, 3, padding=1, bias=False, **dd),
+        )
+
+    def set_feat_size(self, feat_size: Tuple[int, int]) -> None:
+        """Conv levels work at any size (kept for a uniform stage interface)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class UpBlock(nn.Module):
+    """2x2 stride-2 transposed conv + BN (+ ReLU): ``B, C, H, W`` -> ``B, C', 2H, 2W``."""
+
+    def __init__(self, in_chs: int, out_chs: int, apply_act: bool = False, device=None, dtype=None):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.conv = nn.ConvTranspose2d(in_chs, out_chs, 2, stride=2, bias=False, **dd)
+        self.bn = nn.BatchNorm2d(out_chs, **dd)
+        self.act = nn.ReLU(inplace=True) if apply_act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class DecoderLevel(nn.Module):
+    """Decoder level ``stage(up(x) + skip)``: ``x`` ``B, C_deep, h, w``, ``skip`` ``B, C, 2h, 2w`` -> same as skip."""
+
+    def __init__(self, up: nn.Module, stage: nn.Module):
+        super().__init__()
+        self.up = up
+        self.stage = stage
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.stage(self.up(x) + skip)
+
+
+class MedUNeXt(nn.Module):
+    """MedUNeXt segmentation network (Xue et al., PLoS One 2026).
+
+    ``B, in_chans, H, W`` -> logits ``B, num_classes, H, W``, with ``(H, W) == img_size`` and both
+    sides multiples of :attr:`stride` (32 for the registered models).
+
+    Encoder levels (``forward_encoder`` / ``forward_intermediates``), for the default 3 conv and
+    2 MED levels: ``conv_dims[i]`` channels at ``1/2, 1/4, 1/8`` and ``med_dims[j]`` at
+    ``1/16, 1/32`` of the input size.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 1,
+            num_classes: int = 9,
+            img_size: SizeLike = 224,
+            conv_dims: Sequence[int] = (16, 32, 128),
+            med_dims: Sequence[int] = (480, 768),
+            med_depths: Sequence[int] = (3, 2),
+            decoder_med_depths: Optional[Sequence[int]] = None,
+            laffn: bool = True,
+            token_mixer: str = 'sem',
+            ffn: str = 'sdffn',
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            in_chans: Input channels: 1 for a CT / MRI slice, k for k adjacent slices (2.5D input).
+            num_classes: Output classes (including background).
+            img_size: Input size (int or (H, W)), sides multiples of the total stride; fixes the
+                axial mixing matrices (change later with ``set_input_size``).
+            conv_dims: Widths of the conv levels (after the max-pool, at 1/2, 1/4, ...).
+            med_dims: Widths of the MED levels; the last one is the bottleneck.
+            med_depths: MED blocks per encoder MED level.
+            decoder_med_depths: MED blocks per decoder MED level, shallow to deep
+                (default: mirror the encoder, ``med_depths[:-1]``).
+            laffn, token_mixer, ffn: MED sub-block switches for ablations (see ``MedBlock``).
+            drop_rate: Dropout before the 1x1 head.
+            drop_path_rate: Stochastic depth over the encoder MED blocks (decoder mirrors it).
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        conv_dims, med_dims, med_depths = tuple(conv_dims), tuple(med_dims), tuple(med_depths)
+        if not conv_dims or not med_dims:
+            raise UserInputError('MedUNeXt needs at least one conv level and one MED level.')
+        if len(med_depths) != len(med_dims):
+            raise UserInputError(f'med_depths {med_depths} and med_dims {med_dims} must have the same length.')
+        decoder_med_depths = tuple(med_depths[:-1] if decoder_med_depths is None else decoder_med_depths)
+        if len(decoder_med_depths) != len(med_dims) - 1:
+            raise UserInputError(
+                f'decoder_med_depths {decoder_med_depths} needs one entry per non-bottleneck MED level '
+                f'({len(med_dims) - 1}).'
+            )
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        dims = conv_dims + med_dims
+        self.num_levels = len(dims)
+        self.num_conv_levels = len(conv_dims)
+        self.stride = 2 ** self.num_levels  # max-pool, then one stride-2 conv per level after the first
+        self.img_size = to_2tuple(img_size)
+        _check_multiple(self.img_size, self.stride, 'img_size')
+        sizes = self._level_sizes(self.img_size)
+        block_kwargs = dict(laffn=laffn, token_mixer=token_mixer, ffn=ffn)
+        dp_rates = calculate_drop_path_rates(drop_path_rate, list(med_depths), stagewise=True)  # per level, per block
+
+        # encoder
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        stages = []
+        self.feature_info = []
+        prev_chs = in_chans
+        for i, dim in enumerate(dims):
+            if i < self.num_conv_levels:
+                stages.append(ConvStage(prev_chs, dim, downsample=i > 0, **dd))
+            else:
+                j = i - self.num_conv_levels
+                stages.append(MedStage(
+                    prev_chs,
+                    dim,
+                    feat_size=sizes[i],
+                    depth=med_depths[j],
+                    downsample=True,
+                    drop_path_rates=dp_rates[j],
+                    block_kwargs=block_kwargs,
+                    **dd,
+                ))
+            prev_chs = dim
+            self.feature_info.append(dict(num_chs=dim, reduction=2 ** (i + 1), module=f'stages.{i}'))
+        self.stages = nn.Sequential(*stages)
+
+        # decoder, deep to shallow: upsample level i+1 -> i, add skip i, run level i's block
+        decoder = []
+        for i in range(self.num_levels - 2, -1, -1):
+            if i < self.num_conv_levels:
+                stage = ConvStage(dims[i], dims[i], downsample=False, **dd)
+            else:
+                j = i - self.num_conv_levels
+                stage = MedStage(
+                    dims[i],
+                    dims[i],
+                    feat_size=sizes[i],
+                    depth=decoder_med_depths[j],
+                    downsample=False,
+                    drop_path_rates=_mirror_rates(dp_rates[j], decoder_med_depths[j]),
+                    block_kwargs=block_kwargs,
+                    **dd,
+                )
+            decoder.append(DecoderLevel(UpBlock(dims[i + 1], dims[i], **dd), stage))
+        self.decoder = nn.ModuleList(decoder)  # deep to shallow
+        self.final_up = UpBlock(dims[0], dims[0], apply_act=True, **dd)  # undoes the input max-pool
+        self.num_features = self.head_hidden_size = dims[0]
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Conv2d(dims[0], num_classes, 1, **dd)
+        named_apply(_init_weights, self)
+
+    def _level_sizes(self, img_size: Tuple[int, int]) -> List[Tuple[int, int]]:
+        h, w = img_size
+        return [(h // 2 ** (i + 1), w // 2 ** (i + 1)) for i in range(self.num_levels)]
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups in depth order: encoder levels, then decoder levels, then the output layers."""
+        return dict(
+            stem=r'^pool',
+            blocks=r'^stages\.(\d+)',
+            decoder=r'^decoder\.(\d+)',
+            head=r'^final_up|^head',
+        )
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return set()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for s in list(self.stages) + [level.stage for level in self.decoder]:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New 1x1 head for ``num_classes`` (``global_pool`` is accepted for timm compatibility, unused)."""
+        dd = get_device_dtype(self)
+        self.num_classes = num_classes
+        self.head = nn.Conv2d(self.num_features, num_classes, 1, **dd)
+
+    @torch.jit.ignore
+    def set_input_size(self, img_size: Optional[SizeLike] = None, **kwargs) -> None:
+        """Rebuild for a new input size (sides multiples of ``stride``); axial mixing matrices are resampled."""
+        if img_size is None:
+            return
+        img_size = to_2tuple(img_size)
+        _check_multiple(img_size, self.stride, 'img_size')
+        self.img_size = img_size
+        sizes = self._level_sizes(img_size)
+        for i, stage in enumerate(self.stages):
+            stage.set_feat_size(sizes[i])
+        for k, level in enumerate(self.decoder):
+            level.stage.set_feat_size(sizes[self.num_levels - 2 - k])
+        cfg = getattr(self, 'pretrained_cfg', None)
+        if cfg:
+            self.pretrained_cfg = {**cfg, 'input_size': (self.in_chans, *img_size)}
+
+    def forward_encoder(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Encoder features, shallow to deep: level ``i`` is ``B, dims[i], H / 2^(i+1), W / 2^(i+1)``.
+
+        For ``medunext_base``: 16 ch @ 1/2, 32 @ 1/4, 128 @ 1/8, 480 @ 1/16, 768 @ 1/32 (bottleneck).
+        Use them for deep supervision or a custom decoder (``forward_decoder`` takes this list).
+        """
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
+            check_input_medunext(x, self.in_chans, self.img_size, self.stride)
+        x = self.pool(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def forward_decoder(self, features: List[torch.Tensor]) -> torch.Tensor:
+        """Encoder features (as from ``forward_encoder``) -> decoder map ``B, dims[0], H, W`` (before the head).
+
+        After ``prune_intermediate_layers`` (no decoder) it returns the last encoder level.
+        """
+        x = features[-1]
+        for k, level in enumerate(self.decoder):
+            x = level(x, features[self.num_levels - 2 - k])
+        return self.final_up(x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm-style access to the encoder levels (see ``forward_encoder``).
+
+        Returns the selected levels, and unless ``intermediates_only`` also the ``forward_features``
+        map (decoder output before the head), as timm's ``(final, intermediates)``.
+        """
+        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        if intermediates_only and stop_early and not torch.jit.is_scripting():
+            if not torch.jit.is_tracing():
+                check_input_medunext(x, self.in_chans, self.img_size, self.stride)
+            x = self.pool(x)
+            intermediates = []
+            for feat_idx, stage in enumerate(self.stages[:max_index + 1]):
+                x = stage(x)
+                if feat_idx in take_indices:
+                    intermediates.append(x)
+            return intermediates
+        features = self.forward_encoder(x)
+        intermediates = [features[i] for i in take_indices]
+        if intermediates_only:
+            return intermediates
+        return self.forward_decoder(features), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Keep the encoder levels needed for ``indices``.
+
+        The decoder needs every level, so it goes with the head unless the last level is kept and
+        ``prune_head=False``. A pruned model's ``forward_features`` / ``forward`` return the last kept
+        encoder level.
+        """
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        if max_index == len(self.stages) - 1 and not prune_head:
+            return take_indices
+        self.stages = self.stages[:max_index + 1]
+        self.decoder = nn.ModuleList()
+        self.final_up = nn.Identity()
+        self.num_classes = 0
+        self.head = nn.Identity()
+        self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, in_chans, H, W`` -> decoder map ``B, dims[0], H, W`` (the features the 1x1 head classifies)."""
+        return self.forward_decoder(self.forward_encoder(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Decoder map ``B, dims[0], H, W`` -> logits ``B, num_classes, H, W``."""
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, in_chans, H, W`` -> logits ``B, num_classes, H, W``."""
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def forward_padded(self, x: torch.Tensor, mode: str = 'constant', value: float = 0.) -> torch.Tensor:
+        """Pad ``x`` (sides at most ``img_size``) to ``img_size``, run the model, crop the logits back."""
+        h, w = x.shape[-2:]
+        if h > self.img_size[0] or w > self.img_size[1]:
+            raise UserInputError(
+                f'forward_padded: a {h}x{w} input is larger than the model\'s {self.img_size[0]}x{self.img_size[1]}; '
+                f'resize it or call model.set_input_size(img_size=...) with a multiple of {self.stride}.'
+            )
+        xp, padding = pad_to_valid_size(x, self.stride, size=self.img_size, mode=mode, value=value)
+        return crop_to_size(self(xp), padding)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Unwrap training checkpoints and resample the axial mixing matrices to the model's input size."""
+    return _mednext_checkpoint_filter_fn(state_dict, model)
+
+
+def _create_medunext(variant: str, pretrained: bool = False, **kwargs) -> MedUNeXt:
+    return build_model_with_cfg(
+        MedUNeXt,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3, 4)),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 9, 'input_size': (1, 224, 224), 'fixed_input_size': True,
+        'crop_pct': 1.0, 'interpolation': 'bilinear',
+        'mean': (0.5,), 'std': (0.5,),
+        'first_conv': 'stages.0.blocks.0.conv', 'classifier': 'head',
+        'label_names': SYNAPSE_LABELS,
+        'license': 'apache-2.0',
+        'paper_ids': 'Xue et al., PLoS One 2026',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'medunext_tiny': _cfg(),
+    'medunext_small': _cfg(),
+    'medunext_base': _cfg(),
+    'medunext_large': _cfg(),
+})
+
+MODEL_ARGS: Dict[str, Dict[str, Any]] = {
+    'medunext_tiny': dict(conv_dims=(16, 32, 64), med_dims=(192, 288), med_depths=(2, 2)),
+    'medunext_small': dict(conv_dims=(16, 32, 96), med_dims=(320, 512), med_depths=(2, 2)),
+    'medunext_base': dict(conv_dims=(16, 32, 128), med_dims=(480, 768), med_depths=(3, 2)),
+    'medunext_large': dict(conv_dims=(32, 64, 160), med_dims=(640, 960), med_depths=(3, 2)),
+}
+
+
+@register_model
+def medunext_tiny(pretrained: bool = False, **kwargs) -> MedUNeXt:
+    """MedUNeXt-T: conv 16-32-64, MED 192 x 2 (1/16), 288 x 2 (1/32 bottleneck); 5.3 M params."""
+    return _create_medunext('medunext_tiny', pretrained=pretrained, **dict(MODEL_ARGS['medunext_tiny'], **kwargs))
+
+
+@register_model
+def medunext_small(pretrained: bool = False, **kwargs) -> MedUNeXt:
+    """MedUNeXt-S: conv 16-32-96, MED 320 x 2 (1/16), 512 x 2 (1/32 bottleneck); 15.3 M params."""
+    return _create_medunext('medunext_small', pretrained=pretrained, **dict(MODEL_ARGS['medunext_small'], **kwargs))
+
+
+@register_model
+def medunext_base(pretrained: bool = False, **kwargs) -> MedUNeXt:
+    """MedUNeXt-B, the paper's model: conv 16-32-128, MED 480 x 3 (1/16), 768 x 2 (1/32 bottleneck); 39.9 M."""
+    return _create_medunext('medunext_base', pretrained=pretrained, **dict(MODEL_ARGS['medunext_base'], **kwargs))
+
+
+@register_model
+def medunext_large(pretrained: bool = False, **kwargs) -> MedUNeXt:
+    """MedUNeXt-L: conv 32-64-160, MED 640 x 3 (1/16), 960 x 2 (1/32 bottleneck); 66.9 M params."""
+    return _create_medunext('medunext_large', pretrained=pretrained, **dict(MODEL_ARGS['medunext_large'], **kwargs))
