@@ -1,9 +1,9 @@
 """Side-by-side CPU speed of MedNeXt (optimised and reference paths) against timm / smp baselines.
 
-Every model is timed in the same process, in interleaved rounds (one call of each model per round,
-round after round), so that load from other processes hits all of them alike; the table reports
-medians and the ratios the speed targets are stated in. ``torch.set_num_threads(2)``, fp32, eval,
-``torch.inference_mode``.
+Every model is timed in the same process, in interleaved rounds (each round: every model in turn, one
+untimed call then one timed call), so that load from other processes hits all of them alike; the table
+reports medians and the ratios the speed targets are stated in (median of the per-round ratios).
+``torch.set_num_threads(2)``, fp32, eval, ``torch.inference_mode``.
 
     python benchmarks/speed/bench_speed.py --rounds 15 --out benchmarks/speed/results.md
 
@@ -84,6 +84,7 @@ def _time_rounds(
                 model(x)
         for _ in range(rounds):
             for name, (model, x) in models.items():
+                model(x)  # untimed: the timed call sees this model's steady state, not the previous model's
                 t0 = time.perf_counter()
                 model(x)
                 times[name].append(time.perf_counter() - t0)
