@@ -167,7 +167,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             pairs = zip(a['times_s'], b['times_s'], strict=True)
             ratio = statistics.median((tb / ta) if kind == 'throughput' else (ta / tb) for ta, tb in pairs)
             met = ratio >= bound if op == '>=' else ratio <= bound
-            lines.append(f'| {variant} {kind} vs {base} {op} {bound}x | {ratio:.2f}x | {"yes" if met else "no"} |')
+            lines.append(f'| {variant} {kind} vs {base} {op} {bound}x | {ratio:.3f}x | {"yes" if met else "no"} |')
     text = '\n'.join(lines) + '\n'
     print(text)
     if args.out:
