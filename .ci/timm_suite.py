@@ -24,7 +24,9 @@ OUR_MODULES = ('mednext', 'medunext')
 # expect (B, num_classes) outputs and its default-cfg test a pooled 2-D output after reset_classifier(0),
 # which a dense-prediction model does not give; the other 32 of its tests (forward, TorchScript, FX,
 # features, forward_intermediates, pruning) run.
-SELECTION = 'mednext or (medunext and not test_model_backward and not test_model_default_cfgs)'
+# timm's two pretrained-download tests need published weights; none are published yet (docs/weights.md),
+# and our loader refuses to return random weights, so they are left out until the first tag is published.
+SELECTION = '(mednext or (medunext and not test_model_backward and not test_model_default_cfgs)) and not pretrained'
 
 
 def fetch_test_file(workdir: Path) -> Path:

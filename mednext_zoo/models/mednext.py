@@ -38,9 +38,11 @@ from timm.layers import (
     to_2tuple,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
+
+from ._pretrained import build_model_with_pretrained, pretrained_cfg_kwargs
 
 __all__ = ['MedNeXt', 'MedBlock', 'MedStage', 'LAFFN', 'SEM', 'SDFFN', 'ConvFFN', 'DwConvMixer', 'set_reference_paths']
 
@@ -723,7 +725,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 
 def _create_mednext(variant: str, pretrained: bool = False, **kwargs) -> MedNeXt:
-    model = build_model_with_cfg(
+    # timm's build_model_with_cfg, but pretrained=True never ends in random weights (see _pretrained.py)
+    model = build_model_with_pretrained(
         MedNeXt,
         variant,
         pretrained,
@@ -749,10 +752,15 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
+# mednext_base tags: the paper's classification datasets, Hub ids '<HF_HUB_ORG>/mednext_base.<tag>'.
+# The first tag is the default of `timm.create_model('mednext_base', pretrained=True)`. Dataset
+# facts and publication status live in _pretrained.py (DATASETS, PRETRAINED_TAGS).
 default_cfgs = generate_default_cfgs({
+    'mednext_base.sarscov2_ct': _cfg(**pretrained_cfg_kwargs('mednext_base.sarscov2_ct')),
+    'mednext_base.monkeypox_msld': _cfg(**pretrained_cfg_kwargs('mednext_base.monkeypox_msld')),
+    'mednext_base.covid_ct_large': _cfg(**pretrained_cfg_kwargs('mednext_base.covid_ct_large')),
     'mednext_tiny': _cfg(),
     'mednext_small': _cfg(),
-    'mednext_base': _cfg(),
     'mednext_large': _cfg(),
 })
 

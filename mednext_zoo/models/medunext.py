@@ -25,11 +25,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ConvNormAct, calculate_drop_path_rates, get_device_dtype, register_notrace_function, to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 
 from ..errors import UserInputError
+from ._pretrained import build_model_with_pretrained, pretrained_cfg_kwargs
 from .mednext import MedStage, SizeLike, _init_weights
 from .mednext import checkpoint_filter_fn as _mednext_checkpoint_filter_fn
 
@@ -482,7 +483,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 
 def _create_medunext(variant: str, pretrained: bool = False, **kwargs) -> MedUNeXt:
-    return build_model_with_cfg(
+    # timm's build_model_with_cfg, but pretrained=True never ends in random weights (see _pretrained.py)
+    return build_model_with_pretrained(
         MedUNeXt,
         variant,
         pretrained,
@@ -506,10 +508,14 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
+# medunext_base tags: the paper's segmentation datasets, Hub ids '<HF_HUB_ORG>/medunext_base.<tag>'.
+# The first tag is the default of `timm.create_model('medunext_base', pretrained=True)`. Dataset
+# facts and publication status live in _pretrained.py (DATASETS, PRETRAINED_TAGS).
 default_cfgs = generate_default_cfgs({
+    'medunext_base.synapse': _cfg(**pretrained_cfg_kwargs('medunext_base.synapse')),
+    'medunext_base.acdc': _cfg(**pretrained_cfg_kwargs('medunext_base.acdc')),
     'medunext_tiny': _cfg(),
     'medunext_small': _cfg(),
-    'medunext_base': _cfg(),
     'medunext_large': _cfg(),
 })
 

@@ -1,0 +1,130 @@
+"""``mednext-zoo list | export | push``: pretrained tags and their status, Hub folders, uploads."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import UserInputError
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from ..hub import list_pretrained
+
+    rows = list_pretrained()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    headers = ('MODEL', 'TAG', 'DATASET', 'STATUS', 'HUB ID')
+    table = [
+        (r['model'], (r['tag'] + (' (default)' if r.get('default') else '')) or '-', r['dataset'] or '-',
+         r['status'], r['hub_id'] or '-')
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
+    for line in (headers, *table):
+        print('  '.join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    published = sum(r['status'] == 'published' for r in rows)
+    print(f'\n{published} of {sum(bool(r["tag"]) for r in rows)} pretrained tags published. '
+          'Load one: import mednext_zoo, timm; timm.create_model("MODEL.TAG", pretrained=True)')
+    return 0
+
+
+def _read_metrics(path: str):
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise UserInputError(f'Metrics file not found: {path}') from e
+    except json.JSONDecodeError as e:
+        raise UserInputError(f'{path} is not valid JSON ({e}).') from e
+    if not isinstance(metrics, dict):
+        raise UserInputError(f'{path} must hold a JSON object {{"metric": value | {{"value": v, "ci": [lo, hi]}}}}.')
+    return metrics
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import timm
+
+    from ..hub import DATASETS, load_state_dict, save_pretrained, seed_hf_cache
+    from ..models._pretrained import PRETRAINED_TAGS
+
+    name = args.model
+    arch = name.split('.', 1)[0]
+    if not timm.is_model(arch):
+        raise UserInputError(f'Unknown model {arch!r}; see `mednext-zoo list`.')
+    dataset = args.dataset
+    if dataset is None and name in PRETRAINED_TAGS:
+        dataset = PRETRAINED_TAGS[name]['dataset']
+    num_classes = args.num_classes
+    if num_classes is None and dataset in DATASETS:
+        num_classes = len(DATASETS[dataset]['label_names'])
+    kwargs = {k: v for k, v in dict(num_classes=num_classes, in_chans=args.in_chans, img_size=args.img_size).items()
+              if v is not None}
+    # Export what the checkpoint holds, unadapted: the cfg overlay declares the model's own head and input
+    # so timm neither drops the classifier nor converts the first conv; a mismatch raises with the keys.
+    state_dict = load_state_dict(args.checkpoint, allow_pickle=args.allow_pickle)
+    probe = timm.create_model(name, pretrained=False, **kwargs)
+    overlay = dict(state_dict=state_dict, num_classes=probe.num_classes, input_size=(probe.in_chans, *probe.img_size))
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    metrics = _read_metrics(args.metrics) if args.metrics else None
+    out = save_pretrained(model, args.out_dir, dataset=dataset, metrics=metrics, split=args.split,
+                          training=args.training, repo_id=args.repo_id, flops=not args.no_flops)
+    print(f'Wrote {out}/config.json, model.safetensors, README.md')
+    print(f'Check it: python -c "import mednext_zoo, timm; timm.create_model(\'local-dir:{out}\', pretrained=True)"')
+    if args.seed_cache:
+        from ..models._pretrained import hub_id
+
+        repo = args.repo_id or (hub_id(arch, dataset) if dataset in DATASETS else None)
+        if repo is None:
+            raise UserInputError('--seed-cache needs --repo-id OWNER/NAME for a model without a paper dataset tag.')
+        snap = seed_hf_cache(out, repo)
+        print(f'Seeded the Hugging Face cache: {snap}')
+    return 0
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from ..hub import push_to_hub
+
+    result = push_to_hub(args.save_dir, args.repo_id, private=args.private, revision=args.revision,
+                         commit_message=args.message, create_pr=args.create_pr, dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f'Uploaded: {result}')
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser('list', help='list models, pretrained tags and the real status of their weights')
+    p.add_argument('--json', action='store_true', help='print the rows as JSON')
+    p.set_defaults(func=_run_list)
+
+    p = subparsers.add_parser(
+        'export', help='write a Hub folder (config.json, model.safetensors, README.md model card)',
+        description='Build MODEL, load --checkpoint into it (safetensors, or .pth/.bin with weights_only=True), '
+                    'and write the folder timm reads with local-dir: / hf-hub:, with a model card.')
+    p.add_argument('model', help='architecture or arch.tag, e.g. mednext_base.sarscov2_ct')
+    p.add_argument('out_dir', help='output folder')
+    p.add_argument('--checkpoint', required=True, help='trained weights to export (.safetensors, .pth, .bin)')
+    p.add_argument('--allow-pickle', action='store_true',
+                   help='allow a pickle checkpoint that weights_only loading refuses (only for trusted files)')
+    p.add_argument('--dataset', help='training dataset key (sarscov2_ct, monkeypox_msld, covid_ct_large, synapse, '
+                                     'acdc); default: the tag\'s')
+    p.add_argument('--num-classes', type=int)
+    p.add_argument('--in-chans', type=int)
+    p.add_argument('--img-size', type=int)
+    p.add_argument('--metrics', help='JSON file {"metric": value | {"value": v, "ci": [lo, hi]}}')
+    p.add_argument('--split', help='split details for the card (ratio, seed, split file)')
+    p.add_argument('--training', help='training details for the card')
+    p.add_argument('--repo-id', help='Hub repo the card points to (default <org>/<arch>.<tag>)')
+    p.add_argument('--no-flops', action='store_true', help='skip the fvcore FLOP count')
+    p.add_argument('--seed-cache', action='store_true', help='also place the folder in the local Hugging Face cache')
+    p.set_defaults(func=_run_export)
+
+    p = subparsers.add_parser('push', help='upload an exported folder to the Hugging Face Hub')
+    p.add_argument('save_dir', help='folder written by `mednext-zoo export` / save_pretrained')
+    p.add_argument('repo_id', help='owner/name, e.g. mednext-zoo/mednext_base.sarscov2_ct')
+    p.add_argument('--dry-run', action='store_true', help='print what would be uploaded and upload nothing')
+    p.add_argument('--private', action='store_true')
+    p.add_argument('--revision', help='branch to push to (default main)')
+    p.add_argument('--message', help='commit message')
+    p.add_argument('--create-pr', action='store_true', help='open a pull request instead of committing')
+    p.set_defaults(func=_run_push)

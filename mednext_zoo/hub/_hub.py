@@ -1,0 +1,373 @@
+"""Save, cache, list and upload mednext-zoo checkpoints in the layout timm reads."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import safetensors.torch
+import timm
+import torch
+import torch.nn as nn
+from timm.data import resolve_model_data_config
+from timm.models import get_pretrained_cfg
+from timm.models._hub import save_config_for_hf
+
+from .. import models  # noqa: F401  (registers the architectures)
+from ..errors import UserInputError
+from ..models._pretrained import DATASETS, HF_HUB_ORG, PRETRAINED_TAGS, hub_id, weight_status
+from ._io import PathLike, atomic_path, sha256_file, write_text_atomic
+from .card import render_model_card
+
+__all__ = [
+    'save_pretrained', 'seed_hf_cache', 'push_to_hub', 'list_pretrained', 'count_params_flops', 'HUB_FILES',
+]
+
+CONFIG_NAME = 'config.json'
+WEIGHTS_NAME = 'model.safetensors'
+CARD_NAME = 'README.md'
+HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+"""The files a mednext-zoo Hub repo holds (no pickle files are ever uploaded)."""
+
+# pretrained_cfg fields that describe the training data; dropped when saving without a dataset
+_DATASET_FIELDS = ('label_names', 'label_descriptions', 'license', 'origin_url', 'description', 'notes', 'tag')
+
+
+def count_params_flops(
+        model: nn.Module,
+        input_size: Sequence[int],
+        flops: bool = True,
+) -> Tuple[int, Optional[float], List[str]]:
+    """Learnable parameters, fvcore GFLOPs (multiply-adds, batch 1) and the op kinds fvcore skipped."""
+    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not flops:
+        return num_params, None, []
+    from fvcore.nn import FlopCountAnalysis
+
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, *input_size, device=p.device if p is not None else 'cpu',
+                    dtype=p.dtype if p is not None else torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter('ignore')
+            analysis = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            total = analysis.total()
+            skipped = sorted(str(k) for k in analysis.unsupported_ops())
+    finally:
+        model.train(was_training)
+    return num_params, total / 1e9, skipped
+
+
+def _arch_name(model: nn.Module) -> str:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    arch = cfg.get('architecture')
+    if not arch:
+        raise UserInputError(
+            'The model has no pretrained_cfg["architecture"]: create it with timm.create_model("mednext_...") '
+            '(after import mednext_zoo) so that the saved config names the architecture to rebuild.'
+        )
+    return arch
+
+
+def _resolve_dataset(
+        dataset: Union[str, Mapping[str, Any], None],
+        arch: str,
+) -> Tuple[Optional[str], Dict[str, Any]]:
+    """(registry key or None, dataset facts) for a ``DATASETS`` key, an ``arch.tag`` or a custom mapping."""
+    if dataset is None:
+        return None, {}
+    if isinstance(dataset, Mapping):
+        if not dataset.get('name'):
+            raise UserInputError('A custom dataset description needs at least a "name" (see DATASETS for the keys).')
+        return None, dict(dataset)
+    key = dataset.split('.', 1)[1] if dataset.startswith(arch + '.') else dataset
+    if key not in DATASETS:
+        raise UserInputError(
+            f'Unknown dataset {dataset!r}; choose one of {", ".join(DATASETS)}, describe your own as a dict '
+            f'(name, url, license, modality, size, split, protocol, metric_conventions, ...), or pass None.'
+        )
+    return key, dict(DATASETS[key])
+
+
+def save_pretrained(
+        model: nn.Module,
+        save_dir: PathLike,
+        *,
+        dataset: Union[str, Mapping[str, Any], None] = None,
+        metrics: Optional[Mapping[str, Any]] = None,
+        metrics_note: Optional[str] = None,
+        split: Optional[str] = None,
+        training: Optional[str] = None,
+        label_names: Optional[Sequence[str]] = None,
+        repo_id: Optional[str] = None,
+        flops: bool = True,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card to ``save_dir``.
+
+    This is the layout timm reads with ``timm.create_model("local-dir:<save_dir>", pretrained=True)``
+    and, once uploaded (:func:`push_to_hub`), with ``"hf-hub:<repo_id>"`` or the registry tag.
+
+    Args:
+        model: A mednext-zoo model made by ``timm.create_model`` (any in_chans / num_classes / img_size).
+        save_dir: Output folder (created; existing files of the same names are replaced atomically).
+        dataset: The training dataset: a key of ``DATASETS`` (``'sarscov2_ct'``, ...), ``'arch.tag'``, or a
+            dict describing your own data with the same keys (``name`` required; ``url``, ``license``,
+            ``modality``, ``size``, ``split``, ``protocol``, ``metric_conventions``, ``label_names``, ...).
+            Sets labels, input spec, licence, split and protocol text of the card. ``None``: not recorded.
+        metrics: Test metrics, ``{'accuracy': 0.98, 'auc': {'value': 0.99, 'ci': (0.98, 1.0)}, ...}``;
+            the card prints them with the dataset's metric conventions.
+        metrics_note: Extra sentence on how the metrics were computed (e.g. the protocol name).
+        split: Extra split details (ratio, seed, split file) appended to the dataset's split text.
+        training: Extra training details appended to the dataset's protocol text.
+        label_names: Class names in output order; default: the dataset's.
+        repo_id: Hub repo the card's loading lines use; default ``'<HF_HUB_ORG>/<arch>.<tag>'`` for a paper
+            dataset, else none (the card then loads with ``local-dir:``).
+        flops: Count FLOPs with fvcore for the card (a few seconds on CPU for a base model).
+
+    Returns:
+        The folder path.
+    """
+    arch = _arch_name(model)
+    ds_key, ds = _resolve_dataset(dataset, arch)
+    num_classes = getattr(model, 'num_classes', None)
+    if label_names is None and ds.get('label_names'):
+        label_names = ds['label_names']
+    if label_names is not None and num_classes is not None and len(label_names) != num_classes:
+        raise UserInputError(
+            f'{len(label_names)} label names ({", ".join(label_names)}) for a model with {num_classes} outputs: '
+            f'pass label_names=... matching the head, or build the model with num_classes={len(label_names)}.'
+        )
+    if repo_id is None and ds_key:
+        repo_id = hub_id(arch, ds_key)
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+
+    # config.json: timm's own writer, then the dataset fields are set (or cleared) explicitly so that a
+    # model fine-tuned on other data never inherits the labels / licence of the tag it started from.
+    img_size = tuple(getattr(model, 'img_size', ()) or ())
+    in_chans = getattr(model, 'in_chans', None)
+    with atomic_path(save_dir / CONFIG_NAME) as tmp:
+        save_config_for_hf(model, os.fspath(tmp))
+        config = json.loads(tmp.read_text())
+        pcfg = config['pretrained_cfg']
+        for k in _DATASET_FIELDS:
+            pcfg.pop(k, None)
+        config.pop('label_names', None)
+        config.pop('label_descriptions', None)
+        model_args = config.setdefault('model_args', {})
+        if img_size:
+            model_args['img_size'] = list(img_size)
+        if in_chans is not None:
+            model_args['in_chans'] = in_chans
+        if num_classes is not None:
+            model_args['num_classes'] = num_classes
+        if img_size and in_chans is not None:
+            pcfg['input_size'] = [in_chans, *img_size]
+        if ds:
+            pcfg.update({k: v for k, v in dict(
+                tag=ds_key,
+                license=ds.get('license'),
+                origin_url=ds.get('url'),
+                description=f'{arch} trained on {ds["name"]}.',
+            ).items() if v})
+            if ds.get('label_descriptions') and label_names is not None:
+                config['label_descriptions'] = {n: ds['label_descriptions'][n]
+                                                for n in label_names if n in ds['label_descriptions']}
+        if label_names is not None:
+            config['label_names'] = list(label_names)
+        tmp.write_text(json.dumps(config, indent=2) + '\n')
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(save_dir / WEIGHTS_NAME) as tmp:
+        safetensors.torch.save_file(tensors, os.fspath(tmp), metadata={'format': 'pt'})
+
+    data_cfg = resolve_model_data_config(model)
+    input_size = (in_chans, *img_size) if img_size and in_chans else tuple(data_cfg['input_size'])
+    num_params, gflops, skipped = count_params_flops(model, input_size, flops=flops)
+    card = render_model_card(
+        arch=arch,
+        repo_id=repo_id,
+        task=ds.get('task') or ('segmentation' if arch.startswith('medunext') else 'classification'),
+        input_size=input_size,
+        mean=data_cfg['mean'],
+        std=data_cfg['std'],
+        interpolation=data_cfg.get('interpolation', 'bicubic'),
+        label_names=label_names,
+        num_params=num_params,
+        gflops=gflops,
+        flops_skipped=skipped,
+        dataset=ds,
+        dataset_tag=ds_key,
+        metrics=metrics,
+        metrics_note=metrics_note,
+        split=split,
+        training=training,
+        published=bool(repo_id) and weight_status(repo_id.split('/')[-1]) == 'published',
+    )
+    write_text_atomic(save_dir / CARD_NAME, card)
+    return save_dir
+
+
+def _commit_hash_for(files: Sequence[Path]) -> str:
+    """A 40-hex revision id derived from the files' contents (stands in for a Hub commit hash)."""
+    h = hashlib.sha1()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def seed_hf_cache(
+        save_dir: PathLike,
+        repo_id: str,
+        *,
+        cache_dir: Optional[PathLike] = None,
+        revision: str = 'main',
+) -> Path:
+    """Place a saved folder into a Hugging Face cache so that ``HF_HUB_OFFLINE=1`` loading finds it.
+
+    Uses the cache layout huggingface_hub itself writes and reads
+    (``models--<org>--<name>/{blobs/<sha256>, snapshots/<commit>/<file>, refs/<revision>}``); use it
+    to carry weights onto an offline machine, or to pre-seed a shared cache on a cluster.
+
+    Returns:
+        The snapshot folder.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    save_dir = Path(save_dir)
+    files = [save_dir / n for n in HUB_FILES if (save_dir / n).is_file()]
+    if not (save_dir / CONFIG_NAME).is_file() or not (save_dir / WEIGHTS_NAME).is_file():
+        raise UserInputError(f'{save_dir} needs {CONFIG_NAME} and {WEIGHTS_NAME} (write it with save_pretrained).')
+    cache = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    storage = cache / repo_folder_name(repo_id=repo_id, repo_type='model')
+    commit = _commit_hash_for(files)
+    snapshot = storage / 'snapshots' / commit
+    (storage / 'blobs').mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        blob = storage / 'blobs' / sha256_file(f)
+        if not blob.exists():
+            with atomic_path(blob) as tmp:
+                shutil.copyfile(f, tmp)
+        link = snapshot / f.name
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        try:
+            link.symlink_to(os.path.relpath(blob, snapshot))
+        except OSError:  # no symlinks (e.g. Windows without developer mode): huggingface_hub copies too
+            shutil.copyfile(blob, link)
+    (storage / 'refs').mkdir(exist_ok=True)
+    write_text_atomic(storage / 'refs' / revision, commit)
+    return snapshot
+
+
+def list_pretrained() -> List[Dict[str, Any]]:
+    """One row per pretrained tag (and per architecture without weights) with its real status."""
+    rows = []
+    tagged = set()
+    for name, entry in PRETRAINED_TAGS.items():
+        arch, tag = name.split('.', 1)
+        ds = DATASETS[entry['dataset']]
+        registered = timm.is_model(arch)
+        tagged.add(arch)
+        rows.append(dict(
+            model=arch, tag=tag, name=name, hub_id=hub_id(arch, tag), dataset=ds['name'], task=ds['task'],
+            status=entry['status'] if registered else f'{entry["status"]} (architecture not in this build)',
+            revision=entry.get('revision'), registered=registered,
+        ))
+    for arch in timm.list_models(['mednext*', 'medunext*']):
+        if arch not in tagged:
+            rows.append(dict(model=arch, tag='', name=arch, hub_id='', dataset='', task='',
+                             status='no weights (architecture only)', revision=None, registered=True))
+    for r in rows:  # the tag `timm.create_model(arch, pretrained=True)` loads
+        cfg = get_pretrained_cfg(r['model']) if r['registered'] and r['tag'] else None
+        r['default'] = bool(cfg is not None and cfg.tag == r['tag'])
+    return sorted(rows, key=lambda r: r['model'])  # stable: registry order within a model
+
+
+def _validate_folder(save_dir: Path) -> Tuple[Dict[str, Any], nn.Module]:
+    missing = [n for n in HUB_FILES if not (save_dir / n).is_file()]
+    if missing:
+        raise UserInputError(
+            f'{save_dir} lacks {", ".join(missing)}: write the folder with mednext_zoo.hub.save_pretrained '
+            f'(or `mednext-zoo export`) before pushing.'
+        )
+    try:
+        config = json.loads((save_dir / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as e:
+        raise UserInputError(f'{save_dir / CONFIG_NAME} is not valid JSON ({e}).') from e
+    arch = config.get('architecture')
+    if not arch or not timm.is_model(arch):
+        raise UserInputError(f'{save_dir / CONFIG_NAME} names architecture {arch!r}, not a registered model.')
+    model = timm.create_model(f'local-dir:{save_dir}', pretrained=True)  # the same path users take
+    return config, model
+
+
+def push_to_hub(
+        save_dir: PathLike,
+        repo_id: str,
+        *,
+        token: Optional[str] = None,
+        private: bool = False,
+        revision: Optional[str] = None,
+        commit_message: Optional[str] = None,
+        create_pr: bool = False,
+        dry_run: bool = False,
+) -> Union[List[Dict[str, Any]], str]:
+    """Upload a :func:`save_pretrained` folder (config.json, model.safetensors, README.md) to the Hub.
+
+    The folder is first loaded back through ``timm.create_model("local-dir:...", pretrained=True)``
+    so that a broken upload is caught before it leaves the machine. Only the three files above are
+    uploaded, never a pickle checkpoint. Repos under ``HF_HUB_ORG`` must be named ``<arch>.<tag>``.
+
+    Args:
+        dry_run: Print what would be uploaded (files, sizes, sha256, target) and upload nothing.
+
+    Returns:
+        Dry run: the planned files (name, bytes, sha256). Otherwise: the commit URL.
+    """
+    save_dir = Path(save_dir)
+    if '/' not in repo_id or repo_id.count('/') != 1:
+        raise UserInputError(f'repo_id must be "owner/name", got {repo_id!r}.')
+    config, model = _validate_folder(save_dir)
+    arch = config['architecture']
+    org, name = repo_id.split('/')
+    if org == HF_HUB_ORG and not name.startswith(arch + '.'):
+        raise UserInputError(
+            f'Repos under {HF_HUB_ORG} are named <arch>.<tag>: the folder holds {arch}, so use '
+            f'{HF_HUB_ORG}/{arch}.<tag> rather than {repo_id}.'
+        )
+    plan = [dict(file=n, bytes=(save_dir / n).stat().st_size, sha256=sha256_file(save_dir / n)) for n in HUB_FILES]
+    if dry_run:
+        print(f'Dry run: would upload to https://huggingface.co/{repo_id} (model repo, '
+              f'{"private" if private else "public"}, revision {revision or "main"}'
+              f'{", as a pull request" if create_pr else ""}):')
+        for p in plan:
+            print(f'  {p["file"]:<18} {p["bytes"]:>12,d} bytes  sha256 {p["sha256"]}')
+        print(f'Checked: timm.create_model("local-dir:{save_dir}", pretrained=True) loads {arch} with '
+              f'{model.num_classes} outputs, input {tuple(model.pretrained_cfg["input_size"])}.')
+        print('Nothing was uploaded (dry run).')
+        return plan
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type='model', private=private, exist_ok=True)
+    info = api.upload_folder(
+        folder_path=os.fspath(save_dir),
+        repo_id=repo_id,
+        repo_type='model',
+        revision=revision,
+        allow_patterns=list(HUB_FILES),
+        commit_message=commit_message or f'Upload {arch} weights with mednext-zoo',
+        create_pr=create_pr,
+    )
+    return str(getattr(info, 'commit_url', info))
