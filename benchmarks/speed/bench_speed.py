@@ -168,6 +168,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             ratio = statistics.median((tb / ta) if kind == 'throughput' else (ta / tb) for ta, tb in pairs)
             met = ratio >= bound if op == '>=' else ratio <= bound
             lines.append(f'| {variant} {kind} vs {base} {op} {bound}x | {ratio:.3f}x | {"yes" if met else "no"} |')
+    lines += ['', '| after / before (fast path vs reference path) | ratio |', '| --- | --- |']
+    for cand in ('mednext_base', 'medunext_base'):
+        for kind, src in (('throughput', merged), ('latency', merged_lat)):
+            a, b = src.get(cand), src.get(f'{cand} (reference path)')
+            if a and b:
+                pairs = zip(a['times_s'], b['times_s'], strict=True)
+                ratio = statistics.median((tb / ta) if kind == 'throughput' else (ta / tb) for ta, tb in pairs)
+                lines.append(f'| {cand} {kind} | {ratio:.3f}x |')
     text = '\n'.join(lines) + '\n'
     print(text)
     if args.out:
