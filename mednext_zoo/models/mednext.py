@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
+    BatchNormAct2d,
     ConvNormAct,
     DropPath,
     LayerNorm2d,
@@ -43,7 +44,7 @@ from timm.models._manipulate import checkpoint_seq, named_apply
 
 from ._pretrained import build_model_with_pretrained, pretrained_cfg_kwargs
 
-__all__ = ['MedNeXt', 'MedBlock', 'MedStage', 'LAFFN', 'SEM', 'SDFFN', 'ConvFFN', 'DwConvMixer']
+__all__ = ['MedNeXt', 'MedBlock', 'MedStage', 'LAFFN', 'SEM', 'SDFFN', 'ConvFFN', 'DwConvMixer', 'set_reference_paths']
 
 SizeLike = Union[int, Tuple[int, int]]
 
@@ -77,6 +78,38 @@ def resample_axial_bias(bias: torch.Tensor, new_len: int) -> torch.Tensor:
         return bias
     b = F.interpolate(bias[None, None].float(), size=new_len, mode='linear', align_corners=False)
     return b[0, 0].to(bias.dtype)
+
+
+def _foldable_conv_bn(module: nn.Module) -> bool:
+    """True for a timm ``ConvNormAct`` whose BatchNorm (eval, running stats) can fold into its conv."""
+    conv, bn = getattr(module, 'conv', None), getattr(module, 'bn', None)
+    return (
+        type(conv) is nn.Conv2d and isinstance(bn, BatchNormAct2d) and not bn.training
+        and bn.running_mean is not None and bn.running_var is not None and bn.weight is not None
+        and bn.bias is not None and conv.padding_mode == 'zeros'
+    )
+
+
+def _forward_conv_bn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, with an eval-mode BatchNorm folded into the conv (one conv + bias, no BN pass).
+
+    ``W' = W * g / sqrt(var + eps)``, ``b' = beta + (b - mean) * g / sqrt(var + eps)``: same maths,
+    recomputed per call (weights are tiny), so it never goes stale.
+    """
+    if not _foldable_conv_bn(module):
+        return module(x)
+    conv, bn = module.conv, module.bn
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    shift = bn.running_mean if conv.bias is None else bn.running_mean - conv.bias
+    x = F.conv2d(
+        x, conv.weight * scale.reshape(-1, 1, 1, 1), bn.bias - shift * scale,
+        conv.stride, conv.padding, conv.dilation, conv.groups,
+    )
+    x = bn.act(bn.drop(x))
+    aa = getattr(module, 'aa', None)
+    if aa is not None:
+        x = aa(x)
+    return x
 
 
 @register_notrace_function
@@ -118,6 +151,27 @@ class LAFFN(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)  # W3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
+            return self.forward_reference(x)
+        B, H, W, C = x.shape
+        n = H * W
+        attn_c = self.fc_channel(x).softmax(dim=-1, dtype=torch.float32)
+        if torch.is_grad_enabled():  # keep the bias in the graph (DDP expects every parameter to get a grad)
+            logits_n = self.fc_token(x)
+        else:  # softmax over tokens ignores a per-channel shift: W2's bias cancels exactly, skip its pass
+            logits_n = torch.matmul(x, self.fc_token.weight.t())
+        attn_n = logits_n.view(B, n, C).softmax(dim=1, dtype=torch.float32)
+        # One pass for ``N * softmax_C * softmax_N`` (fp32, ~1/C: representable in fp16), one GEMM (in
+        # fp16/bf16 under autocast), then one pass for ``b3 + out / N`` in fp32, as the reference does.
+        attn = torch.addcmul(attn_c.new_zeros(()), attn_c.view(B, n, C), attn_n, value=float(n))
+        weight = self.proj.weight
+        out = torch.mm(attn.view(B * n, C).to(weight.dtype), weight.t())
+        out = out.float()  # addcmul, not add(alpha=1/n): inductor (torch 2.14) miscompiles that after a mm
+        out = torch.addcmul(self.proj.bias.float(), out, out.new_full((), 1.0 / n))
+        return out.view(B, H, W, C).to(x.dtype)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain reference path (same maths and weights as ``forward``), kept for equivalence tests."""
         B, H, W, C = x.shape
         n = H * W
         attn_c = self.fc_channel(x).softmax(dim=-1, dtype=torch.float32)
@@ -179,13 +233,65 @@ class SEM(nn.Module):
         self.feat_size = feat_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
+            return self.forward_reference(x)
         B, H, W, C = x.shape
+        self._check_size(H, W)
+        # Wa and Wv read the same input: one GEMM for both.
+        uv = F.linear(
+            x,
+            torch.cat([self.fc_in.weight, self.fc_value.weight]),
+            torch.cat([self.fc_in.bias, self.fc_value.bias]),
+        )
+        u = self.act(uv[..., :C]).reshape(B, H, W, C)  # strided slice in, contiguous out
+        v = uv[..., C:]
+        u_2d = u.permute(0, 3, 1, 2)  # channels-last view: the depth-wise convs run in NHWC
+        z0 = self.dw0_v(self.dw0_h(u_2d)).permute(0, 2, 3, 1).reshape(-1, C)
+        z1 = self.dw1_v(self.dw1_h(u_2d)).permute(0, 2, 3, 1).reshape(-1, C)
+        # Axial mixes as GEMMs on contiguous views of u, no transposes: along H, (H x H) @ (H x W*C)
+        # per image; along W, (W x W) @ (W x C) per row. Their biases are folded into ``bias`` below.
+        mix_h = torch.bmm(self.mix_h.weight.expand(B, H, H), u.view(B, H, W * C)).view(-1, C)
+        mix_w = torch.bmm(self.mix_w.weight.expand(B * H, W, W), u.view(B * H, W, C)).view(-1, C)
+        # Wf [Mh; Mw] and Wagg [Z0; Z1; Z2] as sums of per-path projections (no concatenation),
+        # accumulated in place (no bias copies); weights cast to the activations' dtype for autocast.
+        dt = mix_h.dtype
+        wg = self.fc_agg.weight.to(dt)
+        attn = torch.mm(z0.to(dt), wg[:, :C].t()).addmm_(z1.to(dt), wg[:, C:2 * C].t())
+        if B * H * W > 2 * C:  # Wg2 Wf (2 C^3 MACs) is cheaper than the (B H W, C) x (C, C) GEMM it saves
+            wf = (self.fc_agg.weight[:, 2 * C:] @ self.fc_mix.weight).to(dt)
+            attn.addmm_(mix_h, wf[:, :C].t()).addmm_(mix_w, wf[:, C:].t())
+        else:
+            wf = self.fc_mix.weight.to(dt)
+            z2 = torch.mm(mix_h, wf[:, :C].t()).addmm_(mix_w, wf[:, C:].t())
+            attn.addmm_(z2, wg[:, 2 * C:].t())
+        attn = attn.view(B, H * W, C).add_(self._agg_bias(C).to(dt))
+        return self.proj(attn.view(B, H, W, C) * v)
+
+    def _check_size(self, H: int, W: int) -> None:
         if H != self.feat_size[0] or W != self.feat_size[1]:
             raise ValueError(
                 f'MedNeXt SEM built for a {self.feat_size[0]}x{self.feat_size[1]} feature map got {H}x{W}: '
                 f'the axial mixing matrices fix the resolution. Build the model with img_size=... '
                 f'or call model.set_input_size(img_size=...) for the input size you use.'
             )
+
+    def _agg_bias(self, C: int) -> torch.Tensor:
+        """Every bias after the depth-wise convs, pushed through Wf and Wagg: ``(H * W, C)``.
+
+        ``bagg + Wg2 (bf + bh[h] Wf_h 1 + bw[w] Wf_w 1)`` -- the mixing biases are constant over
+        channels, so each reaches the output as a rank-1 (position x channel) term.
+        """
+        wf = self.fc_mix.weight
+        wg2 = self.fc_agg.weight[:, 2 * C:]
+        rows = torch.stack([self.fc_mix.bias, wf[:, :C].sum(1), wf[:, C:].sum(1)])  # 3, C
+        c0, ch, cw = (rows @ wg2.t()).unbind(0)  # 3 x (C,)
+        bias = (c0 + self.fc_agg.bias) + self.mix_h.bias[:, None, None] * ch + self.mix_w.bias[None, :, None] * cw
+        return bias.reshape(-1, C)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain reference path (same maths and weights as ``forward``), kept for equivalence tests."""
+        B, H, W, C = x.shape
+        self._check_size(H, W)
         u = self.act(self.fc_in(x))
         u_2d = u.permute(0, 3, 1, 2)
         z0 = self.dw0_v(self.dw0_h(u_2d)).permute(0, 2, 3, 1)
@@ -329,11 +435,30 @@ class MedStage(nn.Module):
                 block.token_mixer.set_feat_size(feat_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x).permute(0, 2, 3, 1)
+        # Channels-last end to end: a channels-last NCHW input is a free view as (B, H, W, C), and the
+        # (B, C, H, W) output is a channels-last view, so the next stage's conv runs in NHWC too.
+        if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
+            return self.forward_reference(x)
+        x = self._downsample(x).permute(0, 2, 3, 1).contiguous()
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
+        return x.permute(0, 3, 1, 2)
+
+    def _downsample(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.downsample(x)
+        return self._downsample_folded(x)
+
+    @torch.jit.unused
+    def _downsample_folded(self, x: torch.Tensor) -> torch.Tensor:
+        return _forward_conv_bn(self.downsample, x)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain reference path, kept for equivalence tests."""
+        x = self.downsample(x).permute(0, 2, 3, 1)
+        x = self.blocks(x)
         return x.permute(0, 3, 1, 2)
 
 
@@ -478,6 +603,20 @@ class MedNeXt(nn.Module):
             cfg = {**cfg, 'input_size': (self.in_chans, *self.img_size), 'pool_size': pool}
             self.pretrained_cfg = self.default_cfg = cfg
 
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem in channels-last (NHWC convs and max-pool: ~1.5x faster), BatchNorm folded in eval."""
+        if torch.jit.is_scripting():
+            return self.stem(x.contiguous(memory_format=torch.channels_last))
+        if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
+            return self.stem(x)
+        return self._stem_folded(x.contiguous(memory_format=torch.channels_last))
+
+    @torch.jit.unused
+    def _stem_folded(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.stem:
+            x = _forward_conv_bn(layer, x)
+        return x
+
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -492,7 +631,7 @@ class MedNeXt(nn.Module):
         check_input_2d(x, self.in_chans, self.img_size, 'MedNeXt')
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.stem(x)
+        x = self._stem(x)
         if torch.jit.is_scripting() or not stop_early:
             stages = self.stages
         else:
@@ -524,14 +663,37 @@ class MedNeXt(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``B, in_chans, H, W`` -> ``B, num_features, H/32, W/32``."""
         check_input_2d(x, self.in_chans, self.img_size, 'MedNeXt')
-        x = self.stem(x)
-        return self.stages(x)
+        return self.stages(self._stem(x))
+
+    def forward_features_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain reference path (NCHW stem), kept for equivalence tests; see ``set_reference_paths``."""
+        check_input_2d(x, self.in_chans, self.img_size, 'MedNeXt')
+        return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def set_reference_paths(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Run ``model`` (any module holding MedNeXt blocks) on the plain reference forwards, or back.
+
+    Every module with a ``forward_reference`` (LAFFN, SEM, MedStage, ...) gets it bound as its
+    ``forward``; ``enable=False`` restores the optimised paths. Same weights, same ``state_dict``:
+    for equivalence tests and before/after benchmarks, not for scripting.
+    """
+    for module in model.modules():
+        for name in ('forward', 'forward_features'):
+            ref = getattr(module, f'{name}_reference', None)
+            if ref is None:
+                continue
+            if enable:
+                setattr(module, name, ref)
+            elif name in module.__dict__:
+                delattr(module, name)
+    return model
 
 
 def _init_weights(module: nn.Module, name: Optional[str] = None) -> None:

@@ -1,0 +1,154 @@
+"""``mednext-zoo finetune | evaluate | predict``: fine-tune a classifier, score it, use it.
+
+    mednext-zoo finetune --model mednext_base --data images/ --out runs/exp1 --epochs 50
+    torchrun --nproc_per_node=2 -m mednext_zoo.cli finetune --model mednext_base --data images/ --out runs/exp1
+    mednext-zoo evaluate --run runs/exp1 --data external_test/
+    mednext-zoo predict --run runs/exp1 scan1.dcm folder/ --cam
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..data.io import CT_WINDOWS
+
+
+def _scale(text: str):
+    try:
+        lo, hi = (float(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected "LOW,HIGH" such as "0.25,1", got {text!r}') from None
+    if not 0 < lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f'crop scale must satisfy 0 < LOW <= HIGH <= 1, got {text!r}')
+    return lo, hi
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from ..finetune import FinetuneConfig, fit
+    cfg = FinetuneConfig(
+        model=args.model, data=args.data, out=args.out, epochs=args.epochs, img_size=args.img_size,
+        batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, layer_decay=args.layer_decay, pretrained=args.pretrained,
+        in_chans=args.in_chans, window=args.window, val_frac=args.val_frac, test_frac=args.test_frac,
+        folds=args.folds, accum_steps=args.accum_steps, amp=args.amp, device=args.device, seed=args.seed,
+        clip_grad=args.clip_grad, label_smoothing=args.label_smoothing, imbalance=args.imbalance,
+        ema_decay=args.ema, linear_probe=args.linear_probe, freeze_epochs=args.freeze_epochs,
+        drop_path=args.drop_path, monitor=args.monitor, patience=args.patience,
+        temperature_scaling=args.temperature_scaling, positive_class=args.positive_class, crop_scale=args.crop_scale,
+        hflip=args.hflip, num_workers=args.workers, on_bad_file=args.on_bad_file, n_bootstrap=args.bootstrap,
+        ckpt_every_steps=args.ckpt_every, progress=not args.no_progress, resume=args.resume,
+        overwrite=args.overwrite, export=not args.no_export)
+    fit(cfg)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..finetune import evaluate
+    res = evaluate(args.run, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
+                   device=args.device, n_bootstrap=args.bootstrap, on_bad_file=args.on_bad_file,
+                   progress=not args.no_progress)
+    if args.json:
+        print(json.dumps({k: v for k, v in res.items() if k != 'roc'}, indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ..finetune import predict
+    rows = predict(args.run, args.inputs, out=args.out, cam=args.cam, cam_layer=args.cam_layer,
+                   batch_size=args.batch_size, device=args.device, on_bad_file=args.on_bad_file)
+    for r in rows:
+        where = r['path'] + (f'#{r["slice"]}' if r['slice'] != '' else '')
+        print(f'{where}\t{r["prediction"]}\t{r["confidence"]:.3f}' + (f'\t{r["cam"]}' if 'cam' in r else ''))
+    return 0
+
+
+def register(subparsers) -> None:
+    windows = ', '.join(f'{k} ({lv:g}/{w:g})' for k, (lv, w) in CT_WINDOWS.items())
+    p = subparsers.add_parser(
+        'finetune', help='fine-tune a classifier on an image folder or CSV manifest',
+        description='Fine-tune any timm classifier (MedNeXt first) on a labelled image collection. Writes a '
+                    'resumable run folder with metrics, plots and an export/ loadable by timm.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group('model and data')
+    g.add_argument('--model', required=True, help='timm model name, e.g. mednext_tiny, convnext_tiny, resnet18')
+    g.add_argument('--data', required=True, help='ImageFolder root (class sub-folders, optionally under '
+                   'train/ val/ test/) or a CSV manifest (path,label[,patient_id][,split][,slice])')
+    g.add_argument('--out', required=True, help='run folder (RUN_DIR)')
+    g.add_argument('--pretrained', default=None, help='weights: a pretrained TAG of the model, a weights file '
+                   '(.safetensors / .pth), or an export/ folder')
+    g.add_argument('--in-chans', type=int, default=3, choices=(1, 3),
+                   help='1: grayscale model; 3: RGB (grayscale images replicated to 3 channels)')
+    g.add_argument('--img-size', type=int, default=224)
+    g.add_argument('--window', default=None, help=f'DICOM / NIfTI intensity window: a CT preset ({windows}) or '
+                   '"LEVEL,WIDTH" in HU, or "file" (the DICOM\'s own window); default min-max scaling per image')
+    g.add_argument('--val-frac', type=float, default=0.2, help='validation fraction when the data gives no val split')
+    g.add_argument('--test-frac', type=float, default=0.0, help='test fraction held out if the data has no test split')
+    g.add_argument('--folds', type=int, default=0, help='k-fold cross-validation with K folds (0: single run)')
+    g.add_argument('--on-bad-file', choices=('error', 'skip'), default='error',
+                   help='unreadable image: stop with an error, or skip it and report the count')
+    g.add_argument('--workers', type=int, default=0, help='data loader worker processes')
+    o = p.add_argument_group('optimisation (defaults: the paper recipe, AdamW + cosine)')
+    o.add_argument('--epochs', type=int, default=30)
+    o.add_argument('--batch-size', type=int, default=32, help='per process')
+    o.add_argument('--lr', type=float, default=5e-4)
+    o.add_argument('--min-lr', type=float, default=1e-6)
+    o.add_argument('--weight-decay', type=float, default=0.05)
+    o.add_argument('--warmup-epochs', type=float, default=2.0)
+    o.add_argument('--layer-decay', type=float, default=None, help='layer-wise lr decay, e.g. 0.75')
+    o.add_argument('--accum-steps', type=int, default=1, help='gradient accumulation steps')
+    o.add_argument('--amp', choices=('auto', 'none', 'bf16', 'fp16'), default='auto',
+                   help='mixed precision; auto: bf16/fp16 on CUDA, off on CPU')
+    o.add_argument('--clip-grad', type=float, default=None)
+    o.add_argument('--label-smoothing', type=float, default=0.0)
+    o.add_argument('--imbalance', choices=('none', 'weights', 'sampler'), default='none',
+                   help='class-weighted loss or class-balanced sampling')
+    o.add_argument('--ema', type=float, default=0.0, help='EMA decay of the weights (e.g. 0.999; 0: off)')
+    o.add_argument('--linear-probe', action='store_true', help='train the classifier only')
+    o.add_argument('--freeze-epochs', type=int, default=0, help='freeze the backbone for the first N epochs')
+    o.add_argument('--drop-path', type=float, default=0.0)
+    o.add_argument('--crop-scale', type=_scale, default=(0.25, 1.0), help='RandomResizedCrop scale range')
+    o.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
+    o.add_argument('--seed', type=int, default=0)
+    o.add_argument('--device', default='auto')
+    r = p.add_argument_group('evaluation and run')
+    r.add_argument('--monitor', default='auto',
+                   choices=('auto', 'loss', 'accuracy', 'precision', 'recall', 'f1', 'auc'),
+                   help='validation metric for the best checkpoint and early stopping (auto: loss)')
+    r.add_argument('--patience', type=int, default=0, help='early stopping patience in epochs (0: off)')
+    r.add_argument('--positive-class', default=None, help='binary tasks: the positive class (default: the second)')
+    r.add_argument('--temperature-scaling', action='store_true', help='fit a temperature on the validation set')
+    r.add_argument('--bootstrap', type=int, default=1000, help='bootstrap resamples for the 95%% CIs')
+    r.add_argument('--ckpt-every', type=int, default=0, help='also checkpoint every N optimiser steps')
+    r.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint')
+    r.add_argument('--overwrite', action='store_true', help='replace an existing run in --out')
+    r.add_argument('--no-export', action='store_true', help='skip writing RUN_DIR/export')
+    r.add_argument('--no-progress', action='store_true', help='no progress bars')
+    p.set_defaults(func=_finetune)
+
+    e = subparsers.add_parser('evaluate', help='score a fine-tuned run on labelled images',
+                              description='Metrics with bootstrap 95% CIs, ECE, ROC and confusion matrix of a run '
+                                          'on an image folder or CSV manifest.')
+    e.add_argument('--run', required=True, help='run folder written by `mednext-zoo finetune`')
+    e.add_argument('--data', required=True, help='ImageFolder root or CSV manifest')
+    e.add_argument('--split', default=None, choices=('train', 'val', 'test'), help='only this split of --data')
+    e.add_argument('--out', default=None, help='output folder (default RUN_DIR/eval-<data>)')
+    e.add_argument('--batch-size', type=int, default=32)
+    e.add_argument('--device', default='cpu')
+    e.add_argument('--bootstrap', type=int, default=1000)
+    e.add_argument('--on-bad-file', choices=('error', 'skip'), default='error')
+    e.add_argument('--json', action='store_true', help='also print the report as JSON')
+    e.add_argument('--no-progress', action='store_true')
+    e.set_defaults(func=_evaluate)
+
+    q = subparsers.add_parser('predict', help='classify images with a fine-tuned run (optionally Grad-CAM)',
+                              description='Class probabilities for image files / folders; --cam saves Grad-CAM '
+                                          'overlays.')
+    q.add_argument('--run', required=True, help='run folder written by `mednext-zoo finetune`')
+    q.add_argument('inputs', nargs='+', help='image files or folders')
+    q.add_argument('--out', default=None, help='output folder (default RUN_DIR/predictions)')
+    q.add_argument('--cam', action='store_true', help='save Grad-CAM overlays (default layer per model family)')
+    q.add_argument('--cam-layer', default=None, help='module name for Grad-CAM, e.g. stages.3 or layer4')
+    q.add_argument('--batch-size', type=int, default=16)
+    q.add_argument('--device', default='cpu')
+    q.add_argument('--on-bad-file', choices=('error', 'skip'), default='error')
+    q.set_defaults(func=_predict)

@@ -1,0 +1,726 @@
+"""Image classification fine-tuning on top of the task-agnostic :mod:`~mednext_zoo.finetune.engine`.
+
+``fit(FinetuneConfig(...))`` trains any timm classifier (MedNeXt first) on an ImageFolder tree or a CSV
+manifest and leaves a run folder::
+
+    RUN_DIR/config.json       resolved configuration        RUN_DIR/splits.csv     the split of every image
+    RUN_DIR/metrics.jsonl     one line per epoch            RUN_DIR/metrics.json   final report (val / test)
+    RUN_DIR/plots/*.png       curves, ROC, confusion        RUN_DIR/checkpoints/   resumable state
+    RUN_DIR/export/           config.json + model.safetensors: timm.create_model("local-dir:RUN_DIR/export")
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import (
+    DataSource,
+    EpochSampler,
+    ImageClassificationDataset,
+    Sample,
+    assign_splits,
+    build_transforms,
+    discover,
+    hold_out_test,
+    kfold_assignments,
+    load_image,
+    parse_window,
+)
+from ..data.io import SUPPORTED_EXTS, image_kind, nifti_num_slices
+from ..errors import UserInputError
+from .engine import (
+    DistInfo,
+    Engine,
+    EngineConfig,
+    Task,
+    _broadcast_obj,
+    atomic_write_bytes,
+    atomic_write_json,
+    cleanup_distributed,
+    prepare_run_dir,
+    resolve_device,
+    seed_everything,
+    setup_distributed,
+)
+from .metrics import classification_report, fit_temperature, point_metrics
+
+__all__ = ['FinetuneConfig', 'ClassificationTask', 'build_optimizer', 'fit', 'evaluate', 'predict', 'cross_validate',
+           'load_run_model', 'check_model_name', 'create_classifier']
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run needs; defaults follow the paper's recipe (AdamW, wd 0.05, cosine)."""
+    model: str
+    data: str
+    out: str
+    epochs: int = 30
+    img_size: int = 224
+    batch_size: int = 32
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    layer_decay: Optional[float] = None  # e.g. 0.75: lr of group i = lr * decay ** (num_groups - 1 - i)
+    pretrained: Optional[str] = None  # TAG of the model, a weights file, or an export folder
+    in_chans: int = 3  # 1: grayscale models; 3: grayscale replicated to RGB (ImageNet weights)
+    window: Optional[str] = None  # DICOM / NIfTI: CT preset or "LEVEL,WIDTH"; None: min-max
+    val_frac: float = 0.2
+    test_frac: float = 0.0
+    folds: int = 0
+    accum_steps: int = 1
+    amp: str = 'auto'
+    device: str = 'auto'
+    seed: int = 0
+    clip_grad: Optional[float] = None
+    label_smoothing: float = 0.0
+    imbalance: str = 'none'  # none | weights (class-weighted loss) | sampler (class-balanced sampling)
+    ema_decay: float = 0.0
+    linear_probe: bool = False  # train only the classifier
+    freeze_epochs: int = 0  # backbone frozen for the first N epochs, then unfrozen
+    drop_path: float = 0.0
+    monitor: str = 'auto'  # auto: val loss (min); or loss / accuracy / f1 / precision / recall / auc
+    patience: int = 0
+    temperature_scaling: bool = False
+    positive_class: Optional[str] = None
+    crop_scale: Tuple[float, float] = (0.25, 1.0)
+    hflip: float = 0.5
+    num_workers: int = 0
+    on_bad_file: str = 'error'
+    n_bootstrap: int = 1000
+    ckpt_every_steps: int = 0
+    progress: bool = True
+    resume: bool = False
+    overwrite: bool = False
+    export: bool = True
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- model
+def check_model_name(name: str) -> str:
+    """Return ``name`` if timm knows it (after ``import mednext_zoo``); else a clear error with close matches."""
+    import timm
+
+    from .. import models  # noqa: F401  (registers mednext_*)
+    base = name.split('.', 1)[0]
+    if base.startswith(('local-dir:', 'hf-hub:', 'hf_hub:')) or timm.is_model(base):
+        return name
+    close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
+    hint = f' Did you mean {", ".join(close)}?' if close else ' See `mednext-zoo models` or timm.list_models().'
+    raise UserInputError(f'Unknown model {name!r}.{hint}')
+
+
+def _pretrained_kwargs(model: str, pretrained: Optional[str]) -> Tuple[str, Dict[str, Any]]:
+    if not pretrained:
+        return model, {'pretrained': False}
+    p = os.path.expanduser(pretrained)
+    if os.path.isdir(p):
+        for fname in ('model.safetensors', 'pytorch_model.bin'):
+            if os.path.isfile(os.path.join(p, fname)):
+                return model, {'pretrained': True, 'pretrained_cfg_overlay': {'file': os.path.join(p, fname)}}
+        raise UserInputError(f'--pretrained folder {p} holds no model.safetensors.')
+    if os.path.isfile(p):
+        return model, {'pretrained': True, 'pretrained_cfg_overlay': {'file': p}}
+    if os.sep in pretrained or pretrained.endswith(('.safetensors', '.pth', '.pt', '.bin')):
+        raise UserInputError(f'--pretrained file {pretrained} does not exist.')
+    return f'{model.split(".", 1)[0]}.{pretrained}', {'pretrained': True}  # a pretrained tag
+
+
+def create_classifier(model: str, num_classes: int, in_chans: int, img_size: int, pretrained: Optional[str] = None,
+                      drop_path: float = 0.0) -> nn.Module:
+    """``timm.create_model`` for a new task; ``img_size`` is passed to models that take it (MedNeXt, ViTs)."""
+    import timm
+    check_model_name(model)
+    name, kw = _pretrained_kwargs(model, pretrained)
+    kw.update(num_classes=num_classes, in_chans=in_chans)
+    if drop_path:
+        kw['drop_path_rate'] = drop_path
+    try:
+        try:
+            return timm.create_model(name, img_size=img_size, **kw)
+        except TypeError as e:
+            if 'img_size' not in str(e):
+                raise
+            return timm.create_model(name, **kw)
+    except (RuntimeError, OSError, ValueError) as e:
+        if kw.get('pretrained'):
+            raise UserInputError(f'Cannot load pretrained weights {pretrained!r} for {model}: '
+                                 f'{str(e).splitlines()[0]}') from None
+        raise
+
+
+def _norm_stats(model: nn.Module, in_chans: int) -> Tuple[List[float], List[float]]:
+    cfg = getattr(model, 'pretrained_cfg', {}) or {}
+    mean = list(cfg.get('mean', (0.485, 0.456, 0.406)))
+    std = list(cfg.get('std', (0.229, 0.224, 0.225)))
+    if len(mean) != in_chans:
+        mean, std = [float(np.mean(mean))] * in_chans, [float(np.mean(std))] * in_chans
+    return mean, std
+
+
+def build_optimizer(model: nn.Module, cfg: FinetuneConfig, updates_per_epoch: int):
+    """AdamW (weight decay ``cfg.weight_decay``, none on 1-D parameters) with optional layer-wise lr decay
+    over ``model.group_matcher`` (timm's ``param_groups_layer_decay``), and a per-update cosine schedule with
+    linear warm-up. Each group's lr is ``schedule(t) * lr_scale`` once the scheduler has been stepped."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
+        raise UserInputError(f'--layer-decay must be in (0, 1], got {cfg.layer_decay}.')
+    optimizer = create_optimizer_v2(model, 'adamw', lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    layer_decay=cfg.layer_decay)
+    total_updates = cfg.epochs * updates_per_epoch
+    warmup = min(int(round(cfg.warmup_epochs * updates_per_epoch)), max(0, total_updates - 1))
+    scheduler = CosineLRScheduler(optimizer, t_initial=total_updates - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
+                                  warmup_lr_init=cfg.lr * 1e-3 if warmup else cfg.lr, warmup_prefix=True,
+                                  t_in_epochs=False)
+    scheduler.step_update(num_updates=0)  # apply the warm-up start and layer-decay scales before the first step
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------- task
+class ClassificationTask(Task):
+    """Cross-entropy (optionally class-weighted, label-smoothed); freezing; accuracy / P / R / F1 / AUC."""
+
+    def __init__(self, classes: Sequence[str], class_weights: Optional[torch.Tensor] = None,
+                 label_smoothing: float = 0.0, positive: Optional[int] = None, linear_probe: bool = False,
+                 freeze_epochs: int = 0):
+        self.classes = list(classes)
+        self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        self.positive = positive
+        self.linear_probe = linear_probe
+        self.freeze_epochs = freeze_epochs
+        self._frozen: Optional[bool] = None
+
+    def loss(self, model, inputs, targets):
+        logits = model(inputs)
+        if logits.ndim != 2 or logits.shape[1] != len(self.classes):
+            raise UserInputError(
+                f'The model returns shape {tuple(logits.shape)}, not (batch, {len(self.classes)} classes): it is not '
+                f'an image classifier (MedUNeXt is a segmentation model; use a MedNeXt or another timm classifier).')
+        crit = self.criterion
+        if crit.weight is not None and crit.weight.device != logits.device:
+            crit.to(logits.device)
+        return crit(logits.float(), targets)
+
+    def evaluate(self, outputs, targets):
+        out = point_metrics(targets.numpy(), torch.softmax(outputs.float(), 1).numpy(), len(self.classes),
+                            self.positive)
+        out = {k: v for k, v in out.items() if k != 'per_class'}
+        out['loss'] = float(nn.functional.cross_entropy(outputs.float(), targets.long()))
+        return out
+
+    def on_epoch_start(self, epoch, model):
+        frozen = self.linear_probe or epoch < self.freeze_epochs
+        if frozen == self._frozen:
+            return False
+        head = {id(p) for p in model.get_classifier().parameters()}
+        for p in model.parameters():
+            p.requires_grad_(not frozen or id(p) in head)
+        changed = self._frozen is not None or frozen
+        self._frozen = frozen
+        return changed
+
+    def on_train_mode(self, model):
+        if self._frozen:  # a frozen backbone keeps its BatchNorm statistics too
+            head = {id(m) for m in model.get_classifier().modules()}
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head:
+                    m.eval()
+
+
+# ---------------------------------------------------------------- helpers
+def _on_main(info: DistInfo, fn, *args, **kwargs):
+    """Run ``fn`` on rank 0 and share its result (or its UserInputError) with every rank."""
+    res, err = None, None
+    if info.is_main:
+        try:
+            res = fn(*args, **kwargs)
+        except UserInputError as e:
+            err = str(e)
+    res, err = _broadcast_obj((res, err), info)
+    if err is not None:
+        raise UserInputError(err)
+    return res
+
+
+def _check_in_chans(source: DataSource, in_chans: int) -> None:
+    if in_chans not in (1, 3):
+        raise UserInputError(f'--in-chans must be 1 (grayscale) or 3 (RGB / grayscale replicated), got {in_chans}.')
+    if in_chans == 1 and source.channels == 3:
+        from ..data.io import probe_image
+        colour = next((s.path for s in source.samples if probe_image(s.path) == 3), source.origin)
+        raise UserInputError(f'--in-chans 1 contradicts the data: {colour} is a colour image. Use --in-chans 3, '
+                             f'or convert the images to grayscale.')
+
+
+def _write_splits(path: str, samples: Sequence[Sample]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(['path', 'label', 'patient_id', 'split', 'slice'])
+    for s in samples:
+        w.writerow([s.path, s.label, s.patient_id or '', s.split, '' if s.slice_index is None else s.slice_index])
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _loader(ds, batch_size: int, sampler: EpochSampler, num_workers: int, seed: int, drop_last: bool = False):
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+                      generator=torch.Generator().manual_seed(seed), persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
+
+
+def _positive_index(classes: Sequence[str], positive_class: Optional[str]) -> Optional[int]:
+    if len(classes) != 2:
+        if positive_class is not None:
+            raise UserInputError(f'--positive-class applies to two classes; this task has {len(classes)}.')
+        return None
+    pc = positive_class if positive_class is not None else classes[1]
+    if pc not in classes:
+        raise UserInputError(f'--positive-class {pc!r} is not one of the classes {list(classes)}.')
+    return list(classes).index(pc)
+
+
+def _export(model: nn.Module, export_dir: str, metrics: Dict[str, Any], dataset: Dict[str, Any],
+            classes: Sequence[str], mean: Sequence[float], std: Sequence[float], in_chans: int, img_size: int) -> str:
+    """Write ``export_dir`` (config.json, model.safetensors, model card) with :func:`mednext_zoo.hub.save_pretrained`.
+
+    The exported config carries the class names and the normalisation / input size used in training.
+    """
+    model.pretrained_cfg = {**getattr(model, 'pretrained_cfg', {}), 'label_names': list(classes),
+                            'mean': tuple(mean), 'std': tuple(std), 'input_size': (in_chans, img_size, img_size),
+                            'num_classes': len(classes)}
+    from ..hub import save_pretrained
+    card_metrics = {k: {'value': v, 'ci': tuple(metrics['ci95'][k])} if metrics['ci95'].get(k) else v
+                    for k, v in metrics.items() if k in ('accuracy', 'precision', 'recall', 'f1', 'auc')}
+    avg = (f"binary metrics of the positive class '{metrics['positive_class']}'"
+           if metrics['averaging'] == 'binary' else 'macro averages over classes, AUC one-vs-rest')
+    sizes = dataset['sizes']
+    card_dataset = {
+        'name': dataset['name'],
+        'task': 'classification',
+        'size': f'{sum(sizes.values())} images ({sizes["train"]} train / {sizes["val"]} val / '
+                f'{sizes["test"]} test)',
+        'label_names': list(classes),
+        'split': f'Split by {dataset["split_by"]}, stratified by class (the split of every image is in the '
+                 f'run folder\'s splits.csv).',
+        'protocol': dataset.get('training'),
+        'preprocessing': dataset.get('preprocessing'),
+        'metric_conventions': f'{avg}; 95% CIs by percentile bootstrap over images.',
+    }
+    if metrics['positive_class']:
+        card_dataset['positive_class'] = metrics['positive_class']
+    save_pretrained(
+        model, export_dir, dataset=card_dataset, metrics=card_metrics, label_names=list(classes),
+        metrics_note=f'Measured by mednext-zoo finetune on the {dataset["split"]} split '
+                     f'(n={sizes[dataset["split"]]}); expected calibration error {metrics["ece"]:.3f}.',
+    )
+    return export_dir
+
+
+def _headline(report: Dict[str, Any]) -> Dict[str, Any]:
+    keys = ('accuracy', 'precision', 'recall', 'f1', 'auc')
+    return {'averaging': report['averaging'], 'positive_class': report['positive_class'],
+            **{k: report[k] for k in keys}, 'ci95': {k: report['ci95'][k] for k in keys}, 'ece': report['ece']}
+
+
+def format_report(report: Dict[str, Any], title: str = '') -> str:
+    """A few lines: every metric with its 95% CI, the averaging and positive class, ECE."""
+    avg = (f"binary, positive class {report['positive_class']!r}" if report['averaging'] == 'binary'
+           else 'macro average over classes (AUC one-vs-rest)')
+    lines = [f'{title} (n={report["n"]}; {avg})' if title else f'n={report["n"]}; {avg}']
+    for k in ('accuracy', 'precision', 'recall', 'f1', 'auc'):
+        ci = report['ci95'][k]
+        ci_s = f' [95% CI {ci[0]:.3f}-{ci[1]:.3f}]' if ci else ''
+        lines.append(f'  {k:9s} {report[k]:.3f}{ci_s}')
+    lines.append(f'  ECE       {report["ece"]:.3f} (temperature {report["temperature"]:.3f})')
+    return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------- fit
+def fit(cfg: FinetuneConfig, source: Optional[DataSource] = None) -> Dict[str, Any]:
+    """Train, evaluate and export one run (or ``cfg.folds`` runs, see :func:`cross_validate`).
+
+    Returns the final metrics (``metrics.json``'s content) on rank 0, ``{}`` elsewhere.
+    """
+    if cfg.folds:
+        return cross_validate(cfg)
+    info = setup_distributed(cfg.device)
+    try:
+        return _fit(cfg, info, source)
+    finally:
+        if info.enabled:
+            cleanup_distributed()
+
+
+def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource]) -> Dict[str, Any]:
+    t_start = time.time()
+    check_model_name(cfg.model)
+    for name in ('epochs', 'batch_size', 'img_size', 'accum_steps'):
+        if int(getattr(cfg, name)) < 1:
+            raise UserInputError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(cfg, name)}.')
+    if cfg.imbalance not in ('none', 'weights', 'sampler'):
+        raise UserInputError(f'--imbalance must be none, weights or sampler, got {cfg.imbalance!r}.')
+    parse_window(cfg.window)
+    if source is None:
+        source = discover(cfg.data, cfg.on_bad_file)
+        source = assign_splits(source, cfg.val_frac, cfg.test_frac, cfg.seed)
+    _check_in_chans(source, cfg.in_chans)
+    classes = source.classes
+    positive = _positive_index(classes, cfg.positive_class)
+    monitor = 'loss' if cfg.monitor == 'auto' else cfg.monitor
+    mode = 'min' if monitor == 'loss' else 'max'
+    if monitor not in ('loss', 'accuracy', 'precision', 'recall', 'f1', 'auc'):
+        raise UserInputError(f'--monitor must be loss, accuracy, precision, recall, f1 or auc, got {monitor!r}.')
+
+    identity = {'model': cfg.model, 'classes': classes, 'in_chans': cfg.in_chans, 'img_size': cfg.img_size}
+    resumed = _on_main(info, prepare_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
+    if info.is_main:
+        atomic_write_json(os.path.join(cfg.out, 'config.json'),
+                          {**cfg.to_dict(), 'classes': classes, 'monitor': monitor, 'monitor_mode': mode,
+                           'positive_class': classes[positive] if positive is not None else None,
+                           'world_size': info.world_size, 'skipped_files': source.skipped})
+        _write_splits(os.path.join(cfg.out, 'splits.csv'), source.samples)
+
+    seed_everything(cfg.seed)
+    model = create_classifier(cfg.model, len(classes), cfg.in_chans, cfg.img_size, cfg.pretrained, cfg.drop_path)
+    mean, std = _norm_stats(model, cfg.in_chans)
+    c2i = source.class_to_idx
+    train_s, val_s, test_s = source.subset('train'), source.subset('val'), source.subset('test')
+    mk = lambda s, train: ImageClassificationDataset(  # noqa: E731
+        s, c2i, build_transforms(cfg.img_size, mean, std, train, cfg.crop_scale, cfg.hflip), cfg.in_chans,
+        cfg.window, cfg.seed)
+    train_ds, val_ds = mk(train_s, True), mk(val_s, False)
+    counts = np.bincount(train_ds.targets, minlength=len(classes)).astype(float)
+    if (counts == 0).any():
+        missing = [classes[i] for i in np.flatnonzero(counts == 0)]
+        raise UserInputError(f'Class(es) {missing} have no training images after splitting; add images.')
+    weights = None
+    if cfg.imbalance == 'sampler':
+        weights = [1.0 / counts[t] for t in train_ds.targets]
+    per_rank_bs = cfg.batch_size
+    train_sampler = EpochSampler(len(train_ds), cfg.seed, True, info.rank, info.world_size, weights)
+    # full batches only (BatchNorm layers cannot train on a batch of one); the sampler reshuffles every epoch
+    drop_last = len(train_ds) >= per_rank_bs * info.world_size
+    train_loader = _loader(train_ds, per_rank_bs, train_sampler, cfg.num_workers, cfg.seed, drop_last)
+    val_loader = _loader(val_ds, per_rank_bs, EpochSampler(len(val_ds), shuffle=False, rank=info.rank,
+                                                           world_size=info.world_size), cfg.num_workers, cfg.seed)
+    class_weights = None
+    if cfg.imbalance == 'weights':
+        class_weights = torch.tensor(counts.sum() / (len(classes) * counts), dtype=torch.float32)
+
+    updates_per_epoch = max(1, math.ceil(len(train_loader) / cfg.accum_steps))
+    optimizer, scheduler = build_optimizer(model, cfg, updates_per_epoch)
+    task = ClassificationTask(classes, class_weights, cfg.label_smoothing, positive, cfg.linear_probe,
+                              cfg.freeze_epochs)
+    ecfg = EngineConfig(epochs=cfg.epochs, accum_steps=cfg.accum_steps, amp=cfg.amp, device=cfg.device,
+                        seed=cfg.seed, clip_grad=cfg.clip_grad, ema_decay=cfg.ema_decay, monitor=monitor,
+                        monitor_mode=mode, patience=cfg.patience, ckpt_every_steps=cfg.ckpt_every_steps,
+                        progress=cfg.progress)
+    engine = Engine(model, task, train_loader, val_loader, optimizer, scheduler, cfg.out, ecfg, info,
+                    callbacks=getattr(cfg, '_callbacks', ()))
+    if info.is_main:
+        print(f'[mednext-zoo] {cfg.model}: {len(classes)} classes {classes}; train {len(train_s)}, val {len(val_s)}, '
+              f'test {len(test_s)} images; {cfg.epochs} epochs on {engine.device}'
+              f'{f" x{info.world_size} ranks" if info.enabled else ""}'
+              f'{"; resuming" if resumed else ""}'
+              f'{f"; skipped {len(source.skipped)} unreadable file(s) (see config.json)" if source.skipped else ""}',
+              flush=True)
+    summary = engine.fit(resume=resumed)
+
+    # final evaluation with the best weights
+    from safetensors.torch import load_file
+    final = engine.eval_model
+    final.load_state_dict(load_file(os.path.join(engine.ckpt_dir, 'best.safetensors')))
+    logits_val, y_val = engine.infer(val_loader, final, desc='final val')
+    test_out = None
+    if test_s:
+        test_ds = mk(test_s, False)
+        test_loader = _loader(test_ds, per_rank_bs, EpochSampler(len(test_ds), shuffle=False, rank=info.rank,
+                                                                 world_size=info.world_size), cfg.num_workers, cfg.seed)
+        test_out = engine.infer(test_loader, final, desc='test')
+    if not info.is_main:
+        return {}
+    temperature = fit_temperature(logits_val, y_val) if cfg.temperature_scaling else 1.0
+    kw = dict(classes=classes, positive_class=classes[positive] if positive is not None else None,
+              n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+    reports = {'val': classification_report(logits_val, y_val, temperature=temperature, **kw)}
+    if cfg.temperature_scaling:
+        reports['val_uncalibrated'] = classification_report(logits_val, y_val, **{**kw, 'n_bootstrap': 0})
+    if test_out is not None:
+        reports['test'] = classification_report(*test_out, temperature=temperature, **kw)
+    main_split = 'test' if 'test' in reports else 'val'
+    result = {
+        'model': cfg.model,
+        'data': os.path.abspath(cfg.data),
+        'classes': classes,
+        'averaging': reports[main_split]['averaging'],
+        'positive_class': reports[main_split]['positive_class'],
+        'split_by': 'patient' if any(s.patient_id for s in source.samples) else 'image (no patient ids)',
+        'sizes': {'train': len(train_s), 'val': len(val_s), 'test': len(test_s)},
+        'headline_split': main_split,
+        'temperature': temperature,
+        'best_epoch': summary['best_epoch'] + 1,
+        'epochs_run': summary['epochs_run'],
+        'stopped_early': summary['stopped_early'],
+        'monitor': f'val {monitor} ({mode})',
+        'wall_time_s': round(time.time() - t_start, 1),
+        'train_time_s': round(summary['train_time_s'], 1),
+        'skipped_files': len(source.skipped),
+        **reports,
+    }
+    atomic_write_json(os.path.join(cfg.out, 'metrics.json'), result)
+    from .plots import plot_confusion, plot_curves, plot_roc
+    plots = os.path.join(cfg.out, 'plots')
+    os.makedirs(plots, exist_ok=True)
+    plot_curves(os.path.join(cfg.out, 'metrics.jsonl'), os.path.join(plots, 'curves.png'))
+    for split, rep in reports.items():
+        if split.endswith('uncalibrated'):
+            continue
+        plot_roc(rep, os.path.join(plots, f'roc_{split}.png'), f'ROC ({split})')
+        plot_confusion(rep, os.path.join(plots, f'confusion_{split}.png'), f'confusion matrix ({split})')
+    if cfg.export:
+        _export(final.cpu(), os.path.join(cfg.out, 'export'), metrics=_headline(reports[main_split]),
+                dataset={'name': os.path.basename(os.path.normpath(cfg.data)), 'classes': classes,
+                         'split': main_split, 'sizes': result['sizes'], 'split_by': result['split_by'],
+                         'training': f'mednext-zoo finetune: {cfg.epochs} epochs, AdamW lr {cfg.lr:g} wd '
+                                     f'{cfg.weight_decay:g}, cosine, batch {cfg.batch_size}, img {cfg.img_size}, '
+                                     f'in_chans {cfg.in_chans}, seed {cfg.seed}',
+                         'preprocessing': f'window {cfg.window or "min-max per image"}, resized to {cfg.img_size}, '
+                                          f'normalised with mean {mean} / std {std}'},
+                classes=classes, mean=mean, std=std, in_chans=cfg.in_chans, img_size=cfg.img_size)
+    print(format_report(reports[main_split], f'[mednext-zoo] {main_split} metrics'), flush=True)
+    print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
+    return result
+
+
+def cross_validate(cfg: FinetuneConfig) -> Dict[str, Any]:
+    """``cfg.folds``-fold cross-validation (stratified, patient-grouped): one run per fold under
+    ``RUN_DIR/fold-K`` and ``RUN_DIR/cv_summary.json`` with the mean and std of each validation metric."""
+    k = int(cfg.folds)
+    info = setup_distributed(cfg.device)
+    try:
+        source = hold_out_test(discover(cfg.data, cfg.on_bad_file), cfg.test_frac, cfg.seed)
+        folds = kfold_assignments(source, k, cfg.seed)
+        _on_main(info, prepare_run_dir, cfg.out, {'model': cfg.model, 'folds': k, 'classes': source.classes},
+                 cfg.resume, cfg.overwrite)
+        results = []
+        for i, fold_src in enumerate(folds):
+            fold_dir = os.path.join(cfg.out, f'fold-{i}')
+            resume = cfg.resume and os.path.isfile(os.path.join(fold_dir, 'run.json'))
+            if cfg.resume and os.path.isfile(os.path.join(fold_dir, 'metrics.json')):
+                with open(os.path.join(fold_dir, 'metrics.json')) as f:
+                    results.append(json.load(f))
+                continue
+            fcfg = dataclasses.replace(cfg, out=fold_dir, folds=0, resume=resume, overwrite=False)
+            results.append(_fit(fcfg, info, fold_src))
+        if not info.is_main:
+            return {}
+        keys = ('accuracy', 'precision', 'recall', 'f1', 'auc', 'ece')
+        summary = {'model': cfg.model, 'folds': k, 'classes': source.classes,
+                   'averaging': results[0]['val']['averaging'], 'positive_class': results[0]['val']['positive_class'],
+                   'split': 'validation fold of each run', 'per_fold': [], 'mean': {}, 'std': {}}
+        for r in results:
+            summary['per_fold'].append({m: r['val'][m] for m in keys})
+        for m in keys:
+            vals = np.array([f[m] for f in summary['per_fold']], dtype=float)
+            summary['mean'][m] = float(np.nanmean(vals))
+            summary['std'][m] = float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else 0.0
+        atomic_write_json(os.path.join(cfg.out, 'cv_summary.json'), summary)
+        print(f'[mednext-zoo] {k}-fold cross-validation ({summary["averaging"]}'
+              f'{", positive " + repr(summary["positive_class"]) if summary["positive_class"] else ""}):')
+        for m in keys:
+            print(f'  {m:9s} {summary["mean"][m]:.3f} +- {summary["std"][m]:.3f}')
+        return summary
+    finally:
+        if info.enabled:
+            cleanup_distributed()
+
+
+# ---------------------------------------------------------------- evaluate / predict
+def _read_run_config(run_dir: str) -> Dict[str, Any]:
+    path = os.path.join(run_dir, 'config.json')
+    if not os.path.isfile(path):
+        raise UserInputError(f'{run_dir} is not a fine-tuning run folder (no config.json).')
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_run_model(run_dir: str, device: str = 'cpu') -> Tuple[nn.Module, Dict[str, Any]]:
+    """The best weights of a run and its resolved config."""
+    from safetensors.torch import load_file
+    rc = _read_run_config(run_dir)
+    best = os.path.join(run_dir, 'checkpoints', 'best.safetensors')
+    if not os.path.isfile(best):
+        raise UserInputError(f'{run_dir} has no trained weights yet ({best} is missing); finish or resume the run.')
+    model = create_classifier(rc['model'], len(rc['classes']), rc['in_chans'], rc['img_size'])
+    model.load_state_dict(load_file(best))
+    return model.to(resolve_device(device)).eval(), rc
+
+
+def _temperature(run_dir: str) -> float:
+    try:
+        with open(os.path.join(run_dir, 'metrics.json')) as f:
+            return float(json.load(f).get('temperature', 1.0))
+    except (OSError, ValueError):
+        return 1.0
+
+
+def evaluate(run_dir: str, data: str, split: Optional[str] = None, out: Optional[str] = None, batch_size: int = 32,
+             device: str = 'cpu', n_bootstrap: int = 1000, on_bad_file: str = 'error', progress: bool = True
+             ) -> Dict[str, Any]:
+    """Metrics (with bootstrap CIs, plots) of a finished run on a labelled folder or manifest.
+
+    ``split`` restricts to one split of ``data`` (``test``, ...); results go to ``out``
+    (default ``RUN_DIR/eval-<data name>``).
+    """
+    model, rc = load_run_model(run_dir, device)
+    classes = rc['classes']
+    source = discover(data, on_bad_file)
+    unknown = sorted(set(source.classes) - set(classes))
+    if unknown:
+        raise UserInputError(f'{data} has class(es) {unknown} the model was not trained on (it knows {classes}).')
+    samples = source.samples if split is None else source.subset(split)
+    if not samples:
+        raise UserInputError(f'No images of split {split!r} in {data}.')
+    _check_in_chans(source, rc['in_chans'])
+    mean, std = _norm_stats(model, rc['in_chans'])
+    ds = ImageClassificationDataset(samples, {c: i for i, c in enumerate(classes)},
+                                    build_transforms(rc['img_size'], mean, std, False), rc['in_chans'], rc['window'])
+    loader = DataLoader(ds, batch_size=batch_size)
+    engine_like = _Infer(model, device, progress)
+    logits, y = engine_like(loader)
+    report = classification_report(logits, y, classes, rc.get('positive_class'), _temperature(run_dir),
+                                   n_bootstrap=n_bootstrap, seed=rc.get('seed', 0))
+    name = os.path.basename(os.path.normpath(data)).replace('.csv', '') + (f'-{split}' if split else '')
+    out = out or os.path.join(run_dir, f'eval-{name}')
+    os.makedirs(out, exist_ok=True)
+    result = {'run': os.path.abspath(run_dir), 'data': os.path.abspath(data), 'split': split, **report}
+    atomic_write_json(os.path.join(out, 'metrics.json'), result)
+    from .plots import plot_confusion, plot_roc
+    plot_roc(report, os.path.join(out, 'roc.png'))
+    plot_confusion(report, os.path.join(out, 'confusion.png'))
+    print(format_report(report, f'[mednext-zoo] {name}'))
+    print(f'[mednext-zoo] written to {out}')
+    return result
+
+
+class _Infer:
+    def __init__(self, model: nn.Module, device: str, progress: bool):
+        self.model, self.device, self.progress = model, resolve_device(device), progress
+
+    @torch.no_grad()
+    def __call__(self, loader) -> Tuple[torch.Tensor, torch.Tensor]:
+        from tqdm.auto import tqdm
+        outs, ys = [], []
+        for x, y in tqdm(loader, desc='eval', leave=False, disable=not self.progress):
+            outs.append(self.model(x.to(self.device)).float().cpu())
+            ys.append(torch.as_tensor(y))
+        return torch.cat(outs), torch.cat(ys)
+
+
+def _expand_inputs(inputs: Sequence[str]) -> List[Tuple[str, Optional[int]]]:
+    files: List[Tuple[str, Optional[int]]] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = [os.path.join(r, f) for r, _, fs in sorted(os.walk(item)) for f in sorted(fs)
+                     if image_kind(f) is not None]
+            if not found:
+                raise UserInputError(f'No images ({", ".join(SUPPORTED_EXTS)}) in folder {item}.')
+            paths = found
+        elif os.path.isfile(item):
+            if image_kind(item) is None:
+                raise UserInputError(f'Unsupported file type {item}; supported: {", ".join(SUPPORTED_EXTS)}.')
+            paths = [item]
+        else:
+            raise UserInputError(f'Input {item} does not exist.')
+        for p in paths:
+            if image_kind(p) == 'nifti' and nifti_num_slices(p) > 1:
+                files.extend((p, k) for k in range(nifti_num_slices(p)))
+            else:
+                files.append((p, None))
+    return files
+
+
+def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, cam: bool = False,
+            cam_layer: Optional[str] = None, batch_size: int = 16, device: str = 'cpu', on_bad_file: str = 'error'
+            ) -> List[Dict[str, Any]]:
+    """Class probabilities for images (files or folders); ``cam`` also saves Grad-CAM overlays.
+
+    Writes ``out/predictions.csv`` (default ``RUN_DIR/predictions``) and, with ``cam``, ``out/cam/*.png``.
+    """
+    from PIL import Image
+
+    from .cam import GradCAM, overlay
+    model, rc = load_run_model(run_dir, device)
+    classes = rc['classes']
+    temperature = _temperature(run_dir)
+    mean, std = _norm_stats(model, rc['in_chans'])
+    tf = build_transforms(rc['img_size'], mean, std, False)
+    out = out or os.path.join(run_dir, 'predictions')
+    os.makedirs(out, exist_ok=True)
+    if cam:
+        os.makedirs(os.path.join(out, 'cam'), exist_ok=True)
+    gc = GradCAM(model, cam_layer) if cam else None
+    rows: List[Dict[str, Any]] = []
+    files = _expand_inputs(inputs)
+    skipped = 0
+    ds = ImageClassificationDataset([], {c: i for i, c in enumerate(classes)}, None, rc['in_chans'], rc['window'])
+    for start in range(0, len(files), batch_size):
+        chunk, xs, raws = [], [], []
+        for path, sl in files[start:start + batch_size]:
+            try:
+                ds.samples = [Sample(path, classes[0], slice_index=sl)]
+                x = ds.load(0)
+                raw = load_image(path, sl, rc['window'])
+            except UserInputError:
+                if on_bad_file == 'skip':
+                    skipped += 1
+                    continue
+                raise
+            chunk.append((path, sl))
+            xs.append(tf(x))
+            raws.append(raw)
+        if not xs:
+            continue
+        batch = torch.stack(xs).to(next(model.parameters()).device)
+        if gc is not None:
+            cams, logits = gc(batch)
+        else:
+            with torch.no_grad():
+                logits = model(batch)
+        probs = torch.softmax(logits.float().cpu() / temperature, 1).numpy()
+        for j, (path, sl) in enumerate(chunk):
+            k = int(probs[j].argmax())
+            row = {'path': path, 'slice': '' if sl is None else sl, 'prediction': classes[k],
+                   'confidence': float(probs[j, k]), **{f'p_{c}': float(probs[j, i]) for i, c in enumerate(classes)}}
+            if gc is not None:
+                stem = os.path.basename(path).split('.')[0] + ('' if sl is None else f'_s{sl}')
+                cam_path = os.path.join(out, 'cam', f'{start + j:05d}_{stem}_{classes[k]}.png')
+                Image.fromarray(overlay(raws[j], cams[j].cpu().numpy(), min_size=256)).save(cam_path)
+                row['cam'] = cam_path
+            rows.append(row)
+    if gc is not None:
+        gc.close()
+    if rows:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_bytes(os.path.join(out, 'predictions.csv'), buf.getvalue().encode())
+    if skipped:
+        print(f'[mednext-zoo] skipped {skipped} unreadable file(s)')
+    return rows

@@ -1,0 +1,154 @@
+"""Classification metrics with bootstrap confidence intervals, calibration and temperature scaling.
+
+The maths comes from scikit-learn (precision / recall / F1 / accuracy / ROC AUC / confusion matrix) and
+torchmetrics (expected calibration error). Every report names its averaging and, for two classes, the
+positive class.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ['classification_report', 'fit_temperature', 'expected_calibration_error', 'point_metrics']
+
+METRICS = ('accuracy', 'precision', 'recall', 'f1', 'auc')
+
+
+def _auc(y: np.ndarray, probs: np.ndarray, num_classes: int) -> Dict[str, float]:
+    """One-vs-rest ROC AUC per class (NaN for a class absent or alone in ``y``)."""
+    from sklearn.metrics import roc_auc_score
+    out = {}
+    for c in range(num_classes):
+        pos = y == c
+        if pos.all() or not pos.any():
+            out[c] = float('nan')
+        else:
+            out[c] = float(roc_auc_score(pos.astype(int), probs[:, c]))
+    return out
+
+
+def point_metrics(y: np.ndarray, probs: np.ndarray, num_classes: int, positive: Optional[int] = None
+                  ) -> Dict[str, Any]:
+    """Per-class and macro (or, with ``positive``, binary) precision / recall / F1 / AUC and accuracy."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+    pred = probs.argmax(1)
+    labels = list(range(num_classes))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        p, r, f, support = precision_recall_fscore_support(y, pred, labels=labels, average=None, zero_division=0)
+        auc = _auc(y, probs, num_classes)
+    per_class = {c: {'precision': float(p[c]), 'recall': float(r[c]), 'f1': float(f[c]), 'auc': auc[c],
+                     'support': int(support[c])} for c in labels}
+    out = {'accuracy': float(accuracy_score(y, pred)), 'per_class': per_class}
+    if positive is not None:
+        for k in ('precision', 'recall', 'f1', 'auc'):
+            out[k] = per_class[positive][k]
+    else:
+        for k in ('precision', 'recall', 'f1'):
+            out[k] = float(np.mean([per_class[c][k] for c in labels]))
+        aucs = [auc[c] for c in labels if np.isfinite(auc[c])]
+        out['auc'] = float(np.mean(aucs)) if aucs else float('nan')
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE with equal-width bins (torchmetrics)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+    return float(multiclass_calibration_error(torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(y),
+                                              num_classes=probs.shape[1], n_bins=n_bins, norm='l1'))
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
+    """Temperature ``T`` minimising the NLL of ``logits / T`` (Guo et al. 2017), fitted with L-BFGS."""
+    logits = logits.detach().float()
+    targets = torch.as_tensor(targets).long()
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn='strong_wolfe')
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), targets)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t = float(log_t.detach().exp())
+    return t if np.isfinite(t) and t > 0 else 1.0
+
+
+def classification_report(
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        classes: Sequence[str],
+        positive_class: Optional[str] = None,
+        temperature: float = 1.0,
+        n_bootstrap: int = 1000,
+        seed: int = 0,
+        ci: float = 0.95,
+) -> Dict[str, Any]:
+    """Full report: headline metrics with bootstrap CIs, per-class metrics, confusion matrix, ECE.
+
+    Args:
+        logits: ``(N, num_classes)`` raw model outputs.
+        targets: ``(N,)`` class indices.
+        classes: Class names, index order.
+        positive_class: For two classes, the class whose precision / recall / F1 / AUC are the headline
+            (default: the second class). Ignored for more classes, where headline metrics are macro averages.
+        temperature: Divides the logits before the softmax (1: none).
+        n_bootstrap: Resamples (with replacement, over images) for the percentile confidence intervals.
+    """
+    from sklearn.metrics import confusion_matrix, roc_curve
+    num_classes = len(classes)
+    logits = torch.as_tensor(logits).float()
+    y = torch.as_tensor(targets).long().numpy()
+    probs = torch.softmax(logits / temperature, dim=1).numpy()
+    positive = None
+    if num_classes == 2:
+        pc = positive_class if positive_class is not None else classes[1]
+        if pc not in classes:
+            from ..errors import UserInputError
+            raise UserInputError(f'--positive-class {pc!r} is not one of the classes {list(classes)}.')
+        positive = list(classes).index(pc)
+    base = point_metrics(y, probs, num_classes, positive)
+    rng = np.random.default_rng(seed)
+    boots: Dict[str, List[float]] = {k: [] for k in METRICS}
+    n = len(y)
+    for _ in range(n_bootstrap if n > 1 else 0):
+        idx = rng.integers(0, n, n)
+        m = point_metrics(y[idx], probs[idx], num_classes, positive)
+        for k in METRICS:
+            boots[k].append(m[k])
+    alpha = (1 - ci) / 2
+    ci_out = {}
+    for k in METRICS:
+        vals = np.asarray(boots[k], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        ci_out[k] = [float(np.quantile(vals, alpha)), float(np.quantile(vals, 1 - alpha))] if len(vals) else None
+    cm = confusion_matrix(y, probs.argmax(1), labels=list(range(num_classes)))
+    roc = {}
+    for c in range(num_classes):
+        pos = y == c
+        if pos.any() and not pos.all():
+            fpr, tpr, _ = roc_curve(pos.astype(int), probs[:, c])
+            roc[classes[c]] = {'fpr': fpr.tolist(), 'tpr': tpr.tolist()}
+    return {
+        'n': int(n),
+        'classes': list(classes),
+        'averaging': 'binary' if positive is not None else 'macro',
+        'positive_class': classes[positive] if positive is not None else None,
+        'note': (f'precision/recall/f1/auc are for the positive class {classes[positive]!r}'
+                 if positive is not None else
+                 'precision/recall/f1/auc are unweighted means over classes (macro); auc is one-vs-rest'),
+        **{k: base[k] for k in METRICS},
+        'ci95': ci_out,
+        'ci_method': f'percentile bootstrap over images, {n_bootstrap} resamples, seed {seed}',
+        'per_class': {classes[c]: v for c, v in base['per_class'].items()},
+        'confusion_matrix': cm.tolist(),
+        'confusion_matrix_axes': 'rows: true class, columns: predicted class (order of "classes")',
+        'ece': expected_calibration_error(probs, y),
+        'temperature': float(temperature),
+        'roc': roc,
+    }

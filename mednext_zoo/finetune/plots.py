@@ -1,0 +1,81 @@
+"""Run plots (matplotlib, Agg backend): training curves, ROC curves, confusion matrix."""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List
+
+__all__ = ['plot_curves', 'plot_roc', 'plot_confusion']
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use('Agg', force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    from .engine import _atomic_save
+    _atomic_save(path, lambda t: fig.savefig(t, dpi=120, bbox_inches='tight', format='png'))
+
+
+def plot_curves(jsonl_path: str, out_path: str) -> None:
+    """Train / val loss and the validation metrics per epoch."""
+    plt = _plt()
+    with open(jsonl_path) as f:
+        rows: List[Dict[str, Any]] = [json.loads(ln) for ln in f if ln.strip()]
+    if not rows:
+        return
+    ep = [r['epoch'] + 1 for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [r['train_loss'] for r in rows], label='train loss')
+    if 'val_loss' in rows[0]:
+        a.plot(ep, [r['val_loss'] for r in rows], label='val loss')
+    a.set_xlabel('epoch')
+    a.set_ylabel('loss')
+    a.legend()
+    for k in ('val_accuracy', 'val_f1', 'val_auc'):
+        if k in rows[0]:
+            b.plot(ep, [r[k] for r in rows], label=k[4:])
+    b.set_xlabel('epoch')
+    b.set_ylim(0, 1.02)
+    b.set_title('validation')
+    b.legend()
+    _save(fig, out_path)
+    plt.close(fig)
+
+
+def plot_roc(report: Dict[str, Any], out_path: str, title: str = '') -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for cls, r in report.get('roc', {}).items():
+        auc = report['per_class'][cls]['auc']
+        ax.plot(r['fpr'], r['tpr'], label=f'{cls} (AUC {auc:.3f})')
+    ax.plot([0, 1], [0, 1], 'k--', lw=0.8)
+    ax.set_xlabel('false positive rate')
+    ax.set_ylabel('true positive rate')
+    ax.set_title(title or 'ROC (one-vs-rest)')
+    ax.legend(loc='lower right')
+    _save(fig, out_path)
+    plt.close(fig)
+
+
+def plot_confusion(report: Dict[str, Any], out_path: str, title: str = '') -> None:
+    import numpy as np
+    plt = _plt()
+    cm = np.asarray(report['confusion_matrix'])
+    classes = report['classes']
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 3, 1.2 * len(classes) + 2.5))
+    ax.imshow(cm, cmap='Blues')
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha='right')
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha='center', va='center',
+                    color='white' if cm[i, j] > cm.max() / 2 else 'black')
+    ax.set_xlabel('predicted')
+    ax.set_ylabel('true')
+    ax.set_title(title or 'confusion matrix')
+    _save(fig, out_path)
+    plt.close(fig)
+

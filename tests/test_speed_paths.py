@@ -1,0 +1,243 @@
+"""The optimised MedNeXt forward paths against the plain reference paths (same weights, same maths).
+
+Each optimised module keeps its original forward as ``forward_reference``; ``set_reference_paths``
+switches a whole model over. Tolerance: max abs difference <= 1e-4 in fp32.
+"""
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import mednext_zoo.models  # noqa: F401  (registers the models)
+from mednext_zoo.models.mednext import LAFFN, SEM, MedBlock, MedStage, set_reference_paths
+
+TOL = 1e-4
+
+
+def _perturb(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-zero biases and BatchNorm statistics (init zeroes them), so every bias fold is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith('bias'):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+    return module
+
+
+def _small(name: str = 'mednext_tiny', **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    return _perturb(timm.create_model(name, img_size=kwargs.pop('img_size', 64), num_classes=3, **kwargs)).eval()
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def test_laffn_matches_reference():
+    torch.manual_seed(0)
+    m = _perturb(LAFFN(32))
+    x = torch.randn(2, 7, 9, 32)
+    with torch.no_grad():
+        assert _max_diff(m(x), m.forward_reference(x)) <= TOL
+
+
+def test_sem_matches_reference_non_square():
+    # (2, 10, 13, 24): B H W > 2 C, Wagg folds Wf; (1, 3, 3, 64): small map, Wf applied on its own
+    for B, H, W, C in ((2, 10, 13, 24), (1, 3, 3, 64)):
+        torch.manual_seed(0)
+        m = _perturb(SEM(C, (H, W)))
+        x = torch.randn(B, H, W, C)
+        with torch.no_grad():
+            out, ref = m(x), m.forward_reference(x)
+        assert out.shape == ref.shape == x.shape
+        assert _max_diff(out, ref) <= TOL
+
+
+def test_sem_folded_biases_matter():
+    """The mixing / Wf / Wagg biases folded into one position bias still change the output."""
+    torch.manual_seed(0)
+    m = _perturb(SEM(16, (6, 7)))
+    x = torch.randn(1, 6, 7, 16)
+    with torch.no_grad():
+        before = m(x)
+        m.mix_h.bias[3] += 1.0
+        after, ref = m(x), m.forward_reference(x)
+    assert _max_diff(before, after) > 1e-3
+    assert _max_diff(after, ref) <= TOL
+
+
+def test_sem_wrong_size_raises_clear_error():
+    m = SEM(16, (8, 8))
+    try:
+        m(torch.randn(1, 8, 6, 16))
+    except ValueError as e:
+        assert '8x8' in str(e) and 'set_input_size' in str(e)
+    else:
+        raise AssertionError('a wrong feature size must raise')
+
+
+def test_block_matches_reference():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 16)
+    block = _perturb(MedBlock(16, (6, 5))).eval()
+    with torch.no_grad():
+        y = block(x)
+        set_reference_paths(block)
+        assert _max_diff(y, block(x)) <= TOL
+
+
+def test_stage_any_input_layout_matches_reference():
+    torch.manual_seed(0)
+    stage = _perturb(MedStage(8, 16, feat_size=(6, 5), depth=2)).eval()
+    x = torch.randn(2, 8, 12, 10)
+    with torch.no_grad():
+        out = stage(x)
+        out_cl = stage(x.contiguous(memory_format=torch.channels_last))
+        ref = stage.forward_reference(x)
+    assert out.shape == ref.shape == (2, 16, 6, 5)
+    assert _max_diff(out, ref) <= TOL and _max_diff(out_cl, ref) <= TOL
+
+
+def test_model_matches_reference_and_switches_back():
+    model = _small(img_size=(64, 96))
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.forward_intermediates(x, intermediates_only=True)
+        set_reference_paths(model)
+        assert any('forward' in m.__dict__ for m in model.modules())
+        ref = model(x)
+        ref_feats = model.forward_intermediates(x, intermediates_only=True)
+        set_reference_paths(model, enable=False)
+        assert not any('forward' in m.__dict__ or 'forward_features' in m.__dict__ for m in model.modules())
+        again = model(x)
+    assert _max_diff(out, ref) <= TOL and _max_diff(out, again) == 0
+    for a, b in zip(feats, ref_feats, strict=True):
+        assert a.shape == b.shape and _max_diff(a, b) <= TOL
+
+
+def test_ablation_variants_match_reference():
+    x = torch.randn(1, 3, 64, 64)
+    for kwargs in (dict(laffn=False), dict(token_mixer='dwconv'), dict(ffn='mlp')):
+        model = _small(**kwargs)
+        with torch.no_grad():
+            out = model(x)
+            ref = set_reference_paths(model)(x)
+        assert _max_diff(out, ref) <= TOL, kwargs
+
+
+def test_same_state_dict_loads_in_both_paths():
+    fast, plain = _small(), set_reference_paths(_small())
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(0.01)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert _max_diff(fast(x), plain(x)) <= TOL
+
+
+def test_training_gradients_match_reference():
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for reference in (False, True):
+        model = _small().train()
+        if reference:
+            set_reference_paths(model)
+        model(x).square().sum().backward()
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+    fast, ref = grads
+    assert fast.keys() == ref.keys()
+    for k in fast:
+        scale = max(ref[k].abs().max().item(), 1e-3)
+        assert _max_diff(fast[k], ref[k]) <= 1e-3 * scale + TOL, k
+
+
+def test_grad_checkpointing_same_gradients():
+    x = torch.randn(1, 3, 64, 64)
+    grads = []
+    for ckpt in (False, True):
+        model = _small().train()
+        model.set_grad_checkpointing(ckpt)
+        model(x).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert _max_diff(grads[0], grads[1]) <= TOL
+
+
+def test_laffn_low_precision_keeps_small_product():
+    """``softmax_C * softmax_N`` is ~1/(N C): subnormal in fp16 unless scaled by N, as the fast path does.
+
+    Against fp32 maths on the same fp16-rounded weights, an unscaled fp16 product is off by ~1.2%
+    here (N C = 2**20); the scaled one by ~0.5% (the fp16 logits' own rounding).
+    """
+    torch.manual_seed(0)
+    half = _perturb(LAFFN(64)).half()
+    nn.init.zeros_(half.proj.bias)
+    x = torch.randn(1, 128, 128, 64).half()
+    with torch.no_grad():
+        ref = copy.deepcopy(half).float()(x.float())
+        out = half(x).float()
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert _max_diff(out, ref) / ref.abs().max().item() < 8e-3
+
+
+def test_bf16_autocast_close_to_fp32():
+    model = _small()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = model(x)
+    assert torch.isfinite(out).all()
+    assert _max_diff(out, ref) <= 0.05 * ref.abs().max().item() + 1e-2
+
+
+def test_torchscript_matches_eager():
+    model = _small()
+    x = torch.randn(1, 3, 64, 64)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        assert _max_diff(scripted(x), model(x)) <= TOL
+
+
+def test_torch_compile_traces_without_graph_breaks():
+    model = _small()
+    x = torch.randn(1, 3, 64, 64)
+    compiled = torch.compile(model, backend='eager', fullgraph=True)  # fullgraph: any graph break raises
+    with torch.no_grad():
+        assert _max_diff(compiled(x), model(x)) <= TOL
+
+
+def test_jit_tracing_sees_the_plain_graph():
+    """fvcore and the legacy ONNX exporter trace: they get the reference ops (BatchNorm, Linear, cat)."""
+    model = _small()
+    x = torch.randn(1, 3, 64, 64)
+    traced = torch.jit.trace(model, (x,))
+    kinds = {n.kind() for n in traced.inlined_graph.nodes()}
+    assert 'aten::batch_norm' in kinds and 'aten::cat' in kinds
+    with torch.no_grad():
+        assert _max_diff(traced(x), model(x)) <= TOL
+
+
+def test_meta_device_forward():
+    model = timm.create_model('mednext_tiny', img_size=64, num_classes=3, device='meta')
+    out = model(torch.randn(2, 3, 64, 64, device='meta'))
+    assert out.shape == (2, 3) and out.device.type == 'meta'
+
+
+@pytest.mark.slow
+def test_inductor_compiled_block_matches_eager():
+    """Inductor once miscompiled ``add(bias, mm_out, alpha=1/N)`` in LAFFN: guard the block under inductor."""
+    torch.manual_seed(0)
+    block = _perturb(MedBlock(32, (16, 16))).eval()
+    x = torch.randn(2, 16, 16, 32)
+    with torch.no_grad():
+        assert _max_diff(torch.compile(block)(x), block(x)) <= TOL
