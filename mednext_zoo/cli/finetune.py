@@ -11,6 +11,7 @@ import argparse
 import json
 
 from ..data.io import CT_WINDOWS
+from . import _segmentation as _seg
 
 
 def _scale(text: str):
@@ -24,6 +25,9 @@ def _scale(text: str):
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    if args.task == 'seg':
+        return _seg.finetune(args)
+    _seg.unmark(args)
     from ..finetune import FinetuneConfig, fit
     cfg = FinetuneConfig(
         model=args.model, data=args.data, out=args.out, epochs=args.epochs, img_size=args.img_size,
@@ -43,6 +47,8 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if _seg.is_seg_run(args.run):
+        return _seg.evaluate(args)
     from ..finetune import evaluate
     res = evaluate(args.run, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
                    device=args.device, n_bootstrap=args.bootstrap, on_bad_file=args.on_bad_file,
@@ -53,6 +59,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if _seg.is_seg_run(args.run):
+        return _seg.predict(args)
     from ..finetune import predict
     rows = predict(args.run, args.inputs, out=args.out, cam=args.cam, cam_layer=args.cam_layer,
                    batch_size=args.batch_size, device=args.device, on_bad_file=args.on_bad_file)
@@ -123,6 +131,7 @@ def register(subparsers) -> None:
     r.add_argument('--overwrite', action='store_true', help='replace an existing run in --out')
     r.add_argument('--no-export', action='store_true', help='skip writing RUN_DIR/export')
     r.add_argument('--no-progress', action='store_true', help='no progress bars')
+    _seg.add_finetune_args(p)
     p.set_defaults(func=_finetune)
 
     e = subparsers.add_parser('evaluate', help='score a fine-tuned run on labelled images',
@@ -138,6 +147,7 @@ def register(subparsers) -> None:
     e.add_argument('--on-bad-file', choices=('error', 'skip'), default='error')
     e.add_argument('--json', action='store_true', help='also print the report as JSON')
     e.add_argument('--no-progress', action='store_true')
+    _seg.add_evaluate_args(e)
     e.set_defaults(func=_evaluate)
 
     q = subparsers.add_parser('predict', help='classify images with a fine-tuned run (optionally Grad-CAM)',
@@ -151,4 +161,5 @@ def register(subparsers) -> None:
     q.add_argument('--batch-size', type=int, default=16)
     q.add_argument('--device', default='cpu')
     q.add_argument('--on-bad-file', choices=('error', 'skip'), default='error')
+    _seg.add_predict_args(q)
     q.set_defaults(func=_predict)
