@@ -259,3 +259,31 @@ def test_raw_btcv_labels_remapped_to_synapse(tmp_path):
     assert vol.label[0, 16, 3] == 0
     with pytest.raises(UserInputError, match='remapping'):
         _load(rec, None, 2, 'btcv-to-acdc')
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+    data = write_phantom_dataset(str(tmp_path / 'd'), n_cases=4, shape=(40, 40, 4))
+    kw = dict(data=data, model='medunext_tiny', img_size=32, epochs=2, batch_size=4, progress=False, overlays=0,
+              export=False, eval_split='none', ckpt_every_steps=1)
+
+    def final_weights(run):
+        latest = json.load(open(os.path.join(run, 'checkpoints', 'latest.json')))
+        return load_file(os.path.join(run, 'checkpoints', latest['weights']))
+
+    fit(SegConfig(out=str(tmp_path / 'a'), **kw))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(engine):
+        if engine.progress.step == 4:
+            raise Stop
+
+    cfg = SegConfig(out=str(tmp_path / 'b'), **kw)
+    cfg._callbacks = (stop_at_4,)
+    with pytest.raises(Stop):
+        fit(cfg)
+    fit(SegConfig(out=str(tmp_path / 'b'), resume=True, **kw))
+    a, b = final_weights(str(tmp_path / 'a')), final_weights(str(tmp_path / 'b'))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
