@@ -14,9 +14,12 @@ from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn as nn
-from fvcore.nn.activation_count import _DEFAULT_SUPPORTED_OPS as _ACT_OPS
-from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS as _FLOP_OPS
-from fvcore.nn.jit_analysis import JitModelAnalysis
+
+with warnings.catch_warnings():  # fvcore scripts a loss at import; torch >= 2.10 warns that jit.script is deprecated
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+    from fvcore.nn.activation_count import _DEFAULT_SUPPORTED_OPS as _ACT_OPS
+    from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS as _FLOP_OPS
+    from fvcore.nn.jit_analysis import JitModelAnalysis
 
 __all__ = ['Counts', 'count_params', 'count_model']
 

@@ -43,10 +43,12 @@ def count_params_flops(
         flops: bool = True,
 ) -> Tuple[int, Optional[float], List[str]]:
     """Learnable parameters, fvcore GFLOPs (multiply-adds, batch 1) and the op kinds fvcore skipped."""
-    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    num_params = sum(p.numel() for p in model.parameters())  # frozen or not: the architecture's size
     if not flops:
         return num_params, None, []
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore scripts a loss at import; torch warns that jit.script is deprecated
+        warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     p = next(model.parameters(), None)
     x = torch.zeros(1, *input_size, device=p.device if p is not None else 'cpu',
