@@ -1,6 +1,7 @@
 """MedNeXt: a lightweight transformer-style CNN for 2D medical image classification.
 
-Xue et al., "MedNeXt: a lightweight transformer-style CNN", PLoS One, 2026.
+Xue et al., "MedNeXt for accurate medical image classification and segmentation: a lightweight
+transformer-style convolutional neural network", PLoS One 21(1): e0340108, 2026.
 
 Not the 3D MedNeXt of Roy et al. (MICCAI 2023, MIC-DKFZ / MONAI): this is a 2D backbone
 built of MED blocks, each a pre-norm residual stack of
