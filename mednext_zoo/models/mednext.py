@@ -43,6 +43,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 
+from ..errors import UserInputError
 from ._pretrained import build_model_with_pretrained, pretrained_cfg_kwargs
 
 __all__ = ['MedNeXt', 'MedBlock', 'MedStage', 'LAFFN', 'SEM', 'SDFFN', 'ConvFFN', 'DwConvMixer', 'set_reference_paths']
@@ -113,22 +114,27 @@ def _forward_conv_bn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-@register_notrace_function
-def check_input_2d(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], model_name: str) -> None:
-    """Raise a clear error unless ``x`` is ``B, in_chans, *img_size``."""
+def check_rank_and_channels(x: torch.Tensor, in_chans: int, model_name: str) -> None:
+    """Raise a clear error unless ``x`` is a 4-D ``B, in_chans, H, W`` tensor (a 2D model's input)."""
     if x.dim() != 4:
-        raise ValueError(
+        raise UserInputError(
             f'{model_name} is a 2D model and expects a 4-D tensor (B, C, H, W); got a {x.dim()}-D tensor of shape '
             f'{list(x.shape)}. For a volume (B, C, D, H, W), feed its slices as a batch '
-            f'(or k adjacent slices as channels).'
+            f'(or k adjacent slices as channels with in_chans=k).'
         )
     if x.shape[1] != in_chans:
-        raise ValueError(
+        raise UserInputError(
             f'{model_name} built for {in_chans} input channel(s) got {x.shape[1]}. '
             f'Create it with in_chans={x.shape[1]} (pretrained first-conv weights are adapted).'
         )
+
+
+@register_notrace_function
+def check_input_2d(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], model_name: str) -> None:
+    """Raise a clear error unless ``x`` is ``B, in_chans, *img_size``."""
+    check_rank_and_channels(x, in_chans, model_name)
     if x.shape[2] != img_size[0] or x.shape[3] != img_size[1]:
-        raise ValueError(
+        raise UserInputError(
             f'{model_name} built for {img_size[0]}x{img_size[1]} inputs got {x.shape[2]}x{x.shape[3]}. '
             f'Resize the input, or create the model with img_size=({x.shape[2]}, {x.shape[3]}) '
             f'or call model.set_input_size(img_size=...).'
@@ -270,7 +276,7 @@ class SEM(nn.Module):
 
     def _check_size(self, H: int, W: int) -> None:
         if H != self.feat_size[0] or W != self.feat_size[1]:
-            raise ValueError(
+            raise UserInputError(
                 f'MedNeXt SEM built for a {self.feat_size[0]}x{self.feat_size[1]} feature map got {H}x{W}: '
                 f'the axial mixing matrices fix the resolution. Build the model with img_size=... '
                 f'or call model.set_input_size(img_size=...) for the input size you use.'
@@ -378,9 +384,9 @@ class MedBlock(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         if token_mixer not in TOKEN_MIXERS:
-            raise ValueError(f'Unknown token_mixer {token_mixer!r}; choose one of {sorted(TOKEN_MIXERS)}.')
+            raise UserInputError(f'Unknown token_mixer {token_mixer!r}; choose one of {sorted(TOKEN_MIXERS)}.')
         if ffn not in FFNS:
-            raise ValueError(f'Unknown ffn {ffn!r}; choose one of {sorted(FFNS)}.')
+            raise UserInputError(f'Unknown ffn {ffn!r}; choose one of {sorted(FFNS)}.')
         if laffn:
             self.norm1 = norm_layer(dim, **dd)
             self.laffn = LAFFN(dim, **dd)
@@ -514,7 +520,7 @@ class MedNeXt(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         if len(depths) != len(dims):
-            raise ValueError(f'depths {depths} and dims {dims} must have the same length.')
+            raise UserInputError(f'depths {depths} and dims {dims} must have the same length.')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate

@@ -31,7 +31,7 @@ from timm.models._manipulate import checkpoint_seq, named_apply
 
 from ..errors import UserInputError
 from ._pretrained import build_model_with_pretrained, pretrained_cfg_kwargs
-from .mednext import MedStage, SizeLike, _init_weights
+from .mednext import MedStage, SizeLike, _init_weights, check_rank_and_channels
 from .mednext import checkpoint_filter_fn as _mednext_checkpoint_filter_fn
 
 __all__ = [
@@ -72,16 +72,7 @@ def _check_multiple(size: Tuple[int, int], stride: int, what: str) -> None:
 @register_notrace_function  # a leaf for FX tracing (timm's feature extraction)
 def check_input_medunext(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], stride: int) -> None:
     """Raise :class:`UserInputError` unless ``x`` is ``B, in_chans, *img_size`` with sides multiples of ``stride``."""
-    if x.dim() != 4:
-        raise UserInputError(
-            f'MedUNeXt is a 2D model and expects a 4-D tensor (B, C, H, W); got {x.dim()}-D shape '
-            f'{tuple(x.shape)}. For a volume (B, C, D, H, W), feed its slices as a batch '
-            f'(or k adjacent slices as channels with in_chans=k).'
-        )
-    if x.shape[1] != in_chans:
-        raise UserInputError(
-            f'MedUNeXt built for {in_chans} input channel(s) got {x.shape[1]}. Create it with in_chans={x.shape[1]}.'
-        )
+    check_rank_and_channels(x, in_chans, 'MedUNeXt')
     h, w = int(x.shape[2]), int(x.shape[3])
     _check_multiple((h, w), stride, 'input')
     if h != img_size[0] or w != img_size[1]:
