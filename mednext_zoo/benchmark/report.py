@@ -4,11 +4,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
+from .._atomic import atomic_path
 from .runner import ROW_FIELDS, BenchResult
 
 __all__ = ['write_results', 'to_markdown', 'plot_results', 'load_results', 'CONVENTIONS']
@@ -35,24 +34,10 @@ CONVENTIONS = [
 
 
 def _atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb' if binary else 'w', **({} if binary else {'encoding': 'utf-8', 'newline': ''})) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
+    """``write(f)`` into ``path`` atomically (text files: UTF-8, no newline translation)."""
+    with atomic_path(path) as tmp, open(tmp, 'wb' if binary else 'w',
+                                        **({} if binary else {'encoding': 'utf-8', 'newline': ''})) as f:
+        write(f)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

@@ -18,9 +18,10 @@ from timm.models import get_pretrained_cfg
 from timm.models._hub import save_config_for_hf
 
 from .. import models  # noqa: F401  (registers the architectures)
+from .._atomic import atomic_path, atomic_write_text
 from ..errors import UserInputError
 from ..models._pretrained import DATASETS, HF_HUB_ORG, PRETRAINED_TAGS, hub_id, weight_status
-from ._io import PathLike, atomic_path, sha256_file, write_text_atomic
+from ._io import PathLike, sha256_file
 from .card import render_model_card
 
 __all__ = [
@@ -212,7 +213,7 @@ def save_pretrained(
         training=training,
         published=bool(repo_id) and weight_status(repo_id.split('/')[-1]) == 'published',
     )
-    write_text_atomic(save_dir / CARD_NAME, card)
+    atomic_write_text(save_dir / CARD_NAME, card)
     return save_dir
 
 
@@ -267,7 +268,7 @@ def seed_hf_cache(
         except OSError:  # no symlinks (e.g. Windows without developer mode): huggingface_hub copies too
             shutil.copyfile(blob, link)
     (storage / 'refs').mkdir(exist_ok=True)
-    write_text_atomic(storage / 'refs' / revision, commit)
+    atomic_write_text(storage / 'refs' / revision, commit)
     return snapshot
 
 

@@ -1,14 +1,13 @@
-"""Safe checkpoint reading and atomic file writing."""
+"""Safe checkpoint reading."""
 from __future__ import annotations
 
 import argparse
 import hashlib
 import os
 import pickle
-import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterator, Union
+from typing import Any, Dict, Union
 
 import safetensors.torch
 import torch
@@ -17,25 +16,6 @@ from ..errors import UserInputError
 from ..models._pretrained import PickleCheckpointError
 
 PathLike = Union[str, os.PathLike]
-
-
-@contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success it replaces ``path`` (``os.replace``)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text_atomic(path: PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding='utf-8')
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:

@@ -10,34 +10,19 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..._atomic import atomic_path, atomic_write_bytes
 from ...errors import UserInputError
 from .data import Volume
 from .preprocess import SYNAPSE_WINDOW, check_volume_size, normalize_intensity, resize_labels, resize_slices, stack_25d
 
 __all__ = ['volume_inputs', 'predict_volume', 'save_nifti', 'save_sitk', 'save_png_mask', 'save_prediction',
-           'save_overlays', 'atomic_write']
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+           'save_overlays']
 
 
 def volume_inputs(vol: Volume, img_size: int, intensity: str = 'none',
@@ -98,18 +83,8 @@ def save_nifti(pred: np.ndarray, vol: Volume, path: str) -> str:
             img.header.set_qform(vol.header.get_qform(), code=int(vol.header['qform_code']))
             img.header.set_sform(vol.header.get_sform(), code=int(vol.header['sform_code']))
     img.header.set_data_dtype(np.int16)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = '.nii.gz' if path.endswith('.gz') else '.nii'
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=suffix)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
     return path
 
 
@@ -119,7 +94,7 @@ def save_png_mask(pred: np.ndarray, path: str) -> str:
 
     buf = io.BytesIO()
     Image.fromarray(np.asarray(pred, dtype=np.uint8)).save(buf, format='PNG')
-    atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -129,18 +104,8 @@ def save_sitk(pred: np.ndarray, vol: Volume, path: str) -> str:
 
     img = sitk.GetImageFromArray(vol.to_native(np.asarray(pred)).astype(np.int16))
     img.CopyInformation(vol.sitk_ref)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    ext = '.nrrd' if path.endswith('.nrrd') else '.mha'
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=ext)
-    os.close(fd)
-    try:
-        sitk.WriteImage(img, tmp, True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), True)
     return path
 
 
@@ -192,6 +157,6 @@ def save_overlays(vol: Volume, pred: np.ndarray, out_dir: str, slices: Optional[
         fig.savefig(buf, format='png', dpi=100, bbox_inches='tight')
         plt.close(fig)
         path = os.path.join(out_dir, f'{vol.case_id}_slice{s:03d}.png')
-        atomic_write(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .inference import atomic_write
+from ..._atomic import atomic_write_bytes
 from .metrics import MODE_NOTES, CaseMetrics
 
 __all__ = ['write_case_csv', 'markdown_table', 'format_summaries', 'dice_boxplot']
@@ -26,7 +26,7 @@ def write_case_csv(cases: Sequence[CaseMetrics], path: str) -> str:
     for c in cases:
         for row in c.rows():
             w.writerow({**row, 'dice': f'{row["dice"]:.6f}', 'hd95': f'{row["hd95"]:.6f}'})
-    atomic_write(path, buf.getvalue().encode())
+    atomic_write_bytes(path, buf.getvalue().encode())
     return path
 
 
@@ -67,5 +67,5 @@ def dice_boxplot(cases: Sequence[CaseMetrics], path: str, title: str = 'per-case
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=100)
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path

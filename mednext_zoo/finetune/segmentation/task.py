@@ -33,10 +33,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..._atomic import atomic_write_bytes
 from ...errors import UserInputError
 from ..engine import Task
 from .data import SegDataset, Volume, VolumeRecord, discover, load_volume
-from .inference import atomic_write, predict_volume, save_overlays, save_prediction
+from .inference import predict_volume, save_overlays, save_prediction
 from .losses import DiceCELoss
 from .metrics import MODES, evaluate_case, summarize
 from .preprocess import (
@@ -450,8 +451,8 @@ def evaluate_volumes(model: nn.Module, records: Sequence[VolumeRecord], label_ma
         md = '\n'.join(markdown_table(summaries[m], title) for m in MODES)
         if not spacing_known:
             md += '\n_The files carry no voxel spacing (TransUNet .npz / .npy.h5): strict HD95 is in voxels too._\n'
-        atomic_write(os.path.join(out_dir, 'report.md'), md.encode())
-        atomic_write(os.path.join(out_dir, 'metrics.json'),
+        atomic_write_bytes(os.path.join(out_dir, 'report.md'), md.encode())
+        atomic_write_bytes(os.path.join(out_dir, 'metrics.json'),
                      (json.dumps(result, indent=2, default=_json_default) + '\n').encode())
         for m in MODES:
             dice_boxplot(cases[m], os.path.join(out_dir, f'dice_box_{m}.png'), f'{title}: per-case Dice')
@@ -488,7 +489,7 @@ def _export(model: nn.Module, export_dir: str, label_map: LabelMap, settings: Di
     else:
         from timm.models import save_for_hf
         save_for_hf(model, export_dir, model_config={'label_names': list(label_map.classes)}, safe_serialization=True)
-    atomic_write(os.path.join(export_dir, 'segmentation.json'),
+    atomic_write_bytes(os.path.join(export_dir, 'segmentation.json'),
                  (json.dumps({**settings, 'label_map': label_map.name, 'classes': list(label_map.classes)},
                              indent=2) + '\n').encode())
     return export_dir
@@ -509,7 +510,7 @@ def _write_splits(path: str, splits: Dict[str, List[VolumeRecord]]) -> None:
     for s, rs in splits.items():
         for r in rs:
             w.writerow([r.case_id, r.patient, s, r.image, r.label or ''])
-    atomic_write(path, buf.getvalue().encode())
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _on_main(eng, info, fn, *args):
