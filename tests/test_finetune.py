@@ -23,7 +23,7 @@ from mednext_zoo.data import (
 from mednext_zoo.data.io import nifti_num_slices
 from mednext_zoo.errors import UserInputError
 from mednext_zoo.finetune import FinetuneConfig, fit
-from mednext_zoo.finetune.metrics import classification_report, fit_temperature
+from mednext_zoo.finetune.classification.metrics import classification_report, fit_temperature
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pydicom = pytest.importorskip('pydicom')
@@ -311,7 +311,7 @@ def test_metrics_binary_and_macro():
 def test_gradcam_default_layers():
     import timm
 
-    from mednext_zoo.finetune.cam import GradCAM, default_target_layer, overlay
+    from mednext_zoo.finetune.classification.cam import GradCAM, default_target_layer, overlay
     m = timm.create_model('mednext_tiny', img_size=64, num_classes=3).eval()
     assert default_target_layer(m)[0] == 'stages.3'
     r = timm.create_model('resnet18', num_classes=2).eval()

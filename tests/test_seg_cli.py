@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mednext_zoo.cli import main
-from mednext_zoo.finetune.segmentation.phantom import write_phantom_dataset
+from mednext_zoo.data.synthetic import write_phantom_dataset
 
 pytest.importorskip('mednext_zoo.models.medunext')  # MedUNeXt (issue 3)
 pytest.importorskip('mednext_zoo.finetune.engine')  # the training engine and cli/finetune.py (issue 7)

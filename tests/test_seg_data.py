@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from mednext_zoo.data.synthetic import PHANTOM_CLASSES, write_phantom_dataset
+from mednext_zoo.data.volumes import VolumeRecord, discover, load_volume
 from mednext_zoo.errors import UserInputError
 from mednext_zoo.finetune.segmentation import preprocess as P
 from mednext_zoo.finetune.segmentation import protocols as PR
-from mednext_zoo.finetune.segmentation.data import VolumeRecord, discover, load_volume
 from mednext_zoo.finetune.segmentation.losses import DiceCELoss, SoftDiceLoss
-from mednext_zoo.finetune.segmentation.phantom import PHANTOM_CLASSES, write_phantom_dataset
 
 
 @pytest.fixture(scope='module')

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from mednext_zoo.data.synthetic import PHANTOM_CLASSES, write_phantom_dataset
+from mednext_zoo.data.volumes import VolumeRecord, discover, load_volume
 from mednext_zoo.errors import UserInputError
 from mednext_zoo.finetune.segmentation import inference as I
-from mednext_zoo.finetune.segmentation.data import VolumeRecord, discover, load_volume
 from mednext_zoo.finetune.segmentation.metrics import evaluate_case
-from mednext_zoo.finetune.segmentation.phantom import PHANTOM_CLASSES, write_phantom_dataset
 from mednext_zoo.finetune.segmentation.preprocess import ct_window
 
 
@@ -68,7 +68,7 @@ def test_other_slice_axis_round_trip(phantom, tmp_path):
     assert vol.image.shape == (40, 56, 5) and vol.spacing == pytest.approx((1.2, 0.9, 3.5))
     with pytest.raises(UserInputError, match=r'phantom_001_0000\.nii\.gz: slices of 56x5 voxels are too small'):
         I.predict_volume(_oracle(), vol, img_size=32, intensity='ct')
-    from mednext_zoo.finetune.segmentation.phantom import make_phantom
+    from mednext_zoo.data.synthetic import make_phantom
     img, lab, aff = make_phantom((20, 24, 18), (2.0, 1.0, 1.5), seed=3)
     nib.save(nib.Nifti1Image(img, aff), str(tmp_path / 'v.nii.gz'))
     vol = load_volume(VolumeRecord('v', str(tmp_path / 'v.nii.gz'), None, 'nifti'), slice_axis=0)
@@ -127,7 +127,7 @@ def test_overlays_and_2d_png(tmp_path, phantom):
 
 def test_simpleitk_nrrd_round_trip_keeps_geometry(tmp_path):
     sitk = pytest.importorskip('SimpleITK')
-    from mednext_zoo.finetune.segmentation.phantom import make_phantom
+    from mednext_zoo.data.synthetic import make_phantom
     img, lab, _ = make_phantom((36, 40, 6), (0.8, 0.7, 5.0), seed=2)
     # SimpleITK arrays are k, j, i; spacing / origin are x, y, z
     sim = sitk.GetImageFromArray(np.ascontiguousarray(img.transpose(2, 1, 0)))

@@ -72,7 +72,7 @@ def test_anisotropic_spacing_from_nibabel_standard_honoured_in_strict(tmp_path):
     import nibabel as nib
     from nibabel.testing import data_path
 
-    from mednext_zoo.finetune.segmentation.data import VolumeRecord, load_volume
+    from mednext_zoo.data.volumes import VolumeRecord, load_volume
     src = os.path.join(data_path, 'standard.nii.gz')
     ref = nib.load(src)
     assert tuple(float(z) for z in ref.header.get_zooms()) == (1.0, 3.0, 2.0)

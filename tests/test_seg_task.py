@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from mednext_zoo.data.synthetic import PHANTOM_CLASSES, write_phantom_dataset
+from mednext_zoo.data.volumes import discover
 from mednext_zoo.errors import UserInputError
 from mednext_zoo.finetune.segmentation import protocols as PR
-from mednext_zoo.finetune.segmentation.data import discover
-from mednext_zoo.finetune.segmentation.phantom import PHANTOM_CLASSES, write_phantom_dataset
 
 pytest.importorskip('mednext_zoo.models.medunext')  # MedUNeXt (issue 3)
 pytest.importorskip('mednext_zoo.finetune.engine')  # the training engine (issue 7)
@@ -242,7 +242,7 @@ def test_2d_colour_folders_train_and_predict_png(tmp_path):
 
 
 def test_raw_btcv_labels_remapped_to_synapse(tmp_path):
-    from mednext_zoo.finetune.segmentation.data import VolumeRecord
+    from mednext_zoo.data.volumes import VolumeRecord
     from mednext_zoo.finetune.segmentation.task import _load
     lab = np.zeros((20, 20, 2), np.uint8)
     lab[2:6, 2:6] = 6  # raw BTCV liver

@@ -1,5 +1,12 @@
-"""Reading labelled 2D medical images: files (Pillow, DICOM, NIfTI), manifests, splits and datasets."""
-from .datasets import (
+"""The data layer, shared by every task, the benchmark and the tests (it imports nothing above it).
+
+* :mod:`.io`        -- one 2D image from a file: Pillow formats, DICOM (HU, windows), a NIfTI slice;
+* :mod:`.images`    -- labelled 2D images for classification: ImageFolder trees, CSV manifests, splits, datasets;
+* :mod:`.volumes`   -- labelled volumes for segmentation: nnU-Net / MSD, TransUNet Synapse, ACDC, 2D folders, CSV;
+* :mod:`.labels`    -- label maps (Synapse, BTCV, ACDC), label checks, patient ids, ``dataset.json``;
+* :mod:`.synthetic` -- synthetic phantoms and tasks generated on the fly (tests, demos, training benchmarks).
+"""
+from .images import (
     SPLITS,
     DataSource,
     EpochSampler,
@@ -15,9 +22,12 @@ from .datasets import (
     read_image_folder,
 )
 from .io import CT_WINDOWS, Window, load_image, parse_window, probe_image
+from .labels import LABEL_MAPS, LabelMap, get_label_map
+from .volumes import SegDataset, Volume, VolumeRecord, load_volume
 
 __all__ = [
     'SPLITS', 'DataSource', 'EpochSampler', 'ImageClassificationDataset', 'Sample', 'assign_splits',
     'build_transforms', 'check_patient_splits', 'discover', 'hold_out_test', 'kfold_assignments', 'read_csv_manifest',
-    'read_image_folder', 'CT_WINDOWS', 'Window', 'load_image', 'parse_window', 'probe_image',
+    'read_image_folder', 'CT_WINDOWS', 'Window', 'load_image', 'parse_window', 'probe_image', 'LABEL_MAPS', 'LabelMap',
+    'get_label_map', 'SegDataset', 'Volume', 'VolumeRecord', 'load_volume',
 ]

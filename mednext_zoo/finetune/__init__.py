@@ -1,9 +1,12 @@
-"""Fine-tuning: a task-agnostic training engine and image classification on top of it.
+"""Fine-tuning: a task-agnostic training engine with two sibling tasks on top, ``classification`` and
+``segmentation``.
 
     from mednext_zoo.finetune import FinetuneConfig, fit, evaluate, predict
     result = fit(FinetuneConfig(model='mednext_tiny', data='images/', out='runs/exp1', epochs=20))
     evaluate('runs/exp1', 'external_test/')
     predict('runs/exp1', ['scan.dcm'], cam=True)
+
+Segmentation: :mod:`mednext_zoo.finetune.segmentation` (``SegConfig``, ``fit``, ``evaluate``, ``predict``).
 """
 from .classification import (
     ClassificationTask,

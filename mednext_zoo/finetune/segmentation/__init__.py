@@ -7,7 +7,7 @@
 
 The data, preprocessing, metric, protocol, inference and report modules work without the training engine.
 """
-from .data import SegDataset, Volume, VolumeRecord, discover, load_volume
+from ...data.volumes import SegDataset, Volume, VolumeRecord, discover, load_volume
 from .inference import predict_volume, save_nifti, save_overlays
 from .losses import DiceCELoss, SoftDiceLoss
 from .metrics import MODES, binary_metrics, evaluate_case, hd95, summarize

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..._atomic import atomic_path, atomic_write_bytes
+from ...data.volumes import Volume
 from ...errors import UserInputError
-from .data import Volume
 from .preprocess import SYNAPSE_WINDOW, check_volume_size, normalize_intensity, resize_labels, resize_slices, stack_25d
 
 __all__ = ['volume_inputs', 'predict_volume', 'save_nifti', 'save_sitk', 'save_png_mask', 'save_prediction',

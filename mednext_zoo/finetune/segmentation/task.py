@@ -34,9 +34,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..._atomic import atomic_write_bytes
+from ...data.volumes import SegDataset, Volume, VolumeRecord, discover, load_volume
 from ...errors import UserInputError
 from ..engine import Task
-from .data import SegDataset, Volume, VolumeRecord, discover, load_volume
 from .inference import predict_volume, save_overlays, save_prediction
 from .losses import DiceCELoss
 from .metrics import MODES, evaluate_case, summarize
@@ -711,7 +711,7 @@ def evaluate(run_dir: str, data: Optional[str] = None, split: Optional[str] = No
 
 
 def _expand_volumes(inputs: Sequence[str]) -> List[VolumeRecord]:
-    from .data import IMAGE_EXTS, NIFTI_EXTS, SITK_EXTS, _fmt_of, _strip_ext
+    from ...data.volumes import IMAGE_EXTS, NIFTI_EXTS, SITK_EXTS, _fmt_of, _strip_ext
     recs = []
     for item in inputs:
         if os.path.isdir(item):

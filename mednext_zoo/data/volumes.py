@@ -28,8 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...errors import UserInputError
-from .protocols import LabelMap, check_label_values, patient_id, read_dataset_json
+from ..errors import UserInputError
+from .labels import LabelMap, check_label_values, patient_id, read_dataset_json
 
 __all__ = ['VolumeRecord', 'Volume', 'SegDataset', 'discover', 'load_volume', 'NIFTI_EXTS', 'SITK_EXTS', 'IMAGE_EXTS']
 

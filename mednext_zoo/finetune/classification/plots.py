@@ -15,7 +15,7 @@ def _plt():
 
 
 def _save(fig, path: str) -> None:
-    from .engine import _atomic_save
+    from ..engine import _atomic_save
     _atomic_save(path, lambda t: fig.savefig(t, dpi=120, bbox_inches='tight', format='png'))
 
 

@@ -109,7 +109,7 @@ def classification_report(
     if num_classes == 2:
         pc = positive_class if positive_class is not None else classes[1]
         if pc not in classes:
-            from ..errors import UserInputError
+            from ...errors import UserInputError
             raise UserInputError(f'--positive-class {pc!r} is not one of the classes {list(classes)}.')
         positive = list(classes).index(pc)
     base = point_metrics(y, probs, num_classes, positive)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import (
+from ...data import (
     DataSource,
     EpochSampler,
     ImageClassificationDataset,
@@ -39,9 +39,9 @@ from ..data import (
     load_image,
     parse_window,
 )
-from ..data.io import SUPPORTED_EXTS, image_kind, nifti_num_slices
-from ..errors import UserInputError
-from .engine import (
+from ...data.io import SUPPORTED_EXTS, image_kind, nifti_num_slices
+from ...errors import UserInputError
+from ..engine import (
     DistInfo,
     Engine,
     EngineConfig,
@@ -116,7 +116,7 @@ def check_model_name(name: str) -> str:
     """Return ``name`` if timm knows it (after ``import mednext_zoo``); else a clear error with close matches."""
     import timm
 
-    from .. import models  # noqa: F401  (registers mednext_*)
+    from ... import models  # noqa: F401  (registers mednext_*)
     base = name.split('.', 1)[0]
     if base.startswith(('local-dir:', 'hf-hub:', 'hf_hub:')) or timm.is_model(base):
         return name
@@ -262,7 +262,7 @@ def _check_in_chans(source: DataSource, in_chans: int) -> None:
     if in_chans not in (1, 3):
         raise UserInputError(f'--in-chans must be 1 (grayscale) or 3 (RGB / grayscale replicated), got {in_chans}.')
     if in_chans == 1 and source.channels == 3:
-        from ..data.io import probe_image
+        from ...data.io import probe_image
         colour = next((s.path for s in source.samples if probe_image(s.path) == 3), source.origin)
         raise UserInputError(f'--in-chans 1 contradicts the data: {colour} is a colour image. Use --in-chans 3, '
                              f'or convert the images to grayscale.')
@@ -303,7 +303,7 @@ def _export(model: nn.Module, export_dir: str, metrics: Dict[str, Any], dataset:
     model.pretrained_cfg = {**getattr(model, 'pretrained_cfg', {}), 'label_names': list(classes),
                             'mean': tuple(mean), 'std': tuple(std), 'input_size': (in_chans, img_size, img_size),
                             'num_classes': len(classes)}
-    from ..hub import save_pretrained
+    from ...hub import save_pretrained
     card_metrics = {k: {'value': v, 'ci': tuple(metrics['ci95'][k])} if metrics['ci95'].get(k) else v
                     for k, v in metrics.items() if k in ('accuracy', 'precision', 'recall', 'f1', 'auc')}
     avg = (f"binary metrics of the positive class '{metrics['positive_class']}'"
