@@ -6,6 +6,7 @@ huggingface_hub is put in offline mode (HF_HUB_OFFLINE=1) for every test.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,6 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from huggingface_hub import constants as hf_constants
 from huggingface_hub import scan_cache_dir, try_to_load_from_cache
 
 import mednext_zoo
@@ -28,18 +28,7 @@ BASE_TAGS = ('sarscov2_ct', 'monkeypox_msld', 'covid_ct_large')
 SIZE = 64  # small inputs: the axial matrices make img_size part of the weights
 
 
-@pytest.fixture(autouse=True)
-def offline_hf(tmp_path_factory, monkeypatch):
-    """An empty Hugging Face home / cache per test, offline (env and the already-imported constants)."""
-    home = tmp_path_factory.mktemp('hf_home')
-    cache = home / 'hub'
-    cache.mkdir()
-    for k, v in dict(HF_HOME=home, HF_HUB_CACHE=cache, HF_HUB_OFFLINE='1').items():
-        monkeypatch.setenv(k, os.fspath(v))
-    monkeypatch.setattr(hf_constants, 'HF_HOME', os.fspath(home))
-    monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', os.fspath(cache))
-    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
-    return cache
+pytestmark = pytest.mark.usefixtures('offline_hf')  # tests/conftest.py: every test offline, empty cache
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -386,6 +375,94 @@ def test_push_dry_run_uploads_nothing(saved_base, monkeypatch, capsys):
     assert 'Nothing was uploaded' in out and plan[1]['sha256'] in out
     with pytest.raises(UserInputError, match='<arch>.<tag>'):
         hub.push_to_hub(folder, f'{HF_HUB_ORG}/medunext_base.synapse', dry_run=True)
+
+
+# --- config.json for timm and transformers; folders from before ------------------------------------------------
+
+
+def test_config_keeps_loader_args_out_of_model_args(tmp_path):
+    for arch, n, ds in (('mednext_tiny', 2, 'sarscov2_ct'), ('medunext_tiny', 4, 'acdc')):
+        model = timm.create_model(arch, img_size=SIZE, num_classes=n)
+        out = hub.save_pretrained(model, tmp_path / arch, dataset=ds, flops=False)
+        config = json.loads((out / 'config.json').read_text())
+        assert not set(hub.LOADER_ARGS) & set(config['model_args'])  # transformers passes these itself
+        assert config['num_classes'] == n and config['label_names'] == list(DATASETS[ds]['label_names'])
+        assert config['model_args']['img_size'] == [SIZE, SIZE] and config['model_args']['in_chans'] == model.in_chans
+        assert hub.config_problems(out) == []
+        loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
+        assert _same_weights(loaded, model) and loaded.num_classes == n and loaded.img_size == (SIZE, SIZE)
+
+
+def test_old_config_loads_in_timm_and_fix_config_is_idempotent(old_style_folder):
+    model, folder, old = old_style_folder
+    old_sha256 = hashlib.sha256((folder / 'config.json').read_bytes()).hexdigest()
+    assert old['model_args']['num_classes'] == 2  # the layout transformers refuses
+    assert _same_weights(timm.create_model(f'local-dir:{folder}', pretrained=True), model)
+
+    assert hub.config_problems(folder) == hub.fix_config(folder)
+    fixed = json.loads((folder / 'config.json').read_text())
+    assert 'num_classes' not in fixed['model_args'] and fixed['num_classes'] == 2
+    assert {k: v for k, v in fixed.items() if k != 'model_args'} == {k: v for k, v in old.items() if k != 'model_args'}
+    (record,) = json.loads((folder / hub.FIX_RECORD_NAME).read_text())
+    assert record['config_before'] == old and len(record['changes']) == 1
+    assert 'removed model_args.num_classes' in record['changes'][0]
+    assert record['config_sha256_before'] == old_sha256
+    assert sorted(os.listdir(folder)) == sorted([*hub.HUB_FILES, hub.FIX_RECORD_NAME])  # no temporary files
+
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert hub.fix_config(folder) == []  # idempotent: nothing rewritten, no second record
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
+
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert _same_weights(loaded, model) and loaded.img_size == (SIZE, SIZE)
+    assert list(loaded.pretrained_cfg['label_names']) == ['non_covid', 'covid']
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_fix_config_moves_labels_and_class_count_and_refuses_bad_folders(old_style_folder, tmp_path):
+    model, folder, config = old_style_folder
+    old_text = (folder / 'config.json').read_text()
+    config['pretrained_cfg']['label_names'] = config.pop('label_names')  # labels only where timm reads them
+    del config['num_classes']  # and the class count only in model_args
+    (folder / 'config.json').write_text(json.dumps(config))
+    assert len(hub.fix_config(folder)) == 2
+    fixed = json.loads((folder / 'config.json').read_text())
+    assert fixed['num_classes'] == 2 and fixed['label_names'] == ['non_covid', 'covid']
+    assert 'num_classes' not in fixed['model_args']
+    assert _same_weights(timm.create_model(f'local-dir:{folder}', pretrained=True), model)
+
+    config['num_classes'] = 3
+    (folder / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(UserInputError, match='inconsistent'):
+        hub.fix_config(folder)
+    (folder / 'config.json').write_text('{"architecture": ')
+    with pytest.raises(UserInputError, match='not valid JSON'):
+        hub.fix_config(folder)
+    with pytest.raises(UserInputError, match='does not exist'):
+        hub.fix_config(tmp_path / 'nowhere')
+    # a seeded cache links its files into blobs: fix the folder and seed again instead
+    (folder / 'config.json').write_text(old_text)
+    snapshot = hub.seed_hf_cache(folder, 'someone/old-model')
+    with pytest.raises(UserInputError, match='seed_hf_cache'):
+        hub.fix_config(snapshot)
+
+
+def test_cli_export_fix_config_and_push_refuses_old_folder(old_style_folder, tmp_path, capsys):
+    _, folder, _ = old_style_folder
+    with pytest.raises(UserInputError, match='--fix-config'):
+        hub.push_to_hub(folder, 'someone/mednext_tiny-old', dry_run=True)
+    assert cli_main(['export', '--fix-config', os.fspath(folder)]) == 0
+    out = capsys.readouterr().out
+    assert 'removed model_args.num_classes' in out and hub.FIX_RECORD_NAME in out
+    assert cli_main(['export', '--fix-config', os.fspath(folder)]) == 0
+    assert 'up to date: nothing changed' in capsys.readouterr().out
+    assert cli_main(['push', os.fspath(folder), 'someone/mednext_tiny-old', '--dry-run']) == 0
+    assert cli_main(['export', 'mednext_tiny', '--fix-config', os.fspath(folder)]) == 2
+    assert 'drop MODEL' in capsys.readouterr().err
+    assert cli_main(['export', 'mednext_tiny', os.fspath(tmp_path / 'o')]) == 2
+    assert 'export needs --checkpoint' in capsys.readouterr().err
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------------

@@ -42,12 +42,45 @@ def _read_metrics(path: str):
     return metrics
 
 
+def _export_inputs(args: argparse.Namespace) -> dict:
+    return {'MODEL': args.model, 'OUT_DIR': args.out_dir, '--checkpoint': args.checkpoint}
+
+
+def _run_fix_config(args: argparse.Namespace) -> int:
+    from ..hub import FIX_RECORD_NAME, fix_config
+
+    given = [k for k, v in _export_inputs(args).items() if v]
+    if given:
+        raise UserInputError(f'--fix-config FOLDER repairs an existing folder; drop {", ".join(given)}.')
+    folder = Path(args.fix_config)
+    changes = fix_config(folder)
+    if not changes:
+        print(f'{folder / "config.json"} is up to date: nothing changed.')
+        return 0
+    print(f'Fixed {folder / "config.json"}:')
+    for c in changes:
+        print(f'  - {c}')
+    print(f'The config before the fix is kept in {folder / FIX_RECORD_NAME}.')
+    config = json.loads((folder / 'config.json').read_text())
+    if config['architecture'].startswith('medunext'):
+        print('Note: segmentation networks (MedUNeXt) are timm-only; transformers does not support them.')
+    elif not config.get('label_names'):
+        print('Note: no label names are recorded, so transformers names the outputs LABEL_0, LABEL_1, ...')
+    return 0
+
+
 def _run_export(args: argparse.Namespace) -> int:
     import timm
 
     from ..hub import DATASETS, load_state_dict, save_pretrained, seed_hf_cache
     from ..models._pretrained import PRETRAINED_TAGS
 
+    if args.fix_config:
+        return _run_fix_config(args)
+    missing = [k for k, v in _export_inputs(args).items() if not v]
+    if missing:
+        raise UserInputError(f'export needs {", ".join(missing)}: mednext-zoo export MODEL OUT_DIR --checkpoint FILE '
+                             '(or mednext-zoo export --fix-config FOLDER to repair an older folder).')
     name = args.model
     arch = name.split('.', 1)[0]
     if not timm.is_model(arch):
@@ -100,10 +133,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         'export', help='write a Hub folder (config.json, model.safetensors, README.md model card)',
         description='Build MODEL, load --checkpoint into it (safetensors, or .pth/.bin with weights_only=True), '
-                    'and write the folder timm reads with local-dir: / hf-hub:, with a model card.')
-    p.add_argument('model', help='architecture or arch.tag, e.g. mednext_base.sarscov2_ct')
-    p.add_argument('out_dir', help='output folder')
-    p.add_argument('--checkpoint', required=True, help='trained weights to export (.safetensors, .pth, .bin)')
+                    'and write the folder timm reads with local-dir: / hf-hub: (classifiers also load in '
+                    'Hugging Face transformers), with a model card. --fix-config FOLDER instead repairs the '
+                    'config.json of a folder written by an older version so that transformers loads it.')
+    p.add_argument('model', nargs='?', help='architecture or arch.tag, e.g. mednext_base.sarscov2_ct')
+    p.add_argument('out_dir', nargs='?', help='output folder')
+    p.add_argument('--checkpoint', help='trained weights to export (.safetensors, .pth, .bin); required')
+    p.add_argument('--fix-config', metavar='FOLDER',
+                   help='rewrite FOLDER/config.json in place for transformers (idempotent; the old config is kept '
+                        'in FOLDER/config_fixes.json); no other arguments')
     p.add_argument('--allow-pickle', action='store_true',
                    help='allow a pickle checkpoint that weights_only loading refuses (only for trusted files)')
     p.add_argument('--dataset', help='training dataset key (sarscov2_ct, monkeypox_msld, covid_ct_large, synapse, '

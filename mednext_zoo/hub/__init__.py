@@ -3,7 +3,8 @@
 Loading itself is timm's: ``import mednext_zoo, timm`` then
 ``timm.create_model("mednext_base.sarscov2_ct", pretrained=True)``, ``"hf-hub:<repo>"``,
 ``"local-dir:<folder>"`` or ``pretrained_cfg_overlay=dict(file=...)``. This package writes what
-those read (:func:`save_pretrained`), carries it offline (:func:`seed_hf_cache`) and uploads it
+those read (:func:`save_pretrained`; classifiers also load in Hugging Face transformers), carries it
+offline (:func:`seed_hf_cache`), repairs folders from older versions (:func:`fix_config`) and uploads it
 (:func:`push_to_hub`). The weight registry (Hub org, tags, status) lives in
 ``mednext_zoo.models._pretrained`` so that the models can use it without importing this layer.
 """
@@ -18,7 +19,18 @@ from ..models._pretrained import (
     hub_id,
     weight_status,
 )
-from ._hub import HUB_FILES, count_params_flops, list_pretrained, push_to_hub, save_pretrained, seed_hf_cache
+from ._hub import (
+    FIX_RECORD_NAME,
+    HUB_FILES,
+    LOADER_ARGS,
+    config_problems,
+    count_params_flops,
+    fix_config,
+    list_pretrained,
+    push_to_hub,
+    save_pretrained,
+    seed_hf_cache,
+)
 from ._io import load_state_dict
 from .card import render_model_card
 
@@ -26,6 +38,7 @@ __all__ = [
     'HF_HUB_ORG', 'DATASETS', 'PRETRAINED_TAGS', 'HUB_FILES',
     'hub_id', 'weight_status', 'list_pretrained',
     'save_pretrained', 'seed_hf_cache', 'push_to_hub', 'load_state_dict', 'check_state_dict',
+    'fix_config', 'config_problems', 'LOADER_ARGS', 'FIX_RECORD_NAME',
     'count_params_flops', 'render_model_card',
     'PretrainedWeightsNotFoundError', 'PretrainedMismatchError', 'PickleCheckpointError',
 ]

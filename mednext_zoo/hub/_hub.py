@@ -26,6 +26,7 @@ from .card import render_model_card
 
 __all__ = [
     'save_pretrained', 'seed_hf_cache', 'push_to_hub', 'list_pretrained', 'count_params_flops', 'HUB_FILES',
+    'fix_config', 'config_problems', 'LOADER_ARGS', 'FIX_RECORD_NAME',
 ]
 
 CONFIG_NAME = 'config.json'
@@ -33,6 +34,20 @@ WEIGHTS_NAME = 'model.safetensors'
 CARD_NAME = 'README.md'
 HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 """The files a mednext-zoo Hub repo holds (no pickle files are ever uploaded)."""
+
+FIX_RECORD_NAME = 'config_fixes.json'
+"""Written beside ``config.json`` by :func:`fix_config`: what it changed and the config before (never uploaded)."""
+
+LOADER_ARGS = ('pretrained', 'num_classes')
+"""Keyword arguments a loader passes to ``timm.create_model`` itself, so ``config.json``'s ``model_args`` must not.
+
+transformers' TimmWrapper (4.53 - 5.x, ``modeling_timm_wrapper.py``) calls
+``timm.create_model(config.architecture, pretrained=False, num_classes=config.num_labels, **config.model_args)``
+(``num_classes=0`` in ``TimmWrapperModel``): a repeated key fails with "got multiple values for keyword argument".
+timm (``hf-hub:`` / ``local-dir:``) only fills in what the caller did not pass, and reads the class count from the
+root ``num_classes``, so neither loader needs these in ``model_args``. ``img_size`` / ``in_chans`` stay there: no
+loader passes them, and both rebuild the saved input from them.
+"""
 
 # pretrained_cfg fields that describe the training data; dropped when saving without a dataset
 _DATASET_FIELDS = ('label_names', 'label_descriptions', 'license', 'origin_url', 'description', 'notes', 'tag')
@@ -114,7 +129,10 @@ def save_pretrained(
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card to ``save_dir``.
 
     This is the layout timm reads with ``timm.create_model("local-dir:<save_dir>", pretrained=True)``
-    and, once uploaded (:func:`push_to_hub`), with ``"hf-hub:<repo_id>"`` or the registry tag.
+    and, once uploaded (:func:`push_to_hub`), with ``"hf-hub:<repo_id>"`` or the registry tag. A classifier's
+    folder also loads in Hugging Face transformers (``AutoModelForImageClassification``, ``pipeline``) after
+    ``import mednext_zoo``: ``config.json`` keeps :data:`LOADER_ARGS` out of ``model_args`` and the label names
+    at its root, where both libraries read them. Segmentation networks are timm-only.
 
     Args:
         model: A mednext-zoo model made by ``timm.create_model`` (any in_chans / num_classes / img_size).
@@ -164,12 +182,14 @@ def save_pretrained(
         config.pop('label_names', None)
         config.pop('label_descriptions', None)
         model_args = config.setdefault('model_args', {})
+        for k in LOADER_ARGS:
+            model_args.pop(k, None)
         if img_size:
             model_args['img_size'] = list(img_size)
         if in_chans is not None:
             model_args['in_chans'] = in_chans
         if num_classes is not None:
-            model_args['num_classes'] = num_classes
+            config['num_classes'] = num_classes  # the one place timm and transformers both read the head size
         if img_size and in_chans is not None:
             pcfg['input_size'] = [in_chans, *img_size]
         if ds:
@@ -272,6 +292,90 @@ def seed_hf_cache(
     return snapshot
 
 
+def _read_config(save_dir: Path) -> Dict[str, Any]:
+    path = save_dir / CONFIG_NAME
+    if not path.is_file():
+        raise UserInputError(f'{path} does not exist: pass a folder written by save_pretrained / `mednext-zoo export`.')
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserInputError(f'{path} is not valid JSON ({e}).') from e
+    if not isinstance(config, dict) or 'architecture' not in config or 'pretrained_cfg' not in config:
+        raise UserInputError(f'{path} is not a timm Hub config (it needs "architecture" and "pretrained_cfg").')
+    return config
+
+
+def _fixed_config(config: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """(the config transformers loads, one line per change); timm builds the same model from either."""
+    fixed = json.loads(json.dumps(config))  # a deep copy in JSON types
+    changes = []
+    model_args = fixed.get('model_args') or {}
+    for k in LOADER_ARGS:
+        if k not in model_args:
+            continue
+        value = model_args.pop(k)
+        if k == 'num_classes':
+            root = fixed.get('num_classes')
+            if root is None:
+                fixed['num_classes'] = value
+                changes.append(f'moved model_args.num_classes ({value}) to the root "num_classes"')
+                continue
+            if root != value:
+                raise UserInputError(
+                    f'config.json says num_classes={root} but model_args.num_classes={value}: the folder is '
+                    f'inconsistent; export it again from the checkpoint with `mednext-zoo export`.')
+        changes.append(f'removed model_args.{k} ({value!r}): transformers passes it to timm.create_model itself')
+    labels = fixed.get('label_names')
+    cfg_labels = fixed['pretrained_cfg'].get('label_names')
+    if labels is None and cfg_labels is not None:
+        fixed['label_names'] = list(cfg_labels)
+        changes.append('copied pretrained_cfg.label_names to the root "label_names" (where transformers reads them)')
+    return fixed, changes
+
+
+def config_problems(save_dir: PathLike) -> List[str]:
+    """What :func:`fix_config` would change in ``save_dir/config.json`` (empty: nothing to fix)."""
+    return _fixed_config(_read_config(Path(save_dir)))[1]
+
+
+def fix_config(save_dir: PathLike) -> List[str]:
+    """Rewrite an older ``config.json`` so that transformers loads the folder too; timm loads it as before.
+
+    Folders written before mednext-zoo recorded :data:`LOADER_ARGS` outside ``model_args`` fail in
+    ``AutoModelForImageClassification.from_pretrained`` with "got multiple values for keyword argument
+    'num_classes'". The fix moves or drops those keys and puts the label names where transformers reads them;
+    the weights and everything else stay as they are. Idempotent: an up-to-date config is left untouched.
+    The config before each fix and the list of changes are appended to ``FIX_RECORD_NAME`` beside it (written
+    first, atomically; then ``config.json`` is replaced atomically), so a fix can always be undone.
+
+    Returns:
+        One line per change (empty when there was nothing to fix).
+    """
+    from ..version import __version__
+
+    save_dir = Path(save_dir)
+    config = _read_config(save_dir)
+    fixed, changes = _fixed_config(config)
+    if not changes:
+        return []
+    if (save_dir / CONFIG_NAME).is_symlink():  # a Hugging Face cache snapshot links into content-addressed blobs
+        raise UserInputError(
+            f'{save_dir / CONFIG_NAME} is a link (a Hugging Face cache snapshot?): fix the exported folder instead, '
+            f'then place it in the cache again with seed_hf_cache / `mednext-zoo export ... --seed-cache`.')
+    record_path = save_dir / FIX_RECORD_NAME
+    records = []
+    if record_path.is_file():
+        try:
+            records = json.loads(record_path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserInputError(f'{record_path} is not valid JSON ({e}); move it away and run again.') from e
+    records.append({'tool': f'mednext-zoo {__version__}', 'changes': changes,
+                    'config_sha256_before': sha256_file(save_dir / CONFIG_NAME), 'config_before': config})
+    atomic_write_text(record_path, json.dumps(records, indent=2) + '\n')
+    atomic_write_text(save_dir / CONFIG_NAME, json.dumps(fixed, indent=2) + '\n')
+    return changes
+
+
 def list_pretrained() -> List[Dict[str, Any]]:
     """One row per pretrained tag (and per architecture without weights) with its real status."""
     rows = []
@@ -303,13 +407,16 @@ def _validate_folder(save_dir: Path) -> Tuple[Dict[str, Any], nn.Module]:
             f'{save_dir} lacks {", ".join(missing)}: write the folder with mednext_zoo.hub.save_pretrained '
             f'(or `mednext-zoo export`) before pushing.'
         )
-    try:
-        config = json.loads((save_dir / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as e:
-        raise UserInputError(f'{save_dir / CONFIG_NAME} is not valid JSON ({e}).') from e
+    config = _read_config(save_dir)
     arch = config.get('architecture')
     if not arch or not timm.is_model(arch):
         raise UserInputError(f'{save_dir / CONFIG_NAME} names architecture {arch!r}, not a registered model.')
+    problems = _fixed_config(config)[1]
+    if problems:
+        raise UserInputError(
+            f'{save_dir / CONFIG_NAME} predates transformers support ({"; ".join(problems)}): run '
+            f'`mednext-zoo export --fix-config {save_dir}` (or mednext_zoo.hub.fix_config) before pushing.'
+        )
     model = timm.create_model(f'local-dir:{save_dir}', pretrained=True)  # the same path users take
     return config, model
 

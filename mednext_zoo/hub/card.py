@@ -155,6 +155,22 @@ def render_model_card(
         'to the new input size.',
         '',
     ]
+    if segmentation:
+        L += ['Hugging Face transformers: not supported. Its timm wrapper (`AutoModelForImageClassification`, '
+              '`pipeline`) handles image classifiers only; this segmentation network loads with timm as above.', '']
+    else:
+        hf_source = repo_id or '/path/to/this/folder'
+        L += ['With Hugging Face transformers (4.53 or later), which builds the model through timm\'s registry:', '',
+              '```python',
+              'import mednext_zoo  # first: without it transformers reports the architecture as unknown to timm',
+              'from transformers import pipeline',
+              f'classify = pipeline("image-classification", model="{hf_source}")',
+              'classify("image.png")  # [{"label": ..., "score": ...}, ...]',
+              '```', '']
+        if in_chans != 3:
+            L += [f'The pipeline feeds RGB images; this {in_chans}-channel model needs '
+                  f'`AutoModelForImageClassification.from_pretrained("{hf_source}")` on your own '
+                  f'(B, {in_chans}, {height}, {width}) tensors.', '']
 
     L += ['## Input', '', '| | |', '|---|---|',
           f'| Channels | {in_chans} |',

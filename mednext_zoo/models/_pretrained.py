@@ -252,6 +252,7 @@ def pretrained_cfg_kwargs(name: str) -> Dict[str, Any]:
         mean=tuple(ds['mean']),
         std=tuple(ds['std']),
         crop_pct=1.0,  # the whole slice / photograph is resized to the input size, never centre-cropped
+        crop_mode='squash',  # (for a non-square image too: 'center' would resize the short side and crop the long)
         license=ds['license'],
         origin_url=ds['url'],
         description=f'{arch} trained on {ds["name"]} ({ds["task"]}).',

@@ -298,11 +298,14 @@ def _export(model: nn.Module, export_dir: str, metrics: Dict[str, Any], dataset:
             classes: Sequence[str], mean: Sequence[float], std: Sequence[float], in_chans: int, img_size: int) -> str:
     """Write ``export_dir`` (config.json, model.safetensors, model card) with :func:`mednext_zoo.hub.save_pretrained`.
 
-    The exported config carries the class names and the normalisation / input size used in training.
+    The exported config carries the class names and the normalisation / input size used in training, and the
+    evaluation resize of ``build_transforms`` (the whole image, bilinear, to img_size x img_size: no centre crop),
+    which timm's ``create_transform`` and transformers' image processor rebuild from it.
     """
     model.pretrained_cfg = {**getattr(model, 'pretrained_cfg', {}), 'label_names': list(classes),
                             'mean': tuple(mean), 'std': tuple(std), 'input_size': (in_chans, img_size, img_size),
-                            'num_classes': len(classes)}
+                            'num_classes': len(classes), 'crop_pct': 1.0, 'crop_mode': 'squash',
+                            'interpolation': 'bilinear'}
     from ...hub import save_pretrained
     card_metrics = {k: {'value': v, 'ci': tuple(metrics['ci95'][k])} if metrics['ci95'].get(k) else v
                     for k, v in metrics.items() if k in ('accuracy', 'precision', 'recall', 'f1', 'auc')}
