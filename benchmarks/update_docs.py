@@ -6,8 +6,8 @@ Run it after committing a new harness or suite result so the docs show the lates
 ``--replot`` first redraws each ``results.png`` from its committed ``results.json`` (no re-measurement), for
 when the chart code changed.
 """
+import argparse
 import shutil
-import sys
 from pathlib import Path
 
 from _common import RESULTS, ROOT
@@ -50,7 +50,8 @@ def main(dirs, replot: bool = False) -> None:
 
 
 if __name__ == '__main__':
-    argv = sys.argv[1:]
-    replot = '--replot' in argv
-    args = [Path(a) for a in argv if a != '--replot'] or sorted(p.parent for p in RESULTS.glob('*/results.md'))
-    main(args, replot)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('dirs', nargs='*', type=Path, help='result folders (default: every benchmarks/results/*/)')
+    p.add_argument('--replot', action='store_true', help='redraw each results.png from its results.json first')
+    a = p.parse_args()
+    main(a.dirs or sorted(q.parent for q in RESULTS.glob('*/results.md')), a.replot)
