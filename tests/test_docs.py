@@ -80,7 +80,21 @@ def discover() -> List[Snippet]:
     return out
 
 
-SNIPPETS = discover()
+_DOCSTRING_CMD = re.compile(r'^\s*(?:mednext-zoo |python benchmarks/|python -m mednext_zoo\.cli |torchrun )')
+
+
+def discover_docstrings() -> List[Snippet]:
+    """Example command lines in the docstrings of the CLI modules and the benchmark scripts (usage synopses
+    with ``[...]`` or ``|`` are not commands and are left out)."""
+    out = []
+    for path in sorted([*(ROOT / 'mednext_zoo' / 'cli').glob('*.py'), *(ROOT / 'benchmarks').rglob('*.py')]):
+        for i, line in enumerate(path.read_text(encoding='utf-8').splitlines(), start=1):
+            if _DOCSTRING_CMD.match(line) and not re.search(r'\[|\||\.\.\.|<|>', line.split('#')[0]):
+                out.append(Snippet(path, i, 'bash', line.strip()))
+    return out
+
+
+SNIPPETS = discover() + discover_docstrings()
 
 
 def _commands(block: str) -> List[List[str]]:
