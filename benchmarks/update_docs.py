@@ -1,11 +1,13 @@
 """Copy the committed results into docs/benchmarks.md (between its RESULTS markers) and docs/img/.
 
-    python benchmarks/update_docs.py [RESULT_DIR ...]   # default: every benchmarks/results/*/results.md
+    python benchmarks/update_docs.py [--replot] [RESULT_DIR ...]   # default: every benchmarks/results/*/results.md
 
 Run it after committing a new harness or suite result so the docs show the latest tables and charts.
+``--replot`` first redraws each ``results.png`` from its committed ``results.json`` (no re-measurement), for
+when the chart code changed.
 """
+import argparse
 import shutil
-import sys
 from pathlib import Path
 
 from _common import RESULTS, ROOT
@@ -20,9 +22,12 @@ def _demote(md: str, levels: int = 3) -> str:
     return '\n'.join('#' * levels + line if line.startswith('#') else line for line in md.splitlines()).strip()
 
 
-def main(dirs) -> None:
+def main(dirs, replot: bool = False) -> None:
     parts = ['## Latest committed results', '']
     for d in dirs:
+        if replot and (d / 'results.json').exists():
+            from mednext_zoo.benchmark.report import load_results, plot_results
+            plot_results(load_results(d), d / 'results.png')
         md = (d / 'results.md').read_text()
         parts += [f'### `benchmarks/results/{d.name}/`', '', _demote(md), '']
         if (d / 'results.png').exists():
@@ -45,5 +50,8 @@ def main(dirs) -> None:
 
 
 if __name__ == '__main__':
-    args = [Path(a) for a in sys.argv[1:]] or sorted(p.parent for p in RESULTS.glob('*/results.md'))
-    main(args)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('dirs', nargs='*', type=Path, help='result folders (default: every benchmarks/results/*/)')
+    p.add_argument('--replot', action='store_true', help='redraw each results.png from its results.json first')
+    a = p.parse_args()
+    main(a.dirs or sorted(q.parent for q in RESULTS.glob('*/results.md')), a.replot)

@@ -133,7 +133,11 @@ def test_bad_inputs_name_the_file(tmp_path):
         discover(str(root))
     # shape mismatch
     lab = _nii(str(root / 'labelsTr' / 'c1.nii.gz'), np.zeros((20, 20, 5), np.uint8))
+    with pytest.raises(UserInputError, match=r'labelsTr/c1\.nii\.gz: label shape \(20, 20, 5\) differs'):
+        discover(str(root))  # found from the headers while indexing, before any training
+    _nii(lab, np.zeros((20, 20, 4), np.uint8))
     rec = discover(str(root)).records[0]
+    _nii(lab, np.zeros((20, 20, 5), np.uint8))  # changed after indexing: loading names it too
     with pytest.raises(UserInputError, match=r'labelsTr/c1\.nii\.gz: label shape \(20, 20, 5\) differs'):
         load_volume(rec)
     # affine mismatch

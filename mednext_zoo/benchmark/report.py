@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 from .._atomic import atomic_path
 from .runner import ROW_FIELDS, BenchResult
 
-__all__ = ['write_results', 'to_markdown', 'plot_results', 'load_results', 'CONVENTIONS']
+__all__ = ['write_results', 'to_markdown', 'plot_results', 'bench_figure', 'load_results', 'CONVENTIONS']
 
 CONVENTIONS = [
     'Params: every parameter element, in millions, with the head named in the "classes" column '
@@ -115,32 +115,147 @@ def load_results(path: Union[str, Path]) -> BenchResult:
     return BenchResult(meta=data['meta'], rows=data['rows'])
 
 
+LABEL_GID = 'bench-label'  # the gid of every model label on the chart (the tests find them by it)
+
+
+def _precision(meta: Dict[str, Any]) -> str:
+    s = meta['settings']
+    parts = [f"AMP {meta.get('amp_dtype') or 'autocast'}" if s.get('amp') else 'fp32']
+    if s.get('channels_last'):
+        parts.append('channels-last')
+    if s.get('compile'):
+        parts.append('torch.compile')
+    return ', '.join(parts)
+
+
+def _overlap(a, b) -> float:
+    """Intersection area of two display-space boxes ``(x0, y0, x1, y1)``."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _text_box(txt, renderer, pad: float = 1.0) -> tuple:
+    """Display-space box of a label's text alone (an Annotation's own extent also spans its leader line)."""
+    import matplotlib.text as mtext
+    if isinstance(txt, mtext.Annotation):
+        txt.update_positions(renderer)  # place the text at its offset before measuring it
+    bb = mtext.Text.get_window_extent(txt, renderer)
+    return (bb.x0 - pad, bb.y0 - pad, bb.x1 + pad, bb.y1 + pad)
+
+
+def _place_labels(fig, ax, points: List[Dict[str, Any]], fontsize: float = 7.5) -> None:
+    """Greedy label placement: each label takes the first candidate spot (nearest first: right of its marker,
+    left, then above, below and the diagonals, then the same further out) whose box stays inside the axes and
+    overlaps no marker and no label placed before it; a label not straight beside its marker gets a leader
+    line. Hand-written because the usual helper (adjustText) is not a dependency, and a dozen labels need no
+    more than this.
+
+    ``points``: dicts with ``x``, ``y`` (data), ``r`` (marker radius in points) and ``text``.
+    """
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi / 72.0
+    disp = [tuple(ax.transData.transform((p['x'], p['y']))) for p in points]
+    ab = ax.get_window_extent(renderer)
+    axes_box = (ab.x0 + 2, ab.y0 + 2, ab.x1 - 2, ab.y1 - 2)
+    markers = [(cx - p['r'] * px, cy - p['r'] * px, cx + p['r'] * px, cy + p['r'] * px)
+               for p, (cx, cy) in zip(points, disp)]
+
+    def crowding(i):  # points with many close neighbours go first: they have the fewest free spots
+        return -sum(1 for j, (x, y) in enumerate(disp)
+                    if j != i and abs(x - disp[i][0]) < 150 and abs(y - disp[i][1]) < 60)
+
+    directions = [(1, 0), (-1, 0), (1, 1), (1, -1), (0, 1), (0, -1), (-1, 1), (-1, -1)]
+    placed: List[tuple] = []
+    for i in sorted(range(len(points)), key=crowding):
+        p = points[i]
+        best = None
+        for ring in (1.0, 1.8, 2.8, 4.0, 5.5, 7.5):
+            gap = (p['r'] + 3) * ring
+            for dx, dy in directions:
+                off = (dx * gap, dy * gap - (fontsize * 0.45 if dy == 0 else 0))
+                ha = 'left' if dx > 0 else 'right' if dx < 0 else 'center'
+                va = 'bottom' if dy >= 0 else 'top'
+                leader = ring > 1.0 or dy != 0
+                txt = ax.annotate(
+                    p['text'], (p['x'], p['y']), textcoords='offset points', xytext=off, fontsize=fontsize,
+                    ha=ha, va=va, gid=LABEL_GID, zorder=4,
+                    arrowprops=dict(arrowstyle='-', color='0.4', lw=0.6, shrinkA=0, shrinkB=p['r'])
+                    if leader else None)
+                box = _text_box(txt, renderer)
+                outside = (max(0, axes_box[0] - box[0]) + max(0, box[2] - axes_box[2])
+                           + max(0, axes_box[1] - box[1]) + max(0, box[3] - axes_box[3]))
+                cost = (10 * sum(_overlap(box, b) for b in placed) + sum(_overlap(box, m) for m in markers)
+                        + 1000 * outside)
+                if best is None or cost < best[0]:
+                    if best is not None:
+                        best[1].remove()
+                    best = (cost, txt, box)
+                else:
+                    txt.remove()
+                if cost == 0:
+                    break
+            if best[0] == 0:
+                break
+        placed.append(best[2])
+
+
+def bench_figure(result: BenchResult):
+    """The results chart: throughput against GFLOPs, marker area by params, labels that do not overlap."""
+    import matplotlib
+    matplotlib.use('Agg', force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    meta, s = result.meta, result.meta['settings']
+    rows = [r for r in result.rows if not r.get('error') and r.get('throughput_ips') and r.get('gflops')]
+    ref = meta.get('reference')
+    seg = meta.get('task') == 'seg'
+    fig, ax = plt.subplots(figsize=(9, 6.2), dpi=120)
+    points = []
+    for r in rows:
+        family = r['name'].startswith(('mednext', 'medunext'))
+        area = 20 + 12 * r['params_m']
+        is_ref = r['name'] == ref
+        ax.scatter(r['gflops'], r['throughput_ips'], s=area, alpha=0.6, zorder=3,
+                   color='tab:red' if family else 'tab:blue',
+                   edgecolors='black' if is_ref else 'none', linewidths=1.6 if is_ref else 0)
+        points.append({'x': r['gflops'], 'y': r['throughput_ips'], 'r': (area / 3.14159) ** 0.5,
+                       'text': f"{r['name']} ({r['params_m']:.1f} M)"})
+    if rows:
+        ax.set_xlim(0, max(r['gflops'] for r in rows) * 1.3)
+        ax.set_ylim(0, max(r['throughput_ips'] for r in rows) * 1.15)
+    device = meta['machine'].get('device', s.get('device', 'cpu'))
+    ax.set_title(f"{'Segmentation' if seg else 'Classification'} throughput vs GFLOPs: {meta['machine_label']}, "
+                 f"{device}, batch {s['batch_size']}, {_precision(meta)}\n"
+                 f"up and to the left is better (more images/s for fewer GFLOPs); marker area ~ params",
+                 fontsize=9)
+    ax.set_xlabel('GFLOPs (fvcore, multiply-adds, batch 1)  \u2190 fewer is better')
+    ax.set_ylabel(f"throughput (images/s, batch {s['batch_size']})  more is better \u2192")
+    ax.grid(alpha=0.3, zorder=0)
+    family_name = 'MedUNeXt family' if seg else 'MedNeXt family'
+    handles = [
+        Line2D([], [], ls='', marker='o', ms=8, color='tab:red', alpha=0.6, label=family_name),
+        Line2D([], [], ls='', marker='o', ms=8, color='tab:blue', alpha=0.6, label='baselines'),
+    ]
+    if ref and any(r['name'] == ref for r in rows):
+        handles.append(Line2D([], [], ls='', marker='o', ms=8, markerfacecolor='none', markeredgecolor='black',
+                              markeredgewidth=1.6, label=f'outlined: {ref}, the reference of the "x ref" ratios'))
+    fig.legend(handles=handles, loc='lower center', ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    _place_labels(fig, ax, points)
+    return fig
+
+
 def plot_results(result: BenchResult, path: Union[str, Path]) -> Optional[Path]:
-    """Throughput against GFLOPs, marker area by params; returns the path, or None without matplotlib."""
+    """Write :func:`bench_figure` as a PNG; returns the path, or None without matplotlib."""
     try:
-        import matplotlib
-        matplotlib.use('Agg', force=False)
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows = [r for r in result.rows if not r.get('error') and r.get('throughput_ips') and r.get('gflops')]
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    ref = result.meta.get('reference')
-    for r in rows:
-        family = r['name'].startswith(('mednext', 'medunext'))
-        ax.scatter(r['gflops'], r['throughput_ips'], s=20 + 12 * r['params_m'], alpha=0.6,
-                   color='tab:red' if family else 'tab:blue', edgecolors='black' if r['name'] == ref else 'none')
-        ax.annotate(f"{r['name']} ({r['params_m']:.1f} M)", (r['gflops'], r['throughput_ips']),
-                    textcoords='offset points', xytext=(6, 4), fontsize=7)
-    s = result.meta['settings']
-    ax.set_xlabel('GFLOPs (fvcore, multiply-adds, batch 1)')
-    ax.set_ylabel(f"throughput (images/s, batch {s['batch_size']})")
-    ax.set_title(f"{result.meta['machine_label']}\nmarker area ~ params; red: MedNeXt family", fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
-    fig.tight_layout()
+    fig = bench_figure(result)
     try:
         _atomic_write(path, lambda f: fig.savefig(f, format='png'), binary=True)
     finally:

@@ -99,7 +99,8 @@ def finetune(args: argparse.Namespace) -> int:
         overlays=args.overlays, pretrained=args.pretrained, drop_path=args.drop_path, accum_steps=args.accum_steps,
         amp=args.amp, device=args.device, seed=args.seed, clip_grad=args.clip_grad, ema_decay=args.ema,
         patience=args.patience, ckpt_every_steps=args.ckpt_every, num_workers=args.workers,
-        progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite, export=not args.no_export)
+        progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite, export=not args.no_export,
+        on_bad_file=args.on_bad_file)
     fit(cfg)
     return 0
 

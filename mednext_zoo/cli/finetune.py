@@ -93,7 +93,8 @@ def register(subparsers) -> None:
     g.add_argument('--test-frac', type=float, default=0.0, help='test fraction held out if the data has no test split')
     g.add_argument('--folds', type=int, default=0, help='k-fold cross-validation with K folds (0: single run)')
     g.add_argument('--on-bad-file', choices=('error', 'skip'), default='error',
-                   help='unreadable image: stop with an error, or skip it and report the count')
+                   help='unreadable image or volume (damaged, truncated, missing): stop with an error, or skip it '
+                        'and report the count')
     g.add_argument('--workers', type=int, default=0, help='data loader worker processes')
     o = p.add_argument_group('optimisation (defaults: the paper recipe, AdamW + cosine)')
     o.add_argument('--epochs', type=int, default=30)

@@ -9,7 +9,6 @@ patient (the file) so that slices of one volume never straddle two splits.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import warnings
@@ -21,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import UserInputError
+from ._untrusted import read_csv_rows
 from .io import SUPPORTED_EXTS, Window, image_kind, load_image, nifti_num_slices, parse_window, probe_image
 
 __all__ = [
@@ -85,11 +85,11 @@ def _expand(path: str, label: str, patient: Optional[str], split: Optional[str],
 
 
 def _scan(entries: List[Tuple[str, str, Optional[str], Optional[str], Optional[int]]], on_bad_file: str,
-          origin: str) -> DataSource:
+          origin: str, skipped: Optional[List[Tuple[str, str]]] = None) -> DataSource:
     if on_bad_file not in ('error', 'skip'):
         raise UserInputError(f'--on-bad-file must be "error" or "skip", got {on_bad_file!r}.')
     samples: List[Sample] = []
-    skipped: List[Tuple[str, str]] = []
+    skipped = list(skipped or [])
     channels = 1
     for path, label, patient, split, slice_index in entries:
         try:
@@ -102,7 +102,7 @@ def _scan(entries: List[Tuple[str, str, Optional[str], Optional[str], Optional[i
             raise
         channels = max(channels, ch)
     if skipped:
-        warnings.warn(f'Skipped {len(skipped)} unreadable file(s) in {origin} (first: {skipped[0][0]}).',
+        warnings.warn(f'Skipped {len(skipped)} unreadable or missing file(s) in {origin} (first: {skipped[0][0]}).',
                       stacklevel=3)
     if not samples:
         raise UserInputError(f'No readable images in {origin} (supported: {", ".join(SUPPORTED_EXTS)}).')
@@ -155,23 +155,24 @@ def read_image_folder(root: str, on_bad_file: str = 'error') -> DataSource:
 
 
 def read_csv_manifest(csv_path: str, on_bad_file: str = 'error') -> DataSource:
-    """CSV manifest with columns ``path,label[,patient_id][,split][,slice]``."""
+    """CSV manifest with columns ``path,label[,patient_id][,split][,slice]`` (UTF-8).
+
+    With ``on_bad_file='skip'`` rows naming a missing file are skipped and counted in ``DataSource.skipped``
+    like unreadable files; a damaged manifest (not UTF-8, too many fields, a bad split or slice) always stops.
+    """
     if not os.path.isfile(csv_path):
         raise UserInputError(f'CSV manifest {csv_path} does not exist.')
     base = os.path.dirname(os.path.abspath(csv_path))
-    with open(csv_path, newline='', encoding='utf-8-sig') as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
-        missing = [c for c in ('path', 'label') if c not in cols]
-        if missing:
-            raise UserInputError(f'CSV manifest {csv_path} lacks column(s) {", ".join(missing)}; it has '
-                                 f'{cols or "no header"}. Required: path,label; optional: patient_id,split,slice.')
-        rows = [{(k or '').strip().lower(): (v or '').strip() for k, v in r.items()} for r in reader]
+    cols, rows = read_csv_rows(csv_path)
+    missing = [c for c in ('path', 'label') if c not in cols]
+    if missing:
+        raise UserInputError(f'CSV manifest {csv_path} lacks column(s) {", ".join(missing)}; it has '
+                             f'{cols or "no header"}. Required: path,label; optional: patient_id,split,slice.')
     if not rows:
         raise UserInputError(f'CSV manifest {csv_path} has no rows.')
-    entries = []
-    for i, r in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them
-        where = f'{csv_path} line {i}'
+    entries, skipped = [], []
+    for line, r in rows:  # line numbers as a spreadsheet shows them
+        where = f'{csv_path} line {line}'
         if not r.get('path'):
             raise UserInputError(f'Empty path in {where}.')
         if not r.get('label'):
@@ -179,7 +180,7 @@ def read_csv_manifest(csv_path: str, on_bad_file: str = 'error') -> DataSource:
         path = r['path'] if os.path.isabs(r['path']) else os.path.join(base, r['path'])
         if not os.path.isfile(path):
             if on_bad_file == 'skip':
-                warnings.warn(f'Skipping missing file {path} ({where}).', stacklevel=2)
+                skipped.append((path, f'File {path} listed in {where} does not exist.'))
                 continue
             raise UserInputError(f'File {path} listed in {where} does not exist.')
         slice_index = None
@@ -188,11 +189,13 @@ def read_csv_manifest(csv_path: str, on_bad_file: str = 'error') -> DataSource:
                 slice_index = int(r['slice'])
             except ValueError:
                 raise UserInputError(f'Slice {r["slice"]!r} in {where} is not an integer.') from None
+            if slice_index < 0:
+                raise UserInputError(f'Slice {slice_index} in {where} is negative.')
         entries.append((path, r['label'], r.get('patient_id') or None, _norm_split(r.get('split', ''), where),
                         slice_index))
     if not entries:
         raise UserInputError(f'No existing files listed in {csv_path}.')
-    return _scan(entries, on_bad_file, csv_path)
+    return _scan(entries, on_bad_file, csv_path, skipped)
 
 
 def discover(data: Union[str, os.PathLike], on_bad_file: str = 'error') -> DataSource:

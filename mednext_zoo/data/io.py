@@ -12,9 +12,11 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import UserInputError
+from ._untrusted import SKIP_HINT, check_declared_size, check_finite, check_gzip_complete, reading
 
 __all__ = [
     'CT_WINDOWS', 'Window', 'parse_window', 'image_kind', 'load_image', 'probe_image', 'nifti_num_slices',
+    'check_nifti_header',
     'PIL_EXTS', 'DICOM_EXTS', 'NIFTI_EXTS', 'SUPPORTED_EXTS',
 ]
 
@@ -87,8 +89,10 @@ def image_kind(path: Union[str, os.PathLike]) -> Optional[str]:
     return None
 
 
-def _minmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float32)
+def _minmax(x: np.ndarray, path: str = '') -> np.ndarray:
+    x = check_finite(np.asarray(x, dtype=np.float32), path)
+    if x.size == 0:
+        raise UserInputError(f'{path}: the image is empty (shape {x.shape}). {SKIP_HINT}')
     lo, hi = float(np.min(x)), float(np.max(x))
     if hi <= lo:
         return np.zeros_like(x, dtype=np.float32)
@@ -99,31 +103,38 @@ def _minmax(x: np.ndarray) -> np.ndarray:
 _PIL_GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F')
 
 
+def _open_pil(path: str):
+    """Open with Pillow, refusing an empty image; Pillow itself refuses decompression bombs (more than
+    twice ``Image.MAX_IMAGE_PIXELS``) before decoding."""
+    from PIL import Image
+    im = Image.open(path)
+    if im.width <= 0 or im.height <= 0:
+        im.close()
+        raise UserInputError(f'{path}: the image is empty ({im.width}x{im.height}). {SKIP_HINT}')
+    return im
+
+
 def _load_pil(path: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ('L', 'LA', '1'):
-                return np.asarray(im.convert('L'), dtype=np.float32) / 255.0
-            if mode in _PIL_GRAY_MODES:  # 16-bit / 32-bit grayscale: scale by the data range
-                return _minmax(np.asarray(im, dtype=np.float32))
-            return np.asarray(im.convert('RGB'), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserInputError(f'Cannot read image {path}: {e}. Fix or remove the file '
-                             f'(or pass --on-bad-file skip).') from None
+    with reading(path, 'image'), _open_pil(path) as im:
+        im.load()
+        mode = im.mode
+        if mode in ('L', 'LA', '1'):
+            return np.asarray(im.convert('L'), dtype=np.float32) / 255.0
+        if mode in _PIL_GRAY_MODES:  # 16-bit / 32-bit grayscale: scale by the data range
+            return _minmax(np.asarray(im, dtype=np.float32), path)
+        return np.asarray(im.convert('RGB'), dtype=np.float32) / 255.0
 
 
 def _probe_pil(path: str) -> int:
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
+    """Channel count after a full decode: ``verify()`` alone passes a truncated JPEG. JPEGs decode at reduced
+    scale (``draft``), which still reads every byte of the entropy-coded data."""
+    with reading(path, 'image'):
+        with _open_pil(path) as im:
             mode = im.mode
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserInputError(f'Cannot read image {path}: {e}. Fix or remove the file '
-                             f'(or pass --on-bad-file skip).') from None
+            im.verify()  # chunk CRCs (PNG)
+        with _open_pil(path) as im:
+            im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
     return 1 if mode in _PIL_GRAY_MODES else 3
 
 
@@ -133,69 +144,109 @@ def _read_dicom(path: str, stop_before_pixels: bool = False):
         import pydicom
     except ImportError:  # pragma: no cover
         raise UserInputError('Reading DICOM needs pydicom: pip install "mednext-zoo[medical]".') from None
-    from pydicom.errors import InvalidDicomError
-    try:
+    with reading(path, 'DICOM file'):
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as e:
-        raise UserInputError(f'Cannot read DICOM file {path}: {e}. Fix or remove the file '
-                             f'(or pass --on-bad-file skip).') from None
 
 
 def _check_dicom_header(ds, path: str) -> int:
-    frames = int(ds.get('NumberOfFrames', 1) or 1)
-    if frames > 1:
-        raise UserInputError(
-            f'DICOM file {path} is multi-frame ({frames} frames); only single-frame 2D images are supported. '
-            f'Split it into one file per frame (e.g. with pydicom) or export the frames as images.')
-    if 'PixelData' not in ds and 'FloatPixelData' not in ds and 'DoubleFloatPixelData' not in ds:
-        raise UserInputError(f'DICOM file {path} has no pixel data.')
-    return 3 if int(ds.get('SamplesPerPixel', 1) or 1) == 3 else 1
+    """Channel count; refuses multi-frame files, missing pixel data and a declared size the file cannot hold."""
+    with reading(path, 'DICOM file'):
+        frames = int(ds.get('NumberOfFrames', 1) or 1)
+        if frames > 1:
+            raise UserInputError(
+                f'DICOM file {path} is multi-frame ({frames} frames); only single-frame 2D images are supported. '
+                f'Split it into one file per frame (e.g. with pydicom) or export the frames as images.')
+        if 'PixelData' not in ds and 'FloatPixelData' not in ds and 'DoubleFloatPixelData' not in ds:
+            raise UserInputError(f'DICOM file {path} has no pixel data.')
+        samples = int(ds.get('SamplesPerPixel', 1) or 1)
+        rows, cols, bits = int(ds.get('Rows', 0) or 0), int(ds.get('Columns', 0) or 0), \
+            int(ds.get('BitsAllocated', 0) or 0)
+        if samples not in (1, 3):
+            raise UserInputError(f'DICOM file {path} has {samples} samples per pixel; 1 (grayscale) or 3 (colour) '
+                                 f'are supported. {SKIP_HINT}')
+        if bits not in (1, 8, 16, 32, 64):
+            raise UserInputError(f'DICOM file {path} declares BitsAllocated {bits}. {SKIP_HINT}')
+        itemsize = max(1, bits // 8)
+        encapsulated = 'PixelData' in ds and ds.file_meta.get('TransferSyntaxUID') is not None \
+            and ds.file_meta.TransferSyntaxUID.is_encapsulated
+        available = None
+        if not encapsulated:
+            elem = next(ds[k] for k in ('PixelData', 'FloatPixelData', 'DoubleFloatPixelData') if k in ds)
+            length = len(elem.value) if elem.value is not None else 0
+            available = length * 8 if bits == 1 else length  # 1-bit data is packed eight pixels per byte
+        check_declared_size(path, (rows, cols, samples), itemsize, available=available)
+    return 3 if samples == 3 else 1
 
 
 def _load_dicom(path: str, window: Union[None, str, Window]) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
     ds = _read_dicom(path)
     chans = _check_dicom_header(ds, path)
-    try:
+    with reading(path, 'DICOM pixel data of'):
         arr = ds.pixel_array
-    except Exception as e:  # pydicom raises many types for undecodable pixel data
-        raise UserInputError(f'Cannot decode the pixels of DICOM file {path}: {e}.') from None
-    if chans == 3:
-        if str(ds.get('PhotometricInterpretation', '')).startswith('YBR'):
-            from pydicom.pixels import convert_color_space
-            arr = convert_color_space(arr, ds.PhotometricInterpretation, 'RGB')
-        return _minmax(arr) if arr.dtype != np.uint8 else arr.astype(np.float32) / 255.0
-    values = apply_modality_lut(arr, ds).astype(np.float32)  # CT: Hounsfield units
-    if window == FILE_WINDOW:
-        has_voi = 'VOILUTSequence' in ds or ('WindowCenter' in ds and 'WindowWidth' in ds)
-        out = _minmax(apply_voi_lut(values, ds)) if has_voi else _minmax(values)
-    elif window is not None:
-        out = window.apply(values)
-    else:
-        out = _minmax(values)
-    if str(ds.get('PhotometricInterpretation', '')).upper() == 'MONOCHROME1':
-        out = 1.0 - out  # MONOCHROME1: low values are displayed white
-    return out
+        if arr.ndim != (3 if chans == 3 else 2):
+            raise UserInputError(f'DICOM file {path}: pixel array of shape {arr.shape} for a single '
+                                 f'{"colour" if chans == 3 else "grayscale"} frame. {SKIP_HINT}')
+        if chans == 3:
+            if str(ds.get('PhotometricInterpretation', '')).startswith('YBR'):
+                from pydicom.pixels import convert_color_space
+                arr = convert_color_space(arr, ds.PhotometricInterpretation, 'RGB')
+            return _minmax(arr, path) if arr.dtype != np.uint8 else arr.astype(np.float32) / 255.0
+        values = check_finite(apply_modality_lut(arr, ds).astype(np.float32), path)  # CT: Hounsfield units
+        if window == FILE_WINDOW:
+            has_voi = 'VOILUTSequence' in ds or ('WindowCenter' in ds and 'WindowWidth' in ds)
+            out = _minmax(apply_voi_lut(values, ds), path) if has_voi else _minmax(values, path)
+        elif window is not None:
+            out = window.apply(values)
+        else:
+            out = _minmax(values, path)
+        if str(ds.get('PhotometricInterpretation', '')).upper() == 'MONOCHROME1':
+            out = 1.0 - out  # MONOCHROME1: low values are displayed white
+        return out
 
 
 # ---------------------------------------------------------------- NIfTI
 def _nib_load(path: str):
+    """A lazily loaded NIfTI image whose header passed :func:`check_nifti_header` (no voxel read yet)."""
     try:
         import nibabel as nib
     except ImportError:  # pragma: no cover
         raise UserInputError('Reading NIfTI needs nibabel: pip install "mednext-zoo[medical]".') from None
-    try:
-        return nib.load(path)
-    except Exception as e:  # nibabel raises ImageFileError, OSError, EOFError...
-        raise UserInputError(f'Cannot read NIfTI file {path}: {e}. Fix or remove the file '
-                             f'(or pass --on-bad-file skip).') from None
+    with reading(path, 'NIfTI file'):
+        img = nib.load(path)
+        check_nifti_header(img, path)
+    return img
+
+
+def check_nifti_header(img, path: str) -> None:
+    """Refuse a NIfTI header whose voxel array the file cannot hold (truncated file, damaged header).
+
+    Uncompressed: the declared bytes must fit after ``vox_offset``. ``.nii.gz``: the declared bytes must be
+    within deflate's reach of the file size, and the gzip stream must be complete.
+    """
+    with reading(path, 'NIfTI file'):
+        hdr = img.header
+        shape = tuple(int(s) for s in hdr.get_data_shape())
+        dtype = np.dtype(hdr.get_data_dtype())
+        offset = int(hdr.get('vox_offset', 0) or 0) if hasattr(hdr, 'get') else 0
+        size = os.path.getsize(path)
+        if not shape:
+            raise UserInputError(f'{path}: the NIfTI header declares no dimensions. {SKIP_HINT}')
+        if path.lower().endswith('.gz'):
+            nbytes = check_declared_size(path, shape, dtype.itemsize, compressed=size)
+            check_gzip_complete(path, expected=offset + nbytes)
+        else:
+            check_declared_size(path, shape, dtype.itemsize, available=size - offset)
+        if dtype.kind not in 'biuf' or dtype.names is not None:
+            raise UserInputError(f'{path}: voxel type {dtype} (e.g. complex or RGB) is not a scalar intensity; '
+                                 f'convert the image to a grayscale integer or float type. {SKIP_HINT}')
 
 
 def nifti_num_slices(path: Union[str, os.PathLike]) -> int:
     """Number of 2D slices along the last spatial axis (1 for a 2D image)."""
     img = _nib_load(os.fspath(path))
     shape = tuple(int(s) for s in img.shape)
-    if len(shape) > 4 or (len(shape) == 4 and shape[3] != 1):
+    if len(shape) > 4 or len(shape) < 2 or (len(shape) == 4 and shape[3] != 1):
         raise UserInputError(f'NIfTI file {path} has shape {shape}; expected a 2D image or a 3D volume.')
     return 1 if len(shape) == 2 else shape[2]
 
@@ -206,13 +257,11 @@ def _load_nifti(path: str, slice_index: Optional[int], window: Union[None, str, 
     idx = n // 2 if slice_index is None else int(slice_index)
     if not 0 <= idx < n:
         raise UserInputError(f'Slice {idx} is out of range for NIfTI file {path} ({n} slices).')
-    try:
+    with reading(path, f'slice {idx} of NIfTI file'):
         data = np.asarray(img.dataobj[..., idx] if len(img.shape) >= 3 else img.dataobj, dtype=np.float32)
-    except Exception as e:
-        raise UserInputError(f'Cannot read slice {idx} of NIfTI file {path}: {e}.') from None
-    data = np.squeeze(data)
+    data = check_finite(np.squeeze(data), path)
     data = np.rot90(data)  # NIfTI stores (x, y): show rows top-down like a radiology viewer
-    return window.apply(data) if isinstance(window, Window) else _minmax(data)
+    return window.apply(data) if isinstance(window, Window) else _minmax(data, path)
 
 
 # ---------------------------------------------------------------- public
@@ -245,9 +294,12 @@ def load_image(
 
 
 def probe_image(path: Union[str, os.PathLike]) -> int:
-    """Check that ``path`` opens (header and structure) and return its channel count (1 or 3).
+    """Check that ``path`` can be loaded and return its channel count (1 or 3), without normalising it.
 
-    Cheap compared to :func:`load_image`; raises :class:`UserInputError` naming the file if it is unreadable.
+    Pillow formats are decoded (JPEG at reduced scale); DICOM headers are read and the pixel data's length is
+    checked against the declared size; NIfTI headers are checked against the file size (and a ``.nii.gz``
+    stream for completeness). Raises :class:`UserInputError` naming the file if it is unreadable, so that
+    ``--on-bad-file skip`` can drop it before training rather than fail in the middle of an epoch.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

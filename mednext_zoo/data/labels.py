@@ -151,9 +151,47 @@ def remap_labels(label: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
     return lut[label.astype(np.int64)]
 
 
+MAX_LABEL_VALUE = 32767  # label maps are held as int16
+
+
+def _check_labels_field(labels, path: str) -> None:
+    """``labels`` as nnU-Net writes it: v1 ``{"0": "background", ...}``, v2 ``{"background": 0, ...}``, or a list
+    of names. Region-based v2 labels (``{"tumour": [1, 2]}``) are not class indices and are refused."""
+    if isinstance(labels, list):
+        if not all(isinstance(n, (str, int, float)) for n in labels) or len(labels) > MAX_LABEL_VALUE + 1:
+            raise UserInputError(f'{path}: "labels" must list class names, got {str(labels)[:80]}.')
+        return
+    if not isinstance(labels, dict):
+        raise UserInputError(f'{path}: "labels" must be an object or a list of names, got {type(labels).__name__}.')
+    for k, v in labels.items():
+        if str(k).strip().isdigit():
+            value = int(str(k).strip())
+        elif isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, str) and v.strip().isdigit())):
+            raise UserInputError(
+                f'{path}: "labels" entry {k!r}: {v!r} is not a class index (nnU-Net v1 writes "1": "liver", v2 '
+                f'writes "liver": 1; region-based labels such as lists are not supported).')
+        else:
+            value = int(v)
+        if value > MAX_LABEL_VALUE:
+            raise UserInputError(f'{path}: "labels" entry {k!r}: {v!r}: class index {value} is too large '
+                                 f'(at most {MAX_LABEL_VALUE}).')
+
+
 def read_dataset_json(path: str) -> Dict:
+    """An nnU-Net / MSD ``dataset.json``: a JSON object whose ``labels`` (if present) maps names to class
+    indices; anything else is refused with a message naming the file."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserInputError(f'{path}: not valid JSON ({e}).') from None
+        with open(path, encoding='utf-8') as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserInputError(f'{path}: not valid UTF-8 JSON ({e}).') from None
+    except RecursionError:
+        raise UserInputError(f'{path}: JSON nested too deeply to be a dataset description.') from None
+    except OSError as e:
+        raise UserInputError(f'Cannot read {path}: {e}.') from None
+    if not isinstance(meta, dict):
+        raise UserInputError(f'{path}: expected a JSON object with "labels" (and "modality" / "channel_names"), '
+                             f'got a {type(meta).__name__}.')
+    if 'labels' in meta:
+        _check_labels_field(meta['labels'], path)
+    return meta

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..._atomic import atomic_write_bytes
-from ...data.volumes import SegDataset, Volume, VolumeRecord, discover, load_volume
+from ...data.volumes import SegDataset, Volume, VolumeRecord, discover, iter_volumes, load_volume
 from ...errors import UserInputError
 from ..engine import Task
 from .inference import predict_volume, save_overlays, save_prediction
@@ -71,7 +71,7 @@ RUN_KIND = 'segmentation'
 
 @dataclass
 class SegConfig:
-    """A segmentation fine-tuning run. Defaults follow the Synapse / ACDC recipe (PROTOCOLS.md).
+    """A segmentation fine-tuning run. Defaults follow the Synapse / ACDC recipe (docs/segmentation.md).
 
     The paper trains with Adam, batch 12, 100 epochs at 224x224; its learning rate did not survive in the text,
     so ``lr`` 1e-3 with a cosine decay is our default.
@@ -121,6 +121,7 @@ class SegConfig:
     resume: bool = False
     overwrite: bool = False
     export: bool = True
+    on_bad_file: str = 'error'  # 'skip': leave out cases whose files are unreadable, and count them
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -544,15 +545,24 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
         if int(getattr(cfg, name)) < 1:
             raise UserInputError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(cfg, name)}.')
     protocol = get_protocol(cfg.protocol) if cfg.protocol else None
-    ds = discover(cfg.data, cfg.layout)
+    ds = discover(cfg.data, cfg.layout, cfg.on_bad_file)
     _check_remap(cfg.remap_labels)
     label_map = resolve_label_map(ds, protocol, cfg.labels, cfg.slice_axis, cfg.remap_labels)
     intensity = _resolve_intensity(cfg.intensity, ds, protocol)
     splits = assign_case_splits(ds, protocol, cfg.val_frac, cfg.test_frac, cfg.folds, cfg.fold, cfg.seed)
-    # load every training / validation volume up front: bad files fail before any training
-    prepared = {s: [_prepare(_load(r, label_map, cfg.slice_axis, cfg.remap_labels), cfg.img_size, intensity,
-                             cfg.window)
-                    for r in splits.get(s, [])] for s in ('train', 'val')}
+    # load every training / validation volume up front: bad files fail (or are skipped) before any training
+    skipped = list(ds.skipped)
+    load = lambda r: _load(r, label_map, cfg.slice_axis, cfg.remap_labels)  # noqa: E731
+    prepared = {s: [_prepare(v, cfg.img_size, intensity, cfg.window)
+                    for v in iter_volumes(splits.get(s, []), load, cfg.on_bad_file, skipped)] for s in ('train', 'val')}
+    if len(skipped) > len(ds.skipped):  # cases that failed to load leave the split lists too
+        failed = {path for path, _ in skipped[len(ds.skipped):]}
+        splits = {k: [r for r in v if r.image not in failed] for k, v in splits.items()}
+    if not prepared['train']:
+        raise UserInputError(f'{cfg.data}: no readable training volumes ({len(skipped)} skipped).')
+    if skipped and info.is_main:
+        print(f'[mednext-zoo] skipped {len(skipped)} case(s) with unreadable or missing files (listed in '
+              f'config.json); first: {skipped[0][1]}', flush=True)
     channels = prepared['train'][0].image.shape[1]
     if channels == 3 and cfg.context != 1:
         raise UserInputError('2.5D --context needs grayscale volumes; the data holds colour images.')
@@ -567,7 +577,8 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
         eng.atomic_write_json(os.path.join(cfg.out, 'config.json'), {
             **cfg.to_dict(), **settings, 'label_map': label_map.name, 'classes': list(label_map.classes),
             'protocol': protocol.name if protocol else None, 'layout': ds.layout,
-            'split_sizes': {s: len(v) for s, v in splits.items()}, 'world_size': info.world_size})
+            'split_sizes': {s: len(v) for s, v in splits.items()}, 'world_size': info.world_size,
+            'skipped_files': skipped})  # [file, reason] pairs, as classification runs record them
         _write_splits(os.path.join(cfg.out, 'splits.csv'), splits)
 
     eng.seed_everything(cfg.seed)
@@ -618,6 +629,7 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
         'best_epoch': summary['best_epoch'] + 1, 'monitor': f'val {ecfg.monitor} ({ecfg.monitor_mode})',
         'train_time_s': round(summary['train_time_s'], 1), 'eval_split': eval_split,
     }
+    result['skipped_files'] = len(skipped)  # --on-bad-file skip: the cases left out (listed in config.json)
     if eval_split != 'none':
         if not splits.get(eval_split):
             raise UserInputError(f'--eval-split {eval_split}: the run has no {eval_split} cases.')
