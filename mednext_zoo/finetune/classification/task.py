@@ -157,10 +157,11 @@ def create_classifier(model: str, num_classes: int, in_chans: int, img_size: int
             if 'img_size' not in str(e):
                 raise
             return timm.create_model(name, **kw)
+    except UserInputError:
+        raise  # already says what was wrong and what to do (e.g. the tag's status and the offline ways)
     except (RuntimeError, OSError, ValueError) as e:
         if kw.get('pretrained'):
-            raise UserInputError(f'Cannot load pretrained weights {pretrained!r} for {model}: '
-                                 f'{str(e).splitlines()[0]}') from None
+            raise UserInputError(f'Cannot load pretrained weights {pretrained!r} for {model}: {e}') from e
         raise
 
 

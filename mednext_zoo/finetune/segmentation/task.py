@@ -378,10 +378,11 @@ def create_segmenter(model: str, num_classes: int, in_chans: int, img_size: int,
     except TypeError as e:
         raise UserInputError(f'{model} is not a segmentation model of this package (it does not take img_size / '
                              f'returns no per-pixel logits): {e}') from None
+    except UserInputError:
+        raise
     except (RuntimeError, OSError) as e:
         if kw.get('pretrained'):
-            raise UserInputError(f'Cannot load pretrained weights {pretrained!r} for {model}: '
-                                 f'{str(e).splitlines()[0]}') from None
+            raise UserInputError(f'Cannot load pretrained weights {pretrained!r} for {model}: {e}') from e
         raise
     with torch.no_grad():
         was = net.training
