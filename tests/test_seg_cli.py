@@ -31,7 +31,7 @@ def test_cli_finetune_evaluate_predict(tmp_path, capsys):
     assert 'mode `strict`' in capsys.readouterr().out
     src = os.path.join(data, 'imagesTs', 'phantom_004_0000.nii.gz')
     assert main(['predict', '--run', run, src, '--out', str(tmp_path / 'pred'), '--overlays', '1']) == 0
-    pred = str(tmp_path / 'pred' / 'phantom_004_0000_pred.nii.gz')
+    pred = str(tmp_path / 'pred' / 'phantom_004_pred.nii.gz')  # the nnU-Net channel suffix _0000 is dropped
     assert capsys.readouterr().out.strip().endswith(pred)
     np.testing.assert_allclose(nib.load(pred).affine, nib.load(src).affine)
     # the existing run is never overwritten without --resume / --overwrite

@@ -31,7 +31,8 @@ import numpy as np
 from ..errors import UserInputError
 from .labels import LabelMap, check_label_values, patient_id, read_dataset_json
 
-__all__ = ['VolumeRecord', 'Volume', 'SegDataset', 'discover', 'load_volume', 'NIFTI_EXTS', 'SITK_EXTS', 'IMAGE_EXTS']
+__all__ = ['VolumeRecord', 'Volume', 'SegDataset', 'discover', 'load_volume', 'case_id_of', 'NIFTI_EXTS', 'SITK_EXTS',
+           'IMAGE_EXTS']
 
 NIFTI_EXTS = ('.nii.gz', '.nii')
 SITK_EXTS = ('.nrrd', '.nhdr', '.mha', '.mhd')  # read with SimpleITK
@@ -113,6 +114,13 @@ def _strip_ext(name: str) -> str:
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return os.path.splitext(name)[0]
+
+
+def case_id_of(path: str) -> str:
+    """The case name of an image file: the file name without its extension and without the nnU-Net channel
+    suffix ``_0000`` (``case_0000.nii.gz`` -> ``case``; ``scan.npy.h5`` -> ``scan``)."""
+    stem = _strip_ext(os.path.basename(path)).replace('.npy', '')
+    return stem[:-5] if re.search(r'.+_0000$', stem) else stem
 
 
 def _fmt_of(path: str) -> str:

@@ -712,7 +712,9 @@ def evaluate(run_dir: str, data: Optional[str] = None, split: Optional[str] = No
 
 
 def _expand_volumes(inputs: Sequence[str]) -> List[VolumeRecord]:
-    from ...data.volumes import IMAGE_EXTS, NIFTI_EXTS, SITK_EXTS, _fmt_of, _strip_ext
+    """One record per input file (folders walked), named by :func:`case_id_of`; two inputs that would write the
+    same prediction file are refused."""
+    from ...data.volumes import IMAGE_EXTS, NIFTI_EXTS, SITK_EXTS, _fmt_of, case_id_of
     recs = []
     for item in inputs:
         if os.path.isdir(item):
@@ -726,14 +728,23 @@ def _expand_volumes(inputs: Sequence[str]) -> List[VolumeRecord]:
         else:
             raise UserInputError(f'Input {item} does not exist.')
         for f in files:
-            recs.append(VolumeRecord(_strip_ext(os.path.basename(f)).replace('.npy', ''), f, None, _fmt_of(f)))
+            recs.append(VolumeRecord(case_id_of(f), f, None, _fmt_of(f)))
+    seen: Dict[str, str] = {}
+    for r in recs:
+        other = seen.setdefault(r.case_id, r.image)
+        if other != r.image:
+            raise UserInputError(f'{other} and {r.image} would both be written as {r.case_id}_pred.*: predict '
+                                 f'them into separate --out folders, or rename one.')
     return recs
 
 
 def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, tta: bool = False, overlays: int = 3,
             device: str = 'cpu') -> List[Dict[str, Any]]:
     """Segment volumes (files or folders): ``out/<case>_pred.nii.gz`` in each source's geometry (PNG masks for
-    2D images) and ``out/overlays/*.png`` of the ``overlays`` slices with the most foreground."""
+    2D images) and ``out/overlays/*.png`` of the ``overlays`` slices with the most foreground.
+
+    ``<case>`` is the file name without extension and without the nnU-Net channel suffix ``_0000``
+    (``liver_7_0000.nii.gz`` -> ``liver_7_pred.nii.gz``)."""
     model, rc = load_run_model(run_dir, device)
     out = out or os.path.join(run_dir, 'predictions')
     rows = []
