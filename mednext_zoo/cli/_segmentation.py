@@ -124,7 +124,8 @@ def add_evaluate_args(e: argparse.ArgumentParser) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     from ..finetune.segmentation import evaluate as seg_evaluate
     res = seg_evaluate(args.run, args.data, split=args.split, out=args.out, tta=args.tta, overlays=args.overlays,
-                       device=args.device, protocol=args.protocol, progress=not args.no_progress)
+                       device=args.device, protocol=args.protocol, progress=not args.no_progress,
+                       include_training_data=args.include_training_data)
     if args.json:
         print(json.dumps(res['summaries'], indent=2, default=str))
     return 0

@@ -52,7 +52,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..finetune import evaluate
     res = evaluate(args.run, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
                    device=args.device, n_bootstrap=args.bootstrap, on_bad_file=args.on_bad_file,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, include_training_data=args.include_training_data)
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != 'roc'}, indent=2))
     return 0
@@ -136,11 +136,19 @@ def register(subparsers) -> None:
     _seg.add_finetune_args(p)
     p.set_defaults(func=_finetune)
 
-    e = subparsers.add_parser('evaluate', help='score a fine-tuned run on labelled images',
+    e = subparsers.add_parser('evaluate', help='score a fine-tuned run on held-out labelled images or volumes',
                               description='Metrics with bootstrap 95% CIs, ECE, ROC and confusion matrix of a run '
-                                          'on an image folder or CSV manifest.')
+                                          'on an image folder or CSV manifest (segmentation runs: 3D per-volume '
+                                          'Dice / HD95 on labelled volumes). Images or cases the run trained or '
+                                          'validated on (recognised by file content, see its splits.csv) are left '
+                                          'out, and a run is never scored on its training data alone; '
+                                          '--include-training-data scores them too and lists them in the report.')
     e.add_argument('--run', required=True, help='run folder written by `mednext-zoo finetune`')
-    e.add_argument('--data', required=True, help='ImageFolder root or CSV manifest')
+    e.add_argument('--data', required=True, help='ImageFolder root or CSV manifest (segmentation: a dataset '
+                   'folder or CSV of volumes) that the run did not train on')
+    e.add_argument('--include-training-data', action='store_true',
+                   help='also score images / cases from the run\'s train and val splits (optimistic figures; the '
+                        'overlap is listed in metrics.json and training_overlap.csv)')
     e.add_argument('--split', default=None, choices=('train', 'val', 'test'), help='only this split of --data')
     e.add_argument('--out', default=None, help='output folder (default RUN_DIR/eval-<data>)')
     e.add_argument('--batch-size', type=int, default=32, help='images per forward pass')
