@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -355,7 +356,7 @@ class _Interrupt(Exception):
     pass
 
 
-def test_resume_after_interruption_matches_uninterrupted(tmp_path, folder):
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, folder, capsys):
     kw = dict(epochs=2, accum_steps=2, batch_size=2, ckpt_every_steps=1, ema_decay=0.9, warmup_epochs=1,
               export=False, label_smoothing=0.1)
     fit(small_cfg(folder, tmp_path / 'a', **kw))
@@ -370,14 +371,26 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, folder):
     with pytest.raises(_Interrupt):
         fit(cfg_b)
     latest_b, _ = _weights(tmp_path / 'b')
-    assert latest_b['step'] == 5 and latest_b['batch'] == 2 and latest_b['epoch'] == 1
+    assert latest_b['step'] == 5 and latest_b['batches_into_next_epoch'] == 2 and latest_b['epochs_completed'] == 1
+    # the training state needs no pickle: safetensors + JSON only; the newest two checkpoints are kept
+    ckpt = tmp_path / 'b' / 'checkpoints'
+    names = sorted(os.listdir(ckpt))
+    assert all(n.endswith(('.safetensors', '.json')) for n in names), names
+    assert sorted({n.split('.')[0] for n in names if n.startswith('step-')}) == ['step-00000004', 'step-00000005']
+    # the newest checkpoint is damaged (a truncated file): resume falls back to the one before, with a message,
+    # and still ends on exactly the uninterrupted weights
+    newest = ckpt / 'step-00000005.state.safetensors'
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     fit(small_cfg(folder, tmp_path / 'b', resume=True, **kw))
+    err = capsys.readouterr().err
+    assert 'step-00000005 is unreadable' in err and 'falling back to step-00000004' in err
+    assert (ckpt / 'step-00000005.state.safetensors.unreadable').is_file()
     latest_b, wb = _weights(tmp_path / 'b')
     assert latest_b['step'] == latest_a['step']
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     lines = [json.loads(ln) for ln in open(tmp_path / 'b' / 'metrics.jsonl')]
     lines_a = [json.loads(ln) for ln in open(tmp_path / 'a' / 'metrics.jsonl')]
-    assert [r['epoch'] for r in lines] == [0, 1]
+    assert [r['epoch'] for r in lines] == [1, 2]  # epochs counted from 1, like best_epoch
     assert [r['train_loss'] for r in lines] == [r['train_loss'] for r in lines_a]  # the interrupted epoch too
     ma = json.load(open(tmp_path / 'a' / 'metrics.json'))
     mb = json.load(open(tmp_path / 'b' / 'metrics.json'))
@@ -453,7 +466,26 @@ def test_kfold_summary(tmp_path, folder):
     assert f0['sizes']['val'] + f1['sizes']['val'] == 16
     s = json.load(open(tmp_path / 'cv' / 'cv_summary.json'))
     assert len(s['per_fold']) == 2 and s['std']['accuracy'] >= 0
+    assert 'optimistic' in s['split'] and s['test']['n'] == 4  # the held-out test images, scored by every fold
+    assert s['test']['mean']['accuracy'] == pytest.approx(np.mean([f0['test']['accuracy'], f1['test']['accuracy']]))
     assert all((tmp_path / 'cv' / f'fold-{k}' / 'metrics.json').is_file() for k in range(2))
+
+
+@pytest.mark.parametrize('name', ['mednext_tiny', 'medunext_tiny'])
+def test_grads_come_in_the_parameters_layout(name):
+    """DDP's gradient buckets copy each parameter's strides; a gradient with other strides makes every rank
+    print "Grad strides do not match bucket view strides". The cause (channels-last convs on parameters with
+    contiguous strides) is checked here without DDP."""
+    import timm
+
+    import mednext_zoo  # noqa: F401
+    model = timm.create_model(name, img_size=64, num_classes=3).train()
+    if name.startswith('medunext'):
+        model.reset_classifier(4)
+    model(torch.randn(2, model.in_chans, 64, 64)).float().mean().backward()
+    wrong = [(n, tuple(p.shape), p.stride(), p.grad.stride()) for n, p in model.named_parameters()
+             if p.grad is not None and p.grad.stride() != p.stride()]
+    assert not wrong, wrong[:5]
 
 
 @pytest.mark.slow
@@ -466,6 +498,7 @@ def test_ddp_two_processes_gloo(tmp_path, folder):
            '--device', 'cpu', '--val-frac', '0.25']
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert 'Grad strides do not match' not in p.stdout + p.stderr
     cfg = json.load(open(out / 'config.json'))
     m = json.load(open(out / 'metrics.json'))
     assert cfg['world_size'] == 2
@@ -540,7 +573,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, folder):
     assert 'resuming' in p.stdout
     assert json.loads(latest.read_text())['step'] == 14
     lines = [json.loads(ln) for ln in open(out / 'metrics.jsonl')]
-    assert [r['epoch'] for r in lines] == [0, 1] and (out / 'metrics.json').is_file()
+    assert [r['epoch'] for r in lines] == [1, 2] and (out / 'metrics.json').is_file()
 
 
 def test_any_timm_classifier_with_cam(tmp_path, folder):
@@ -577,23 +610,68 @@ def test_pretrained_from_export_and_file(tmp_path, folder):
 
 def test_engine_is_task_agnostic(tmp_path):
     """A regression task through the bare engine: what a segmentation task will plug into."""
+    eng, resumed = _regression_engine(tmp_path / 'reg', lr=0.1, epochs=5, monitor='mae')
+    summary = eng.fit(resume=resumed)
+    lines = [json.loads(ln) for ln in open(tmp_path / 'reg' / 'metrics.jsonl')]
+    assert summary['epochs_run'] == 5 and summary['steps'] == 40
+    assert lines[-1]['val_mae'] < 0.1 * lines[0]['val_mae']
+    assert summary['best_score'] == min(r['val_mae'] for r in lines)
+    assert (tmp_path / 'reg' / 'checkpoints' / 'best.safetensors').is_file()
+    # resuming a finished run trains nothing more and keeps the weights
+    w = eng.model.weight.detach().clone()
+    eng2, resumed = _regression_engine(tmp_path / 'reg', lr=0.1, epochs=5, monitor='mae', resume=True)
+    s2 = eng2.fit(resume=resumed)
+    assert s2['steps'] == 40 and torch.equal(eng2.model.weight, w)
+
+
+# ---------------------------------------------------------------- issue 12: state without pickle, fallback, divergence
+def test_training_state_round_trips_without_pickle(tmp_path):
+    import random
+
+    from mednext_zoo.finetune.state import load_state, save_state
+    random.seed(3)
+    np.random.seed(4)
+    state = {'rng': {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()},
+             'optimizer': {'state': {0: {'step': torch.tensor(3.0), 'exp_avg': torch.randn(2, 3)}},
+                           'param_groups': [{'lr': 1e-3, 'betas': (0.9, 0.999), 'params': [0]}]},
+             'progress': {'best': float('nan'), 'step': 7}, 'scaler': None}
+    save_state(str(tmp_path / 's.safetensors'), str(tmp_path / 's.json'), state)
+    back, _ = load_state(str(tmp_path / 's.safetensors'), str(tmp_path / 's.json'))
+    assert back['rng']['python'] == state['rng']['python']  # tuples stay tuples: random.setstate accepts it
+    random.setstate(back['rng']['python'])
+    np.random.set_state(back['rng']['numpy'])
+    assert np.array_equal(back['rng']['numpy'][1], state['rng']['numpy'][1])
+    assert torch.equal(back['rng']['torch'], state['rng']['torch'])
+    assert torch.equal(back['optimizer']['state'][0]['exp_avg'], state['optimizer']['state'][0]['exp_avg'])
+    assert back['optimizer']['param_groups'][0]['betas'] == (0.9, 0.999) and math.isnan(back['progress']['best'])
+    json.loads((tmp_path / 's.json').read_text())  # standard JSON (no NaN literal), no pickle anywhere
+    with pytest.raises(TypeError, match='Cannot store object at .x'):
+        save_state(str(tmp_path / 'b.safetensors'), str(tmp_path / 'b.json'), {'x': object()})
+    (tmp_path / 's.safetensors').write_bytes((tmp_path / 's.safetensors').read_bytes()[:-10])
+    with pytest.raises(ValueError, match='truncated'):
+        load_state(str(tmp_path / 's.safetensors'), str(tmp_path / 's.json'))
+
+
+class _Pairs(torch.utils.data.Dataset):
+    def __init__(self, n):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, item):
+        i = item[0] if isinstance(item, tuple) else item
+        return self.x[i], self.y[i]
+
+
+def _regression_engine(out, lr, resume=False, epochs=6, monitor='loss'):
+    """A linear least-squares task on the bare engine (SGD, no scheduler); returns ``(engine, resumed)``."""
     from torch import nn
-    from torch.utils.data import DataLoader, Dataset
+    from torch.utils.data import DataLoader
 
     from mednext_zoo.finetune import Engine, EngineConfig, Task, prepare_run_dir
-
-    class Pairs(Dataset):
-        def __init__(self, n):
-            g = torch.Generator().manual_seed(0)
-            self.x = torch.randn(n, 4, generator=g)
-            self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1
-
-        def __len__(self):
-            return len(self.x)
-
-        def __getitem__(self, item):
-            i = item[0] if isinstance(item, tuple) else item
-            return self.x[i], self.y[i]
 
     class Regression(Task):
         def loss(self, model, inputs, targets):
@@ -603,25 +681,187 @@ def test_engine_is_task_agnostic(tmp_path):
             return {'loss': float(nn.functional.mse_loss(outputs.squeeze(1), targets)),
                     'mae': float((outputs.squeeze(1) - targets).abs().mean())}
 
-    def run(out, resume=False):
-        torch.manual_seed(0)
-        model = nn.Linear(4, 1)
-        tr, va = Pairs(64), Pairs(16)
-        tl = DataLoader(tr, batch_size=8, sampler=EpochSampler(64, seed=0), generator=torch.Generator())
-        vl = DataLoader(va, batch_size=8, sampler=EpochSampler(16, shuffle=False))
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        resumed = prepare_run_dir(str(out), {'task': 'regression'}, resume=resume)
-        eng = Engine(model, Regression(), tl, vl, opt, None, str(out),
-                     EngineConfig(epochs=5, monitor='mae', monitor_mode='min', progress=False, device='cpu'))
-        return eng, eng.fit(resume=resumed)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    tl = DataLoader(_Pairs(64), batch_size=8, sampler=EpochSampler(64, seed=0), generator=torch.Generator())
+    vl = DataLoader(_Pairs(16), batch_size=8, sampler=EpochSampler(16, shuffle=False))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    resumed = prepare_run_dir(str(out), {'task': 'regression'}, resume=resume)
+    eng = Engine(model, Regression(), tl, vl, opt, None, str(out),
+                 EngineConfig(epochs=epochs, monitor=monitor, monitor_mode='min', progress=False, device='cpu'))
+    return eng, resumed
 
-    eng, summary = run(tmp_path / 'reg')
-    lines = [json.loads(ln) for ln in open(tmp_path / 'reg' / 'metrics.jsonl')]
-    assert summary['epochs_run'] == 5 and summary['steps'] == 40
-    assert lines[-1]['val_mae'] < 0.1 * lines[0]['val_mae']
-    assert summary['best_score'] == min(r['val_mae'] for r in lines)
-    assert (tmp_path / 'reg' / 'checkpoints' / 'best.safetensors').is_file()
-    # resuming a finished run trains nothing more and keeps the weights
-    w = eng.model.weight.detach().clone()
-    eng2, s2 = run(tmp_path / 'reg', resume=True)
-    assert s2['steps'] == 40 and torch.equal(eng2.model.weight, w)
+
+def test_too_high_lr_stops_with_step_and_lr_and_keeps_the_last_checkpoint(tmp_path):
+    from mednext_zoo.finetune.engine import TrainingDivergedError
+    eng, _ = _regression_engine(tmp_path / 'r', lr=3.0)  # SGD on least squares diverges for lr > 1
+    with pytest.raises(TrainingDivergedError) as e:
+        eng.fit()
+    msg, step = str(e.value), e.value.step
+    assert f'at optimiser step {step}' in msg and 'learning rate 3' in msg and '--resume --lr 0.3' in msg
+    latest = json.loads((tmp_path / 'r' / 'checkpoints' / 'latest.json').read_text())
+    assert 0 < latest['step'] < step and f"(step {latest['step']}," in msg
+    from safetensors.torch import load_file
+    weights = load_file(str(tmp_path / 'r' / 'checkpoints' / latest['weights']))
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values())  # nothing of the bad step was saved
+    assert not any(n.endswith('.pt') for n in os.listdir(tmp_path / 'r' / 'checkpoints'))
+
+
+def test_checkpoint_with_nan_weights_is_refused(tmp_path):
+    from mednext_zoo.finetune.engine import TrainingDivergedError
+    eng, _ = _regression_engine(tmp_path / 'r', lr=0.01, epochs=2)
+
+    def poison(engine):  # weights turn NaN at the last step of the first epoch (e.g. an fp16 overflow)
+        if engine.progress.step == 8:
+            with torch.no_grad():
+                engine.model.weight.fill_(float('nan'))
+
+    eng.callbacks = [poison]
+    with pytest.raises(TrainingDivergedError, match=r'weights became non-finite \(weight\) after optimiser step 8 '
+                       r'\(end of epoch 1; learning rate 0.01\)') as e:
+        eng.fit()
+    assert 'No checkpoint was written yet: start again with a lower learning rate' in str(e.value)
+    assert not (tmp_path / 'r' / 'checkpoints' / 'latest.json').exists()  # no checkpoint of NaN weights
+
+
+def test_old_pickle_checkpoints_are_not_loaded(tmp_path):
+    eng, _ = _regression_engine(tmp_path / 'r', lr=0.01, epochs=1)
+    eng.fit()
+    ckpt = tmp_path / 'r' / 'checkpoints'
+    for n in os.listdir(ckpt):
+        if n.startswith('step-'):
+            os.unlink(ckpt / n)
+    (ckpt / 'step-00000008-e1-b0.state.pt').write_bytes(b'a pickle that must never be loaded')
+    (ckpt / 'latest.json').write_text(json.dumps({'weights': 'x.safetensors', 'state': 'step-00000008-e1-b0.state.pt',
+                                                  'epoch': 1, 'batch': 0, 'step': 8}))
+    eng2, resumed = _regression_engine(tmp_path / 'r', lr=0.01, resume=True, epochs=2)
+    with pytest.raises(UserInputError, match='old pickle format.*unpickling a file can run code'):
+        eng2.fit(resume=resumed)
+
+
+def test_divergence_stops_the_run_and_resume_takes_a_lower_lr(tmp_path, folder, capsys):
+    from mednext_zoo.finetune.engine import TrainingDivergedError
+    kw = dict(epochs=2, export=False)  # 15 training images, batch 4: 3 optimiser steps per epoch
+
+    def blow_up(engine):  # what an overflow does: NaN weights after step 4, so step 5's loss is NaN
+        if engine.progress.step == 4:
+            with torch.no_grad():
+                engine.model.head.fc.weight.fill_(float('nan'))
+
+    cfg = small_cfg(folder, tmp_path / 'run', lr=1e-3, **kw)
+    cfg._callbacks = [blow_up]
+    with pytest.raises(TrainingDivergedError) as e:
+        fit(cfg)
+    msg = str(e.value)
+    assert 'the loss became nan at optimiser step 5 (epoch 2, batch 2; learning rate' in msg
+    assert 'schedule peak 0.001)' in msg
+    assert 'last good checkpoint (step 3, 1 epoch(s) completed)' in msg and '--resume --lr 0.0001' in msg
+    latest, weights = _weights(tmp_path / 'run')
+    assert latest['step'] == 3 and all(bool(torch.isfinite(v).all()) for v in weights.values())
+    capsys.readouterr()
+    res = fit(small_cfg(folder, tmp_path / 'run', lr=1e-4, resume=True, **kw))
+    out = capsys.readouterr().out
+    assert 'resuming at step 3 with changed settings: lr 0.001 -> 0.0001' in out
+    assert res['epochs_run'] == 2
+    log = [json.loads(ln) for ln in open(tmp_path / 'run' / 'metrics.jsonl')]
+    assert [r['epoch'] for r in log] == [1, 2] and log[0]['lr'] > 1e-4 >= log[1]['lr'] > 0  # the new lr is used
+    run = json.load(open(tmp_path / 'run' / 'run.json'))
+    assert run['resumes'][-1]['step'] == 3 and 'lr 0.001 -> 0.0001' in run['resumes'][-1]['changed']
+
+
+def test_failed_start_leaves_no_folder_and_never_touches_an_earlier_run(tmp_path, folder, monkeypatch, capsys):
+    from huggingface_hub import constants as hf_constants
+
+    from mednext_zoo.cli import main
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)  # the tag's weights are not published
+    monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', str(tmp_path / 'hf'))
+    out = tmp_path / 'run'
+    args = ['finetune', '--model', 'mednext_base', '--data', folder, '--out', str(out), '--img-size', '32',
+            '--epochs', '1', '--batch-size', '4', '--bootstrap', '0', '--no-progress', '--no-export']
+    assert main(args + ['--pretrained', 'sarscov2_ct']) == 2
+    err = capsys.readouterr().err
+    assert 'not yet published' in err and '  3. A weights file' in err and 'pretrained=False' in err  # whole message
+    assert 'Traceback' not in err and not out.exists()  # nothing left behind: the same command can run again
+    # a start that fails after creating the folder but before its first checkpoint removes it too
+    cfg = small_cfg(folder, out, export=False)
+
+    def stop(engine):
+        raise _Interrupt
+
+    cfg._callbacks = [stop]
+    with pytest.raises(_Interrupt):
+        fit(cfg)
+    assert not out.exists()
+    # a finished run is kept whole when a later --overwrite or --resume fails during set-up
+    fit(small_cfg(folder, out, export=False))
+    before = sorted(os.listdir(out / 'checkpoints'))
+    assert main(args + ['--model', 'mednext_tiny', '--overwrite', '--pretrained', str(tmp_path / 'nope.safetensors')]
+                ) == 2
+    assert main(args + ['--model', 'mednext_tiny', '--resume', '--pretrained', str(tmp_path / 'nope.safetensors')]
+                ) == 2
+    assert 'does not exist' in capsys.readouterr().err
+    assert sorted(os.listdir(out / 'checkpoints')) == before and (out / 'metrics.json').is_file()
+
+
+def test_evaluate_never_scores_training_data_silently(tmp_path, folder, capsys):
+    import shutil
+
+    from mednext_zoo.cli import main
+    from mednext_zoo.finetune import evaluate
+    run = tmp_path / 'run'
+    res = fit(small_cfg(folder, run, epochs=2, test_frac=0.2, export=False))
+    fit_out = capsys.readouterr().out
+    # the final metrics say which weights they come from, with epochs counted from 1 everywhere
+    log = [json.loads(ln) for ln in open(run / 'metrics.jsonl')]
+    assert [r['epoch'] for r in log] == [1, 2]
+    assert res['best_epoch'] == min(log, key=lambda r: r['val_loss'])['epoch']
+    label = f"the best checkpoint (epoch {res['best_epoch']} of 2, monitored: val loss, min)"
+    assert res['scored_with'] == label and f'test metrics of {label}' in fit_out
+    # splits.csv records each image's content hash
+    rows = list(csv.DictReader(open(run / 'splits.csv')))
+    assert all(len(r['sha256']) == 64 for r in rows)
+    n_test = sum(r['split'] == 'test' for r in rows)
+    assert 0 < n_test < len(rows) == 20
+    # the same images in another folder: recognised by content, only the held-out ones are scored
+    copy = tmp_path / 'copy'
+    shutil.copytree(folder, copy)
+    ev = evaluate(str(run), str(copy), n_bootstrap=0, progress=False)
+    out = capsys.readouterr().out
+    assert ev['n'] == n_test and ev['training_overlap']['in_training_data'] == 20 - n_test
+    assert f'{20 - n_test} of the 20 images of {copy} are in the run\'s training data' in out
+    assert f'scoring only the {n_test} held-out images' in out
+    # renamed copies of training images only: nothing held out, refused
+    only = tmp_path / 'train_only'
+    for i, r in enumerate(r for r in rows if r['split'] != 'test'):
+        os.makedirs(only / r['label'], exist_ok=True)
+        shutil.copy(r['path'], only / r['label'] / f'renamed_{i}.png')
+    with pytest.raises(UserInputError, match=rf'All {20 - n_test} images .* training data .*include-training-data'):
+        evaluate(str(run), str(only), n_bootstrap=0, progress=False)
+    # --include-training-data scores everything and the report lists the overlap
+    assert main(['evaluate', '--run', str(run), '--data', str(copy), '--include-training-data', '--bootstrap', '0',
+                 '--no-progress']) == 0
+    assert '--include-training-data: scoring all 20 images' in capsys.readouterr().out
+    m = json.load(open(run / 'eval-copy' / 'metrics.json'))
+    assert m['n'] == 20 and m['training_overlap']['scored'] == 'all (--include-training-data)'
+    assert len(m['training_overlap']['overlapping']) == 20 - n_test
+    assert len(open(run / 'eval-copy' / 'training_overlap.csv').read().splitlines()) == 1 + 20 - n_test
+    # a run from before the sha256 column: the recorded paths are hashed, and the console says so
+    with open(run / 'splits.csv', 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['path', 'label', 'patient_id', 'split', 'slice'])
+        w.writerows([r['path'], r['label'], r['patient_id'], r['split'], r['slice']] for r in rows)
+    ev = evaluate(str(run), str(copy), n_bootstrap=0, progress=False)
+    assert ev['n'] == n_test and 'predates the sha256 column' in capsys.readouterr().out
+
+
+def test_resume_survives_a_torn_log_line_and_removes_temporary_files(tmp_path):
+    eng, _ = _regression_engine(tmp_path / 'r', lr=0.1, epochs=2)
+    eng.fit()
+    with open(tmp_path / 'r' / 'metrics.jsonl', 'a') as f:
+        f.write('{"epoch": 3, "step": 2')  # a kill in the middle of a log write
+    tmp = tmp_path / 'r' / 'checkpoints' / '.step-00000017.safetensors.tmp-x1y2.safetensors'
+    tmp.write_bytes(b'half a file')  # a kill in the middle of a checkpoint write (the atomic writer's name)
+    eng2, resumed = _regression_engine(tmp_path / 'r', lr=0.1, epochs=3, resume=True)
+    assert eng2.fit(resume=resumed)['epochs_run'] == 3
+    assert [json.loads(ln)['epoch'] for ln in open(tmp_path / 'r' / 'metrics.jsonl')] == [1, 2, 3]
+    assert not tmp.exists()

@@ -15,6 +15,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from huggingface_hub import constants as hf_constants
 from huggingface_hub import scan_cache_dir, try_to_load_from_cache
 
 import mednext_zoo
@@ -226,6 +227,67 @@ def test_default_name_pretrained_raises_not_random(offline_hf):
         timm.create_model('mednext_base', pretrained=True, img_size=SIZE)
     with pytest.raises(hub.PretrainedWeightsNotFoundError, match=f"'{HF_HUB_ORG}/medunext_base.synapse'"):
         timm.create_model('medunext_base', pretrained=True, img_size=SIZE)
+
+
+class _Calls(list):
+    """A stand-in for timm's ``hf_hub_download``: records each file asked for and finds nothing."""
+
+    def __call__(self, repo_id=None, filename=None, **kwargs):
+        from huggingface_hub.errors import EntryNotFoundError
+        self.append(filename)
+        raise EntryNotFoundError(f'404 Client Error. Entry Not Found for url: https://hub/{repo_id}/{filename}.\n'
+                                 f'Second line of the Hub error.')
+
+
+def _online(monkeypatch, head, downloads: bool = False):
+    """huggingface_hub out of offline mode, its session's HEAD replaced by ``head``; downloads recorded and
+    refused unless ``downloads``."""
+    import huggingface_hub
+    import timm.models._hub as timm_hub
+
+    class Session:
+        def head(self, url, timeout=None):
+            return head(url)
+
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(huggingface_hub, 'get_session', lambda: Session())
+    calls = _Calls()
+    if not downloads:
+        monkeypatch.setattr(timm_hub, 'hf_hub_download', calls)
+    return calls
+
+
+def test_unpublished_tag_fails_fast_when_the_hub_cannot_answer(monkeypatch):
+    def unreachable(url):
+        raise ConnectionError(f'[Errno -2] Name or service not known: {url}\nsecond line')
+
+    calls = _online(monkeypatch, unreachable)
+    with pytest.raises(hub.PretrainedWeightsNotFoundError) as e:
+        timm.create_model('mednext_base.sarscov2_ct', pretrained=True, img_size=SIZE)
+    assert calls == []  # no download was tried, so none of its retries either
+    msg = str(e.value)
+    assert 'not yet published' in msg and 'cannot be reached' in msg and 'second line' in msg
+    assert all(f'  {k}. ' in msg for k in (1, 2, 3)) and 'pretrained=False' in msg  # the whole message
+
+
+def test_unpublished_tag_still_asks_a_hub_that_answers(monkeypatch):
+    calls = _online(monkeypatch, lambda url: object())
+    with pytest.raises(hub.PretrainedWeightsNotFoundError) as e:
+        timm.create_model('mednext_base.sarscov2_ct', pretrained=True, img_size=SIZE)
+    assert calls == ['model.safetensors', 'pytorch_model.bin']  # one call per file timm tries
+    msg = str(e.value)
+    assert 'Second line of the Hub error' in msg  # the cause is not cut to its first line
+    assert 'not yet published' in msg and '  3. A weights file' in msg
+
+
+def test_unpublished_tag_in_the_cache_loads_without_the_hub(saved_base, monkeypatch):
+    model, folder = saved_base
+    hub.seed_hf_cache(folder, f'{HF_HUB_ORG}/mednext_base.sarscov2_ct')
+    head_calls = []
+    _online(monkeypatch, head_calls.append, downloads=True)
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)  # the cached copy needs no network at all
+    loaded = timm.create_model('mednext_base.sarscov2_ct', pretrained=True, img_size=SIZE)
+    assert head_calls == [] and _same_weights(loaded, model)
 
 
 def test_wrong_revision_raises(saved_base):

@@ -28,10 +28,12 @@ def test_cli_finetune_evaluate_predict(tmp_path, capsys):
     assert 'mode `legacy`' in out and 'mode `strict`' in out and 'HD95 (mm)' in out
     assert os.path.isfile(os.path.join(run, 'eval-test', 'report.md'))  # imagesTs/labelsTs is the test split
     assert main(['evaluate', '--run', run, '--data', data, '--overlays', '0', '--no-progress']) == 0
-    assert 'mode `strict`' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'mode `strict`' in out  # the run's own data: only its held-out test case is scored, and it says so
+    assert "4 of the 5 cases of" in out and 'scoring only the 1 held-out cases' in out
     src = os.path.join(data, 'imagesTs', 'phantom_004_0000.nii.gz')
     assert main(['predict', '--run', run, src, '--out', str(tmp_path / 'pred'), '--overlays', '1']) == 0
-    pred = str(tmp_path / 'pred' / 'phantom_004_0000_pred.nii.gz')
+    pred = str(tmp_path / 'pred' / 'phantom_004_pred.nii.gz')  # the nnU-Net channel suffix _0000 is dropped
     assert capsys.readouterr().out.strip().endswith(pred)
     np.testing.assert_allclose(nib.load(pred).affine, nib.load(src).affine)
     # the existing run is never overwritten without --resume / --overwrite
@@ -50,6 +52,13 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     rc = main(['finetune', '--task', 'seg', '--model', 'medunext_tiny', '--data', data, '--out',
                str(tmp_path / 'run'), '--ct-window', 'wide', '--no-progress'])
     assert rc == 2 and '--ct-window' in capsys.readouterr().err
+    # a start that fails during set-up (here: its --pretrained file) leaves no run folder behind
+    data = write_phantom_dataset(str(tmp_path / 'ok'), n_cases=3, shape=(32, 32, 2))
+    rc = main(['finetune', '--task', 'seg', '--model', 'medunext_tiny', '--data', data, '--out',
+               str(tmp_path / 'run'), '--img-size', '32', '--epochs', '1', '--no-progress',
+               '--pretrained', str(tmp_path / 'missing.safetensors')])
+    assert rc == 2 and 'missing.safetensors does not exist' in capsys.readouterr().err
+    assert not (tmp_path / 'run').exists()
 
 
 @pytest.mark.slow
@@ -65,6 +74,7 @@ def test_two_process_ddp_segmentation(tmp_path):
            '--no-progress', '--overlays', '0', '--no-export']
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'Grad strides do not match' not in proc.stdout + proc.stderr  # channels-last weights fit DDP buckets
     cfg = json.load(open(tmp_path / 'run' / 'config.json'))
     assert cfg['world_size'] == 2
     log = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]

@@ -153,3 +153,18 @@ def test_simpleitk_nrrd_round_trip_keeps_geometry(tmp_path):
     sitk.WriteImage(slab, str(tmp_path / 'ct_label.nrrd'))
     with pytest.raises(UserInputError, match=r"ct_label\.nrrd: the label's geometry"):
         load_volume(VolumeRecord('ct', str(tmp_path / 'ct.nrrd'), str(tmp_path / 'ct_label.nrrd'), 'sitk'))
+
+
+def test_prediction_names_drop_the_nnunet_channel_suffix(tmp_path):
+    from mednext_zoo.data.volumes import case_id_of
+    from mednext_zoo.finetune.segmentation.task import _expand_volumes
+    assert case_id_of('/d/imagesTs/liver_7_0000.nii.gz') == 'liver_7'
+    assert case_id_of('case0001.npy.h5') == 'case0001' and case_id_of('img_0001.png') == 'img_0001'
+    assert case_id_of('_0000.nii.gz') == '_0000'  # nothing left to name the case: kept
+    for d in ('a', 'b'):
+        (tmp_path / d).mkdir()
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), str(tmp_path / d / 'p1_0000.nii.gz'))
+    assert [r.case_id for r in _expand_volumes([str(tmp_path / 'a')])] == ['p1']
+    # two inputs that would write the same p1_pred.nii.gz are refused, not silently overwritten
+    with pytest.raises(UserInputError, match=r'p1_0000\.nii\.gz and .*p1_0000\.nii\.gz would both be written as p1'):
+        _expand_volumes([str(tmp_path / 'a'), str(tmp_path / 'b' / 'p1_0000.nii.gz')])

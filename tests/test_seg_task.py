@@ -65,9 +65,16 @@ def test_run_folder_evaluate_predict_export(trained, tmp_path):
     assert '`legacy`' in report and '`strict`' in report and 'HD95 (mm)' in report
     splits = list(csv.DictReader(open(os.path.join(cfg.out, 'splits.csv'))))
     assert sorted(r['split'] for r in splits) == ['train'] * 5 + ['val'] * 2
-    # evaluate from the run folder reproduces the fit's numbers
+    assert all(len(r['sha256']) == 64 for r in splits)  # each case's identity, for evaluate's guard
+    # the run's own data is all train / val: evaluate refuses to score it unless told to
+    with pytest.raises(UserInputError, match=r"All 7 cases .* training data \(5 train, 2 val.*include-training-data"):
+        evaluate(cfg.out, data=cfg.data, overlays=0, progress=False)
+    # with the flag, evaluate from the run folder reproduces the fit's numbers, and the report lists the overlap
     again = evaluate(cfg.out, split=None, out=str(tmp_path / 'ev'), overlays=0, progress=False,
-                     data=cfg.data)
+                     data=cfg.data, include_training_data=True)
+    assert again['training_overlap']['in_training_data'] == 7 and again['training_overlap']['val'] == 2
+    assert 'scored anyway (--include-training-data)' in open(tmp_path / 'ev' / 'report.md').read()
+    assert len(open(tmp_path / 'ev' / 'training_overlap.csv').read().splitlines()) == 1 + 7
     val_ids = {r['case_id'] for r in splits if r['split'] == 'val'}
     fit_cases = {c['case_id']: c['dice'] for c in json.load(open(os.path.join(ev, 'metrics.json')))['cases']['legacy']}
     re_cases = {c['case_id']: c['dice'] for c in again['cases']['legacy']}

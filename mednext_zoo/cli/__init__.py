@@ -15,6 +15,18 @@ from ..errors import MedNeXtZooError
 from ..version import __version__
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default where it says something: not for required options, flags, options
+    whose default is None (their help says what happens), or help texts that already name their default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ''
+        if (action.required or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS or 'default' in text.lower()):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='mednext-zoo',
@@ -29,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, 'register', None)
         if register is not None:
             register(subparsers)
+    for sub in subparsers.choices.values():
+        sub.formatter_class = HelpFormatter
     return parser
 
 

@@ -58,7 +58,8 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
                         "default: dataset.json or class_1..K")
     s.add_argument('--remap-labels', default=None, choices=('btcv-to-synapse',),
                    help='map label values first: btcv-to-synapse turns raw BTCV labels into the synapse map')
-    s.add_argument('--layout', default='auto', choices=('auto', 'nnunet', 'synapse', 'acdc', 'folders', 'csv'))
+    s.add_argument('--layout', default='auto', choices=('auto', 'nnunet', 'synapse', 'acdc', 'folders', 'csv'),
+                   help='dataset layout of --data (auto: detected from the files)')
     s.add_argument('--intensity', default='auto', choices=('auto', 'ct', 'zscore', 'minmax', 'none'),
                    help='auto: CT window for CT, z-score for MRI, none for TransUNet files and 2D images')
     s.add_argument('--ct-window', default='-125,275', help='HU window for --intensity ct, "LOW,HIGH"')
@@ -124,7 +125,8 @@ def add_evaluate_args(e: argparse.ArgumentParser) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     from ..finetune.segmentation import evaluate as seg_evaluate
     res = seg_evaluate(args.run, args.data, split=args.split, out=args.out, tta=args.tta, overlays=args.overlays,
-                       device=args.device, protocol=args.protocol, progress=not args.no_progress)
+                       device=args.device, protocol=args.protocol, progress=not args.no_progress,
+                       include_training_data=args.include_training_data)
     if args.json:
         print(json.dumps(res['summaries'], indent=2, default=str))
     return 0

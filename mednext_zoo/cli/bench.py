@@ -61,7 +61,7 @@ def register(subparsers) -> None:
                    help='cls: MedNeXt vs ResNet/ConvNeXt/Swin-v2; seg: MedUNeXt vs smp U-Nets (default cls)')
     p.add_argument('--img-size', type=int, default=None, help="input size for every model (default: each model's own)")
     p.add_argument('--batch-size', type=int, default=None, help='throughput batch (default 8 on CPU, 256 on CUDA)')
-    p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
+    p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu', help='device to measure on')
     p.add_argument('--amp', action='store_true', help='autocast (float16 on CUDA, bfloat16 on CPU)')
     p.add_argument('--channels-last', action='store_true', help='channels_last memory format')
     p.add_argument('--compile', action='store_true', help='torch.compile every model (warm-up compiles)')

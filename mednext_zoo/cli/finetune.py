@@ -1,4 +1,4 @@
-"""``mednext-zoo finetune | evaluate | predict``: fine-tune a classifier, score it, use it.
+"""``mednext-zoo finetune | evaluate | predict``: fine-tune a classifier or a segmentation model, score it, use it.
 
     mednext-zoo finetune --model mednext_base --data images/ --out runs/exp1 --epochs 50
     torchrun --nproc_per_node=2 -m mednext_zoo.cli finetune --model mednext_base --data images/ --out runs/exp1
@@ -52,7 +52,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..finetune import evaluate
     res = evaluate(args.run, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
                    device=args.device, n_bootstrap=args.bootstrap, on_bad_file=args.on_bad_file,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, include_training_data=args.include_training_data)
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != 'roc'}, indent=2))
     return 0
@@ -73,10 +73,10 @@ def _predict(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     windows = ', '.join(f'{k} ({lv:g}/{w:g})' for k, (lv, w) in CT_WINDOWS.items())
     p = subparsers.add_parser(
-        'finetune', help='fine-tune a classifier on an image folder or CSV manifest',
-        description='Fine-tune any timm classifier (MedNeXt first) on a labelled image collection. Writes a '
-                    'resumable run folder with metrics, plots and an export/ loadable by timm.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        'finetune', help='fine-tune a classifier (image folder / CSV) or, with --task seg, a segmentation model',
+        description='Fine-tune any timm classifier (MedNeXt first) on a labelled image collection, or with '
+                    '--task seg a MedUNeXt on labelled volumes / 2D masks (see docs/segmentation.md). Writes a '
+                    'resumable run folder with metrics, plots and an export/ loadable by timm.')
     g = p.add_argument_group('model and data')
     g.add_argument('--model', required=True, help='timm model name, e.g. mednext_tiny, convnext_tiny, resnet18')
     g.add_argument('--data', required=True, help='ImageFolder root (class sub-folders, optionally under '
@@ -86,7 +86,8 @@ def register(subparsers) -> None:
                    '(.safetensors / .pth), or an export/ folder')
     g.add_argument('--in-chans', type=int, default=3, choices=(1, 3),
                    help='1: grayscale model; 3: RGB (grayscale images replicated to 3 channels)')
-    g.add_argument('--img-size', type=int, default=224)
+    g.add_argument('--img-size', type=int, default=224, help='input size in pixels: images (slices) are resized to '
+                   'IMG_SIZE x IMG_SIZE')
     g.add_argument('--window', default=None, help=f'DICOM / NIfTI intensity window: a CT preset ({windows}) or '
                    '"LEVEL,WIDTH" in HU, or "file" (the DICOM\'s own window); default min-max scaling per image')
     g.add_argument('--val-frac', type=float, default=0.2, help='validation fraction when the data gives no val split')
@@ -97,28 +98,29 @@ def register(subparsers) -> None:
                         'and report the count')
     g.add_argument('--workers', type=int, default=0, help='data loader worker processes')
     o = p.add_argument_group('optimisation (defaults: the paper recipe, AdamW + cosine)')
-    o.add_argument('--epochs', type=int, default=30)
+    o.add_argument('--epochs', type=int, default=30, help='training epochs')
     o.add_argument('--batch-size', type=int, default=32, help='per process')
-    o.add_argument('--lr', type=float, default=5e-4)
-    o.add_argument('--min-lr', type=float, default=1e-6)
-    o.add_argument('--weight-decay', type=float, default=0.05)
-    o.add_argument('--warmup-epochs', type=float, default=2.0)
+    o.add_argument('--lr', type=float, default=5e-4, help='peak learning rate (after warm-up)')
+    o.add_argument('--min-lr', type=float, default=1e-6, help='learning rate at the end of the cosine decay')
+    o.add_argument('--weight-decay', type=float, default=0.05, help='AdamW weight decay (none on biases / norms)')
+    o.add_argument('--warmup-epochs', type=float, default=2.0, help='linear warm-up length in epochs')
     o.add_argument('--layer-decay', type=float, default=None, help='layer-wise lr decay, e.g. 0.75')
     o.add_argument('--accum-steps', type=int, default=1, help='gradient accumulation steps')
     o.add_argument('--amp', choices=('auto', 'none', 'bf16', 'fp16'), default='auto',
                    help='mixed precision; auto: bf16/fp16 on CUDA, off on CPU')
-    o.add_argument('--clip-grad', type=float, default=None)
-    o.add_argument('--label-smoothing', type=float, default=0.0)
+    o.add_argument('--clip-grad', type=float, default=None,
+                   help='clip the gradient norm to this value (off when not given)')
+    o.add_argument('--label-smoothing', type=float, default=0.0, help='label smoothing of the cross-entropy')
     o.add_argument('--imbalance', choices=('none', 'weights', 'sampler'), default='none',
                    help='class-weighted loss or class-balanced sampling')
     o.add_argument('--ema', type=float, default=0.0, help='EMA decay of the weights (e.g. 0.999; 0: off)')
     o.add_argument('--linear-probe', action='store_true', help='train the classifier only')
     o.add_argument('--freeze-epochs', type=int, default=0, help='freeze the backbone for the first N epochs')
-    o.add_argument('--drop-path', type=float, default=0.0)
+    o.add_argument('--drop-path', type=float, default=0.0, help='stochastic depth rate (timm drop_path_rate)')
     o.add_argument('--crop-scale', type=_scale, default=(0.25, 1.0), help='RandomResizedCrop scale range')
     o.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
-    o.add_argument('--seed', type=int, default=0)
-    o.add_argument('--device', default='auto')
+    o.add_argument('--seed', type=int, default=0, help='seed of the split, initialisation and augmentation')
+    o.add_argument('--device', default='auto', help='auto (CUDA if available, else CPU), cpu, cuda or cuda:N')
     r = p.add_argument_group('evaluation and run')
     r.add_argument('--monitor', default='auto',
                    choices=('auto', 'loss', 'accuracy', 'precision', 'recall', 'f1', 'auc'),
@@ -135,19 +137,28 @@ def register(subparsers) -> None:
     _seg.add_finetune_args(p)
     p.set_defaults(func=_finetune)
 
-    e = subparsers.add_parser('evaluate', help='score a fine-tuned run on labelled images',
+    e = subparsers.add_parser('evaluate', help='score a fine-tuned run on held-out labelled images or volumes',
                               description='Metrics with bootstrap 95% CIs, ECE, ROC and confusion matrix of a run '
-                                          'on an image folder or CSV manifest.')
+                                          'on an image folder or CSV manifest (segmentation runs: 3D per-volume '
+                                          'Dice / HD95 on labelled volumes). Images or cases the run trained or '
+                                          'validated on (recognised by file content, see its splits.csv) are left '
+                                          'out, and a run is never scored on its training data alone; '
+                                          '--include-training-data scores them too and lists them in the report.')
     e.add_argument('--run', required=True, help='run folder written by `mednext-zoo finetune`')
-    e.add_argument('--data', required=True, help='ImageFolder root or CSV manifest')
+    e.add_argument('--data', required=True, help='ImageFolder root or CSV manifest (segmentation: a dataset '
+                   'folder or CSV of volumes) that the run did not train on')
+    e.add_argument('--include-training-data', action='store_true',
+                   help='also score images / cases from the run\'s train and val splits (optimistic figures; the '
+                        'overlap is listed in metrics.json and training_overlap.csv)')
     e.add_argument('--split', default=None, choices=('train', 'val', 'test'), help='only this split of --data')
     e.add_argument('--out', default=None, help='output folder (default RUN_DIR/eval-<data>)')
-    e.add_argument('--batch-size', type=int, default=32)
-    e.add_argument('--device', default='cpu')
-    e.add_argument('--bootstrap', type=int, default=1000)
-    e.add_argument('--on-bad-file', choices=('error', 'skip'), default='error')
+    e.add_argument('--batch-size', type=int, default=32, help='images per forward pass')
+    e.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
+    e.add_argument('--bootstrap', type=int, default=1000, help='bootstrap resamples for the 95%% CIs')
+    e.add_argument('--on-bad-file', choices=('error', 'skip'), default='error',
+                   help='unreadable image: stop with an error, or skip it and report the count')
     e.add_argument('--json', action='store_true', help='also print the report as JSON')
-    e.add_argument('--no-progress', action='store_true')
+    e.add_argument('--no-progress', action='store_true', help='no progress bars')
     _seg.add_evaluate_args(e)
     e.set_defaults(func=_evaluate)
 
@@ -159,8 +170,9 @@ def register(subparsers) -> None:
     q.add_argument('--out', default=None, help='output folder (default RUN_DIR/predictions)')
     q.add_argument('--cam', action='store_true', help='save Grad-CAM overlays (default layer per model family)')
     q.add_argument('--cam-layer', default=None, help='module name for Grad-CAM, e.g. stages.3 or layer4')
-    q.add_argument('--batch-size', type=int, default=16)
-    q.add_argument('--device', default='cpu')
-    q.add_argument('--on-bad-file', choices=('error', 'skip'), default='error')
+    q.add_argument('--batch-size', type=int, default=16, help='images per forward pass')
+    q.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
+    q.add_argument('--on-bad-file', choices=('error', 'skip'), default='error',
+                   help='unreadable image: stop with an error, or skip it and report the count')
     _seg.add_predict_args(q)
     q.set_defaults(func=_predict)

@@ -126,7 +126,9 @@ def _run_push(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser('list', help='list models, pretrained tags and the real status of their weights')
+    p = subparsers.add_parser('list', help='list models, pretrained tags and the real status of their weights',
+                              description='Every pretrained tag (MODEL.TAG) with its dataset, the real publication '
+                                          'status of its weights and its Hugging Face Hub id.')
     p.add_argument('--json', action='store_true', help='print the rows as JSON')
     p.set_defaults(func=_run_list)
 
@@ -146,9 +148,9 @@ def register(subparsers) -> None:
                    help='allow a pickle checkpoint that weights_only loading refuses (only for trusted files)')
     p.add_argument('--dataset', help='training dataset key (sarscov2_ct, monkeypox_msld, covid_ct_large, synapse, '
                                      'acdc); default: the tag\'s')
-    p.add_argument('--num-classes', type=int)
-    p.add_argument('--in-chans', type=int)
-    p.add_argument('--img-size', type=int)
+    p.add_argument('--num-classes', type=int, help="classifier size (default: the dataset's classes)")
+    p.add_argument('--in-chans', type=int, help="input channels (default: the model's own)")
+    p.add_argument('--img-size', type=int, help="input size in pixels (default: the model's own)")
     p.add_argument('--metrics', help='JSON file {"metric": value | {"value": v, "ci": [lo, hi]}}')
     p.add_argument('--split', help='split details for the card (ratio, seed, split file)')
     p.add_argument('--training', help='training details for the card')
@@ -157,11 +159,13 @@ def register(subparsers) -> None:
     p.add_argument('--seed-cache', action='store_true', help='also place the folder in the local Hugging Face cache')
     p.set_defaults(func=_run_export)
 
-    p = subparsers.add_parser('push', help='upload an exported folder to the Hugging Face Hub')
+    p = subparsers.add_parser('push', help='upload an exported folder to the Hugging Face Hub',
+                              description='Upload a folder written by `mednext-zoo export` / save_pretrained to '
+                                          'a Hugging Face Hub repo (needs a login token; --dry-run uploads nothing).')
     p.add_argument('save_dir', help='folder written by `mednext-zoo export` / save_pretrained')
     p.add_argument('repo_id', help='owner/name, e.g. mednext-zoo/mednext_base.sarscov2_ct')
     p.add_argument('--dry-run', action='store_true', help='print what would be uploaded and upload nothing')
-    p.add_argument('--private', action='store_true')
+    p.add_argument('--private', action='store_true', help='create the repo as private')
     p.add_argument('--revision', help='branch to push to (default main)')
     p.add_argument('--message', help='commit message')
     p.add_argument('--create-pr', action='store_true', help='open a pull request instead of committing')

@@ -15,5 +15,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser('models', help='list the architectures registered in timm by mednext-zoo')
+    p = subparsers.add_parser('models', help='list the architectures registered in timm by mednext-zoo',
+                              description='Print the MedNeXt / MedUNeXt architecture names that `import mednext_zoo` '
+                                          'registers in timm (use them with timm.create_model).')
     p.set_defaults(func=_run)

@@ -35,7 +35,7 @@ from .io import _nib_load, load_image
 from .labels import LabelMap, check_label_values, patient_id, read_dataset_json
 
 __all__ = ['VolumeRecord', 'Volume', 'SegDataset', 'discover', 'load_volume', 'probe_volume', 'iter_volumes',
-           'NIFTI_EXTS', 'SITK_EXTS', 'IMAGE_EXTS', 'ON_BAD_FILE']
+           'case_id_of', 'NIFTI_EXTS', 'SITK_EXTS', 'IMAGE_EXTS', 'ON_BAD_FILE']
 
 NIFTI_EXTS = ('.nii.gz', '.nii')
 SITK_EXTS = ('.nrrd', '.nhdr', '.mha', '.mhd')  # read with SimpleITK
@@ -121,6 +121,13 @@ def _strip_ext(name: str) -> str:
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return os.path.splitext(name)[0]
+
+
+def case_id_of(path: str) -> str:
+    """The case name of an image file: the file name without its extension and without the nnU-Net channel
+    suffix ``_0000`` (``case_0000.nii.gz`` -> ``case``; ``scan.npy.h5`` -> ``scan``)."""
+    stem = _strip_ext(os.path.basename(path)).replace('.npy', '')
+    return stem[:-5] if re.search(r'.+_0000$', stem) else stem
 
 
 def _fmt_of(path: str) -> str:

@@ -5,11 +5,16 @@ about classification. Batches are ``(inputs, targets)`` pairs.
 
 Run directory layout written here::
 
-    RUN_DIR/run.json                 identity of the run (checked on --resume)
-    RUN_DIR/metrics.jsonl            one JSON line per epoch
+    RUN_DIR/run.json                 identity of the run (checked on --resume), and what each resume changed
+    RUN_DIR/metrics.jsonl            one JSON line per epoch (epochs counted from 1)
     RUN_DIR/checkpoints/latest.json  pointer to the newest complete checkpoint (replaced atomically)
-    RUN_DIR/checkpoints/step-N.safetensors / step-N.state.pt   weights / optimiser, scheduler, scaler, RNG state
-    RUN_DIR/checkpoints/best.safetensors                      weights at the best monitored score
+    RUN_DIR/checkpoints/step-N.safetensors                     model weights after N optimiser steps
+    RUN_DIR/checkpoints/step-N.state.safetensors + .state.json optimiser, scheduler, scaler, EMA, RNG and loop
+                                                               state: tensors in safetensors, the rest JSON
+    RUN_DIR/checkpoints/best.safetensors                       weights at the best monitored score
+
+Nothing here is pickled, so resuming a run folder from elsewhere runs no code. The newest two checkpoints are
+kept; an unreadable or truncated one is set aside (``*.unreadable``) and the previous one is used.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -31,10 +37,13 @@ from torch.utils.data import DataLoader
 
 from .._atomic import atomic_path, atomic_write_bytes
 from ..errors import UserInputError
+from .state import load_state, save_state
 
 __all__ = [
     'EngineConfig', 'Task', 'Engine', 'DistInfo', 'setup_distributed', 'cleanup_distributed', 'prepare_run_dir',
-    'atomic_write_bytes', 'atomic_write_json', 'seed_everything', 'resolve_device', 'unwrap',
+    'check_run_dir', 'create_run_dir', 'RunDirGuard', 'holds_checkpoints', 'TrainingDivergedError',
+    'describe_weights', 'read_metrics_log', 'atomic_write_bytes', 'atomic_write_json', 'seed_everything',
+    'resolve_device', 'unwrap',
 ]
 
 
@@ -56,6 +65,19 @@ def _json_default(o):
     if isinstance(o, tuple):
         return list(o)
     return str(o)
+
+
+def read_metrics_log(path: str) -> List[Dict[str, Any]]:
+    """The records of a ``metrics.jsonl``; a line torn by a crash mid-write (unparseable JSON) is skipped."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+    return records
 
 
 def seed_everything(seed: int) -> None:
@@ -126,12 +148,12 @@ def _broadcast_obj(obj: Any, info: DistInfo) -> Any:
 
 
 # ---------------------------------------------------------------- run directory
-def prepare_run_dir(run_dir: str, identity: Dict[str, Any], resume: bool = False, overwrite: bool = False,
-                    is_main: bool = True) -> bool:
-    """Create ``run_dir`` or check it may be resumed. Returns True when an existing run is resumed.
+def check_run_dir(run_dir: str, identity: Dict[str, Any], resume: bool = False, overwrite: bool = False) -> bool:
+    """Check that ``run_dir`` may be started, replaced or resumed, without touching it. Returns True when an
+    existing run is resumed.
 
-    An existing non-empty folder is never overwritten unless ``overwrite``; ``resume`` requires that the folder
-    was made for the same ``identity`` (e.g. the same model and classes).
+    An existing non-empty folder is never overwritten unless ``overwrite`` (and then only a run folder);
+    ``resume`` requires that the folder was made for the same ``identity`` (e.g. the same model and classes).
     """
     run_json = os.path.join(run_dir, 'run.json')
     exists = os.path.isdir(run_dir) and bool(os.listdir(run_dir))
@@ -153,14 +175,66 @@ def prepare_run_dir(run_dir: str, identity: Dict[str, Any], resume: bool = False
         if not overwrite:
             raise UserInputError(f'{run_dir} already exists and is not empty; pass --resume to continue that run, '
                                  f'--overwrite to replace it, or choose another --out.')
-        if is_main:
-            if not os.path.isfile(run_json) and any(not n.startswith('.') for n in os.listdir(run_dir)):
-                raise UserInputError(f'--overwrite refuses to delete {run_dir}: it is not a mednext-zoo run folder.')
-            shutil.rmtree(run_dir)
-    if is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        atomic_write_json(run_json, {'identity': identity, 'created': time.strftime('%Y-%m-%dT%H:%M:%S')})
+        if not os.path.isfile(run_json) and any(not n.startswith('.') for n in os.listdir(run_dir)):
+            raise UserInputError(f'--overwrite refuses to delete {run_dir}: it is not a mednext-zoo run folder.')
     return False
+
+
+def create_run_dir(run_dir: str, identity: Dict[str, Any], overwrite: bool = False) -> None:
+    """Start a new run in ``run_dir`` (rank 0, once set-up has succeeded): an earlier run there is removed when
+    ``overwrite`` (already checked by :func:`check_run_dir`), then ``run.json`` is written."""
+    if overwrite and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    atomic_write_json(os.path.join(run_dir, 'run.json'),
+                      {'identity': identity, 'created': time.strftime('%Y-%m-%dT%H:%M:%S')})
+
+
+def prepare_run_dir(run_dir: str, identity: Dict[str, Any], resume: bool = False, overwrite: bool = False,
+                    is_main: bool = True) -> bool:
+    """:func:`check_run_dir`, then (new runs, rank 0) :func:`create_run_dir`. Returns True when resuming.
+
+    Tasks call the two separately, with the model and data built in between, so a start whose set-up fails
+    writes nothing (see :class:`RunDirGuard`)."""
+    resumed = check_run_dir(run_dir, identity, resume, overwrite)
+    if not resumed and is_main:
+        create_run_dir(run_dir, identity, overwrite)
+    return resumed
+
+
+def holds_checkpoints(run_dir: str) -> bool:
+    """True if ``run_dir`` (or a fold folder inside it) holds a training checkpoint or best weights."""
+    for _, _, files in os.walk(run_dir):
+        if any(f.startswith('step-') or f == 'best.safetensors' for f in files):
+            return True
+    return False
+
+
+class RunDirGuard:
+    """Context manager around one start of a run: if it fails (any exception, Ctrl-C included) after creating
+    the run folder but before writing a checkpoint, the folder is removed, so the same command can be run again
+    without ``--overwrite``. A folder this start did not create (``--resume``), or one holding checkpoints, is
+    never removed.
+
+    Call :meth:`created` right after :func:`create_run_dir`.
+    """
+
+    def __init__(self, run_dir: str, is_main: bool = True):
+        self.run_dir, self.is_main, self._created = run_dir, is_main, False
+
+    def created(self) -> None:
+        self._created = True
+
+    def __enter__(self) -> RunDirGuard:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None and self._created and self.is_main and os.path.isdir(self.run_dir) \
+                and not holds_checkpoints(self.run_dir):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            print(f'[mednext-zoo] removed {self.run_dir}: the run stopped before its first checkpoint',
+                  file=sys.stderr, flush=True)
+        return False
 
 
 # ---------------------------------------------------------------- task and config
@@ -197,7 +271,7 @@ class EngineConfig:
     monitor_mode: str = 'min'
     patience: int = 0  # early stopping after this many epochs without improvement; 0: never
     ckpt_every_steps: int = 0  # also checkpoint every N optimiser steps mid-epoch; 0: end of epoch only
-    keep_checkpoints: int = 1
+    keep_checkpoints: int = 2  # at least 2: an unreadable newest checkpoint falls back to the one before
     progress: bool = True
 
 
@@ -233,16 +307,54 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
+class TrainingDivergedError(UserInputError):
+    """The loss or the weights became NaN / inf; the last checkpoint written before is intact."""
+
+    def __init__(self, message: str, step: int, lr: float):
+        super().__init__(message)
+        self.step, self.lr = step, lr
+
+
 @dataclass
 class _Progress:
-    epoch: int = 0  # epoch in progress
-    batch: int = 0  # micro-batches of this epoch already trained
+    """Loop position, internal: ``epoch`` counts completed epochs (the 0-based index of the one in progress);
+    everything written for people counts epochs from 1."""
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # micro-batches of the epoch in progress already trained
     step: int = 0  # optimiser updates so far
     best: Optional[float] = None
-    best_epoch: int = -1
+    best_epoch: int = 0  # 1-based epoch of the best score; 0: none yet
     bad_epochs: int = 0
     loss_sum: float = 0.0  # training loss of the epoch in progress (sum over samples, this rank)
     loss_n: int = 0
+
+
+_SETTING_NAMES = {'base_values': 'lr', 'lr_min': 'min lr', 'warmup_lr_init': 'warm-up start lr',
+                  'warmup_t': 'warm-up steps', 't_initial': 'schedule length (steps)', 'initial_lr': 'lr',
+                  'weight_decay': 'weight decay'}
+
+
+def _setting_changes(old: Dict[str, Any], new: Dict[str, Any], skip: Tuple[str, ...] = ()) -> List[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k in skip or old.get(k) == new.get(k):
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(set(map(str, a))) == 1 \
+                and len(set(map(str, b))) == 1:
+            a, b = a[0] if a else a, b[0] if b else b  # one value per parameter group: show it once
+        out.append(f'{_SETTING_NAMES.get(k, k)} {a!r} -> {b!r}'.replace("'", ''))
+    return out
+
+
+def describe_weights(summary: Dict[str, Any]) -> str:
+    """Which weights the final metrics come from, for people: e.g. ``the best checkpoint (epoch 7 of 10,
+    monitored: val loss, min)``."""
+    if not summary.get('validated'):
+        return f'the weights of the last epoch ({summary["epochs_run"]}; no validation split to pick a best one)'
+    stop = ', stopped early' if summary.get('stopped_early') else ''
+    return (f'the best checkpoint (epoch {summary["best_epoch"]} of {summary["epochs_run"]}{stop}, '
+            f'monitored: val {summary["monitor"]}, {summary["monitor_mode"]})')
 
 
 class Engine:
@@ -259,6 +371,10 @@ class Engine:
         cfg: Loop settings.
         dist_info: From :func:`setup_distributed`.
         callbacks: Called as ``cb(engine)`` after every optimiser step (logging, tests).
+
+    On resume the optimiser's hyper-parameters and the schedule come from the current configuration (the run's
+    own when nothing changed), so e.g. a lower ``--lr`` after a divergence takes effect; what changed is printed
+    and recorded in ``run.json``.
     """
 
     def __init__(self, model: nn.Module, task: Task, train_loader: DataLoader, val_loader: Optional[DataLoader],
@@ -283,8 +399,6 @@ class Engine:
         self.progress = _Progress()
         self._ddp: Optional[nn.Module] = None
         self._wrap()
-        if self.dist.is_main:
-            os.makedirs(self.ckpt_dir, exist_ok=True)
 
     # ------------------------------------------------------------ model access
     def _wrap(self) -> None:
@@ -304,19 +418,48 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def _lr(self) -> float:
+        return max(g['lr'] for g in self.optimizer.param_groups)
+
     # ------------------------------------------------------------ checkpoints
     def _latest_path(self) -> str:
         return os.path.join(self.ckpt_dir, 'latest.json')
 
+    def _check_finite_weights(self, when: str) -> None:
+        """Raise :class:`TrainingDivergedError` if a weight is NaN / inf (checked before anything is saved)."""
+        bad = [n for n, t in self.model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+        if bad:
+            p = self.progress
+            more = f' and {len(bad) - 1} more' if len(bad) > 1 else ''
+            self._diverged(f'the weights became non-finite ({bad[0]}{more}) after optimiser step {p.step}', when,
+                           p.step)
+
+    def _diverged(self, what: str, where: str, step: int) -> None:
+        lr = self._lr()
+        latest = self._read_latest()
+        base = max(getattr(self.scheduler, 'base_values', None) or [lr])
+        peak = f', schedule peak {base:.3g}' if base != lr else ''
+        if latest is not None:
+            keep = (f'The last good checkpoint (step {latest["step"]}, {latest["epochs_completed"]} epoch(s) '
+                    f'completed) in {self.ckpt_dir} is intact: continue from it with a lower learning rate, e.g. '
+                    f'--resume --lr {base / 10:.2g}')
+        else:
+            keep = f'No checkpoint was written yet: start again with a lower learning rate, e.g. --lr {base / 10:.2g}'
+        amp = ' or without mixed precision (--amp none)' if self.amp_dtype is not None else ''
+        raise TrainingDivergedError(
+            f'Training diverged: {what} ({where}; learning rate {lr:.3g}{peak}). Nothing of this step was saved. '
+            f'{keep}{amp}.', step, lr)
+
     def save_checkpoint(self) -> None:
-        """Weights (safetensors) and full training state, then an atomic pointer to them (rank 0)."""
+        """Weights (safetensors) and the full training state (safetensors + JSON, no pickle), then an atomic
+        pointer to them (rank 0). Non-finite weights are refused (:class:`TrainingDivergedError`)."""
+        self._check_finite_weights(f'epoch {self.progress.epoch + 1}, before a checkpoint')
         if not self.dist.is_main:
             return
         from safetensors.torch import save_file
         p = self.progress
-        tag = f'step-{p.step:08d}-e{p.epoch}-b{p.batch}'
+        tag = f'step-{p.step:08d}'
         weights = os.path.join(self.ckpt_dir, f'{tag}.safetensors')
-        state_file = os.path.join(self.ckpt_dir, f'{tag}.state.pt')
         sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         _atomic_save(weights, lambda t: save_file(sd, t))
         state = {
@@ -327,66 +470,155 @@ class Engine:
             'ema': self.ema.module.state_dict() if self.ema is not None else None,
             'rng': _rng_state(),
         }
-        _atomic_save(state_file, lambda t: torch.save(state, t))
-        prev = self._read_latest()
-        atomic_write_json(self._latest_path(), {'weights': os.path.basename(weights),
-                                                'state': os.path.basename(state_file),
-                                                'epoch': p.epoch, 'batch': p.batch, 'step': p.step})
-        self._prune(keep={os.path.basename(weights), os.path.basename(state_file)}, prev=prev)
+        save_state(os.path.join(self.ckpt_dir, f'{tag}.state.safetensors'),
+                   os.path.join(self.ckpt_dir, f'{tag}.state.json'), state,
+                   extra={'weights': os.path.basename(weights), 'weights_bytes': os.path.getsize(weights)})
+        atomic_write_json(self._latest_path(), {'tag': tag, 'weights': os.path.basename(weights),
+                                                'state': f'{tag}.state.json', 'step': p.step,
+                                                'epochs_completed': p.epoch, 'batches_into_next_epoch': p.batch})
+        self._prune(keep=tag)
 
     def _read_latest(self) -> Optional[Dict[str, Any]]:
         try:
             with open(self._latest_path()) as f:
-                return json.load(f)
-        except (OSError, json.JSONDecodeError):
+                latest = json.load(f)
+            return latest if isinstance(latest, dict) and 'tag' in latest else None
+        except (OSError, ValueError):
             return None
 
-    def _prune(self, keep: set, prev: Optional[Dict[str, Any]]) -> None:
-        tags = sorted({n.rsplit('.', 2)[0] if n.endswith('.state.pt') else n.rsplit('.', 1)[0]
-                       for n in os.listdir(self.ckpt_dir) if n.startswith('step-')})
-        for t in tags[:-max(1, self.cfg.keep_checkpoints)]:
-            for ext in ('.safetensors', '.state.pt'):
-                if t + ext not in keep:
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(self.ckpt_dir, t + ext))
+    def _tags(self) -> List[str]:
+        """Checkpoint tags on disk, newest first (names are zero-padded step counts)."""
+        if not os.path.isdir(self.ckpt_dir):
+            return []
+        return sorted({n.split('.', 1)[0] for n in os.listdir(self.ckpt_dir)
+                       if n.startswith('step-') and not n.endswith('.unreadable')}, reverse=True)
+
+    def _prune(self, keep: str) -> None:
+        for t in self._tags()[max(2, self.cfg.keep_checkpoints):]:
+            if t == keep:
+                continue
+            for ext in ('.safetensors', '.state.safetensors', '.state.json', '.state.pt'):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.ckpt_dir, t + ext))
 
     def has_checkpoint(self) -> bool:
-        return self._read_latest() is not None
+        return bool(self._tags())
+
+    def _read_checkpoint(self, tag: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+        """Weights and training state of ``tag``; ValueError / OSError if a file is missing, truncated or damaged."""
+        from safetensors.torch import load_file
+        state, doc = load_state(os.path.join(self.ckpt_dir, f'{tag}.state.safetensors'),
+                                os.path.join(self.ckpt_dir, f'{tag}.state.json'))
+        wpath = os.path.join(self.ckpt_dir, doc['weights'])
+        if os.path.getsize(wpath) != doc.get('weights_bytes'):
+            raise ValueError(f'{doc["weights"]} has {os.path.getsize(wpath)} bytes, the state says '
+                             f'{doc.get("weights_bytes")} (truncated or replaced)')
+        try:
+            weights = load_file(wpath)
+        except Exception as e:  # noqa: BLE001 -- safetensors' own error type for a damaged file
+            raise ValueError(f'{doc["weights"]}: {e}') from e
+        return weights, state
+
+    def _find_checkpoint(self) -> Tuple[str, Dict[str, torch.Tensor], Dict[str, Any]]:
+        """The newest checkpoint that reads completely; unreadable newer ones are reported and set aside."""
+        latest = self._read_latest()
+        order = self._tags()
+        if latest is not None and latest['tag'] in order:  # normally the newest; kept first if not
+            order.remove(latest['tag'])
+            order.insert(0, latest['tag'])
+        failures: List[Tuple[str, str]] = []
+        for tag in order:
+            if not os.path.isfile(os.path.join(self.ckpt_dir, f'{tag}.state.json')) and not os.path.isfile(
+                    os.path.join(self.ckpt_dir, f'{tag}.state.safetensors')):
+                continue  # an old-format (pickle) or half-pruned tag: not a candidate
+            try:
+                weights, state = self._read_checkpoint(tag)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                failures.append((tag, str(e)))
+                continue
+            if failures and self.dist.is_main:
+                print(f'[mednext-zoo] --resume: checkpoint {", ".join(t for t, _ in failures)} is unreadable '
+                      f'({"; ".join(r for _, r in failures)}); falling back to {tag} '
+                      f'(step {state["progress"]["step"]}). The unreadable files are kept as *.unreadable.',
+                      file=sys.stderr, flush=True)
+            self._set_aside([t for t, _ in failures])
+            return tag, weights, state
+        if any(n.endswith('.state.pt') for n in (os.listdir(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else [])):
+            raise UserInputError(
+                f'--resume: {self.ckpt_dir} holds checkpoints in the old pickle format (step-*.state.pt), which '
+                f'--resume no longer loads: unpickling a file can run code. Start the run again with --overwrite, '
+                f'or keep its best weights (checkpoints/best.safetensors, no pickle) and pass them as --pretrained.')
+        if failures:
+            raise UserInputError(f'--resume: no readable checkpoint in {self.ckpt_dir} '
+                                 f'({"; ".join(f"{t}: {r}" for t, r in failures)}). Start again with --overwrite.')
+        raise UserInputError(f'--resume: no checkpoint in {self.ckpt_dir}; the run stopped before its first '
+                             f'checkpoint. Start it again with --overwrite.')
+
+    def _set_aside(self, tags: List[str]) -> None:
+        _barrier(self.dist)  # every rank has read its candidates before rank 0 renames any
+        if not self.dist.is_main:
+            return
+        for tag in tags:
+            for ext in ('.safetensors', '.state.safetensors', '.state.json'):
+                path = os.path.join(self.ckpt_dir, tag + ext)
+                if os.path.exists(path):
+                    os.replace(path, path + '.unreadable')
 
     def load_checkpoint(self) -> None:
-        """Restore everything from the newest complete checkpoint."""
-        from safetensors.torch import load_file
-        latest = self._read_latest()
-        if latest is None:
-            raise UserInputError(f'--resume: no checkpoint in {self.ckpt_dir}; the run stopped before its first '
-                                 f'checkpoint. Start it again with --overwrite.')
-        weights = load_file(os.path.join(self.ckpt_dir, latest['weights']))
+        """Restore everything from the newest complete checkpoint (falling back past unreadable ones); the
+        optimiser's hyper-parameters and the schedule of the current configuration apply from here on."""
+        tag, weights, state = self._find_checkpoint()
         try:
             self.model.load_state_dict(weights)
         except RuntimeError as e:
-            raise UserInputError(f'--resume: checkpoint {latest["weights"]} does not fit this model: '
-                                 f'{str(e).splitlines()[0]}') from None
-        state = torch.load(os.path.join(self.ckpt_dir, latest['state']), map_location='cpu', weights_only=False)
+            raise UserInputError(f'--resume: checkpoint {tag} does not fit this model: {e}') from None
+        fresh_groups = [{k: v for k, v in g.items() if k != 'params'} for g in self.optimizer.param_groups]
+        fresh_sched = self.scheduler.state_dict() if self.scheduler is not None else None
         self.optimizer.load_state_dict(state['optimizer'])
+        saved_groups = [{k: v for k, v in g.items() if k != 'params'} for g in self.optimizer.param_groups]
+        changes: List[str] = []
+        for g, fresh, saved in zip(self.optimizer.param_groups, fresh_groups, saved_groups):
+            g.update(fresh)  # the current configuration's hyper-parameters (lr is set by the schedule below)
+            for c in _setting_changes(saved, fresh, skip=('lr',) if self.scheduler is not None else ()):
+                if c not in changes:
+                    changes.append(c)
         if self.scheduler is not None and state['scheduler'] is not None:
-            self.scheduler.load_state_dict(state['scheduler'])
+            changes += [c for c in _setting_changes(state['scheduler'], fresh_sched) if c not in changes]
+            self.scheduler.load_state_dict(fresh_sched)
         if self.scaler is not None and state['scaler'] is not None:
             self.scaler.load_state_dict(state['scaler'])
         if self.ema is not None and state['ema'] is not None:
             self.ema.module.load_state_dict(state['ema'])
         self.progress = _Progress(**state['progress'])
+        if self.scheduler is not None:
+            self.scheduler.step_update(num_updates=self.progress.step)  # this step's lr under the schedule
         _set_rng_state(state['rng'])
-        if self.dist.is_main:  # temporary files of a write that was killed half-way
-            for n in os.listdir(self.ckpt_dir):
-                if n.startswith('.tmp-'):
+        self.resume_changes = changes
+        if self.dist.is_main:
+            if changes:
+                print(f'[mednext-zoo] resuming at step {self.progress.step} with changed settings: '
+                      f'{"; ".join(changes)}. Learning rate now {self._lr():.3g}.', flush=True)
+            self._record_resume(tag, changes)
+            for n in os.listdir(self.ckpt_dir):  # temporary files of a write that was killed half-way
+                if n.startswith('.') and '.tmp-' in n:
                     with contextlib.suppress(OSError):
                         os.unlink(os.path.join(self.ckpt_dir, n))
-        # drop log lines written after this checkpoint (they will be written again)
-        log = os.path.join(self.run_dir, 'metrics.jsonl')
-        if self.dist.is_main and os.path.isfile(log):
-            with open(log) as f:
-                lines = [ln for ln in f if ln.strip() and json.loads(ln).get('epoch', 0) < self.progress.epoch]
-            atomic_write_bytes(log, ''.join(lines).encode())
+            # drop log lines written after this checkpoint (they will be written again)
+            log = os.path.join(self.run_dir, 'metrics.jsonl')
+            if os.path.isfile(log):
+                kept = [r for r in read_metrics_log(log) if r.get('epoch', 0) <= self.progress.epoch]
+                atomic_write_bytes(log, ''.join(json.dumps(r, default=_json_default) + '\n' for r in kept).encode())
+
+    def _record_resume(self, tag: str, changes: List[str]) -> None:
+        path = os.path.join(self.run_dir, 'run.json')
+        try:
+            with open(path) as f:
+                run = json.load(f)
+        except (OSError, ValueError):
+            return
+        run.setdefault('resumes', []).append({'time': time.strftime('%Y-%m-%dT%H:%M:%S'), 'from': tag,
+                                              'step': self.progress.step, 'changed': changes})
+        atomic_write_json(path, run)
 
     def save_weights(self, path: str, model: Optional[nn.Module] = None) -> None:
         if not self.dist.is_main:
@@ -444,11 +676,20 @@ class Engine:
             f.flush()
             os.fsync(f.fileno())
 
+    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (one tiny all-reduce under DDP, so all ranks stop together)."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.dist.enabled:
+            dist.all_reduce(bad)
+        return not bool(bad.item())
+
     def fit(self, resume: bool = False) -> Dict[str, Any]:
-        """Train until ``cfg.epochs`` (or early stopping); returns a summary with the best score and epoch."""
+        """Train until ``cfg.epochs`` (or early stopping); returns a summary with the best score and its
+        (1-based) epoch. A NaN / inf loss stops the run with :class:`TrainingDivergedError`."""
         cfg = self.cfg
         if cfg.monitor_mode not in ('min', 'max'):
             raise UserInputError(f'monitor mode must be "min" or "max", got {cfg.monitor_mode!r}.')
+        self.resume_changes: List[str] = []
         if resume:
             self.load_checkpoint()
         p = self.progress
@@ -478,9 +719,9 @@ class Engine:
                 with sync:
                     with self.autocast():
                         loss = self.task.loss(self._ddp, inputs, targets)
-                    if not torch.isfinite(loss):
-                        raise UserInputError(f'Loss became {loss.item()} at epoch {p.epoch + 1}, step {p.step}; '
-                                             f'lower --lr or disable --amp.')
+                    if not self._loss_is_finite(loss):
+                        self._diverged(f'the loss became {float(loss.detach()):g} at optimiser step {p.step + 1}',
+                                       f'epoch {p.epoch + 1}, batch {p.batch}', p.step + 1)
                     scaled = loss / accum
                     if self.scaler is not None:
                         self.scaler.scale(scaled).backward()
@@ -512,13 +753,14 @@ class Engine:
                     self.save_checkpoint()
                 for cb in self.callbacks:
                     cb(self)
+            self._check_finite_weights(f'end of epoch {p.epoch + 1}')
             train_loss = p.loss_sum / max(1, p.loss_n)
             if self.dist.enabled:
                 t = torch.tensor([p.loss_sum, float(p.loss_n)], dtype=torch.float64)
                 dist.all_reduce(t)
                 train_loss = float(t[0] / t[1].clamp(min=1))
-            record: Dict[str, Any] = {'epoch': p.epoch, 'step': p.step, 'lr': self.optimizer.param_groups[-1]['lr'],
-                                      'train_loss': train_loss}
+            record: Dict[str, Any] = {'epoch': p.epoch + 1, 'step': p.step,
+                                      'lr': self.optimizer.param_groups[-1]['lr'], 'train_loss': train_loss}
             if self.val_loader is not None:
                 out, tgt = self.infer(self.val_loader, desc='val')
                 metrics = self.task.evaluate(out, tgt)
@@ -528,7 +770,7 @@ class Engine:
                     raise UserInputError(f'Unknown metric {cfg.monitor!r} to monitor; choose one of '
                                          f'{", ".join(k for k, v in metrics.items() if np.isscalar(v))}.')
                 if self._improved(score):
-                    p.best, p.best_epoch, p.bad_epochs = score, p.epoch, 0
+                    p.best, p.best_epoch, p.bad_epochs = score, p.epoch + 1, 0
                     self.save_weights(os.path.join(self.ckpt_dir, 'best.safetensors'))
                 else:
                     p.bad_epochs += 1
@@ -546,5 +788,8 @@ class Engine:
         if self.val_loader is None and self.dist.is_main:
             self.save_weights(os.path.join(self.ckpt_dir, 'best.safetensors'))
         _barrier(self.dist)
-        return {'epochs_run': p.epoch, 'steps': p.step, 'best_score': p.best, 'best_epoch': p.best_epoch,
-                'monitor': cfg.monitor, 'stopped_early': stopped_early, 'train_time_s': time.time() - t_start}
+        return {'epochs_run': p.epoch, 'epochs_planned': cfg.epochs, 'steps': p.step, 'best_score': p.best,
+                'best_epoch': p.best_epoch if self.val_loader is not None else p.epoch,
+                'validated': self.val_loader is not None, 'monitor': cfg.monitor, 'monitor_mode': cfg.monitor_mode,
+                'stopped_early': stopped_early, 'train_time_s': time.time() - t_start,
+                'resume_changes': list(self.resume_changes)}

@@ -323,6 +323,65 @@ def _is_not_found(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and str(e).startswith(_NOT_FOUND_MESSAGES)
 
 
+def _cause(e: BaseException) -> str:
+    """``Type: message`` with every line of the message (continuation lines indented)."""
+    text = str(e).strip() or '(no message)'
+    return f'{type(e).__name__}: ' + text.replace('\n', '\n    ')
+
+
+def _hub_unreachable(timeout: float = 5.0) -> Optional[str]:
+    """Why the Hugging Face Hub cannot answer now (offline mode, no route, timeout), or None when it can.
+
+    One plain HEAD request with a short timeout and no retries (huggingface_hub's own downloads retry with
+    back-off for about a minute per file when the network is down).
+    """
+    from huggingface_hub import constants, get_session
+    if constants.HF_HUB_OFFLINE:
+        return 'HF_HUB_OFFLINE=1 is set'
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as e:  # noqa: BLE001 -- any failure to connect means "cannot answer"
+        return f'{constants.ENDPOINT} cannot be reached ({_cause(e)})'
+    return None
+
+
+def _cached_hub_file(repo_id: str, revision: Optional[str], cache_dir: Optional[str]) -> Optional[str]:
+    """A weights file of ``repo_id`` already in the local Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+    for fname in ('model.safetensors', 'pytorch_model.bin'):
+        hit = try_to_load_from_cache(repo_id, fname, cache_dir=cache_dir, revision=revision)
+        if isinstance(hit, str):
+            return hit
+    return None
+
+
+def _fail_fast_unpublished(name: str, cfg: Dict[str, Any], cache_dir: Optional[str], where: str,
+                           repo: Optional[str]) -> None:
+    """Raise at once for a tag known to be unpublished when no cached copy exists and the Hub cannot answer.
+
+    With a cached copy, or a Hub that answers (the weights may have been published since this release), timm's
+    normal loading runs.
+    """
+    if name not in PRETRAINED_TAGS or weight_status(name) == 'published' or repo is None:
+        return
+    load_from, _ = _resolve_pretrained_source(cfg)
+    if load_from != 'hf-hub':
+        return
+    repo_id, _, revision = repo.partition('@')
+    if _cached_hub_file(repo_id, revision or None, cache_dir) is not None:
+        return
+    why = _hub_unreachable()
+    if why is None:
+        return
+    raise PretrainedWeightsNotFoundError(
+        f'pretrained=True but no weights were found for {name}.\n'
+        f'Weight status of {name}: {weight_status(name)} (see `mednext-zoo list`), no copy is in the local '
+        f'cache, and the Hub cannot answer: {why}.\n'
+        f'Looked in: {where}.\n'
+        + _offline_ways(name, repo)
+    )
+
+
 def _is_pickle_refusal(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and 'weights_only=True' in str(e)
 
@@ -432,6 +491,7 @@ def build_model_with_pretrained(
     ).to_dict()
     name = f'{variant}.{cfg["tag"]}' if cfg.get('tag') else variant
     where, repo = _describe_source(cfg, kwargs.get('cache_dir'))
+    _fail_fast_unpublished(name, cfg, kwargs.get('cache_dir'), where, repo)
     try:
         model = build_model_with_cfg(
             model_cls,
@@ -463,7 +523,7 @@ def build_model_with_pretrained(
         raise PretrainedWeightsNotFoundError(
             f'pretrained=True but no weights were found for {name}.\n'
             f'Looked in: {where}.\n'
-            f'Cause: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else "(no message)"}\n'
+            f'Cause: {_cause(e)}\n'
             + status_line + tags_line + _offline_ways(name, repo)
         ) from e
     # a state_dict passed through pretrained_cfg_overlay is not kept alive by the model's cfg

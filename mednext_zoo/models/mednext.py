@@ -559,6 +559,7 @@ class MedNeXt(nn.Module):
         )
         self.head_hidden_size = self.head.num_features
         named_apply(_init_weights, self)
+        conv_weights_channels_last(self)  # the layout their gradients come in (DDP buckets)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
@@ -701,6 +702,26 @@ def set_reference_paths(model: nn.Module, enable: bool = True) -> nn.Module:
             elif name in module.__dict__:
                 delattr(module, name)
     return model
+
+
+def conv_weights_channels_last(module: nn.Module) -> nn.Module:
+    """Give every depth-wise ``(C, 1, kh, kw)`` and 1x1 ``(K, C, 1, 1)`` conv weight of ``module`` channels-last
+    strides; returns ``module``.
+
+    MedNeXt / MedUNeXt run these convs on channels-last activations, so their weight gradients come out with
+    channels-last strides (CPU and cuDNN alike). For such a weight both layouts are the same bytes and differ only
+    in the strides of size-1 dimensions: autograd accepts either, but DDP's gradient buckets take the parameter's
+    strides and compare them exactly ("Grad strides do not match bucket view strides" on every rank). The view
+    set here changes stride metadata only: no copy, and every kernel reads the same memory as before.
+    """
+    for m in module.modules():
+        if not isinstance(m, nn.Conv2d) or m.weight.dim() != 4:
+            continue
+        w = m.weight.data
+        k, c, h, wd = w.shape
+        if (c == 1 or (h == 1 and wd == 1)) and w.is_contiguous():
+            m.weight.data = w.as_strided(w.shape, (c * h * wd, 1, wd * c, c))
+    return module
 
 
 def _init_weights(module: nn.Module, name: Optional[str] = None) -> None:

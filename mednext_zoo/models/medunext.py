@@ -31,7 +31,7 @@ from timm.models._manipulate import checkpoint_seq, named_apply
 
 from ..errors import UserInputError
 from ._pretrained import build_model_with_pretrained, pretrained_cfg_kwargs
-from .mednext import MedStage, SizeLike, _init_weights, check_rank_and_channels
+from .mednext import MedStage, SizeLike, _init_weights, check_rank_and_channels, conv_weights_channels_last
 from .mednext import checkpoint_filter_fn as _mednext_checkpoint_filter_fn
 
 __all__ = [
@@ -311,6 +311,7 @@ class MedUNeXt(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Conv2d(dims[0], num_classes, 1, **dd)
         named_apply(_init_weights, self)
+        conv_weights_channels_last(self)  # the layout their gradients come in (DDP buckets)
 
     def _level_sizes(self, img_size: Tuple[int, int]) -> List[Tuple[int, int]]:
         h, w = img_size
@@ -343,7 +344,7 @@ class MedUNeXt(nn.Module):
         """New 1x1 head for ``num_classes`` (``global_pool`` is accepted for timm compatibility, unused)."""
         dd = get_device_dtype(self)
         self.num_classes = num_classes
-        self.head = nn.Conv2d(self.num_features, num_classes, 1, **dd)
+        self.head = conv_weights_channels_last(nn.Conv2d(self.num_features, num_classes, 1, **dd))
 
     @torch.jit.ignore
     def set_input_size(self, img_size: Optional[SizeLike] = None, **kwargs) -> None:

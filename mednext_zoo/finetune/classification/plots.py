@@ -1,7 +1,6 @@
 """Run plots (matplotlib, Agg backend): training curves, ROC curves, confusion matrix."""
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List
 
 __all__ = ['plot_curves', 'plot_roc', 'plot_confusion']
@@ -22,11 +21,11 @@ def _save(fig, path: str) -> None:
 def plot_curves(jsonl_path: str, out_path: str) -> None:
     """Train / val loss and the validation metrics per epoch."""
     plt = _plt()
-    with open(jsonl_path) as f:
-        rows: List[Dict[str, Any]] = [json.loads(ln) for ln in f if ln.strip()]
+    from ..engine import read_metrics_log
+    rows: List[Dict[str, Any]] = read_metrics_log(jsonl_path)
     if not rows:
         return
-    ep = [r['epoch'] + 1 for r in rows]
+    ep = [r['epoch'] for r in rows]  # counted from 1 in metrics.jsonl
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(ep, [r['train_loss'] for r in rows], label='train loss')
     if 'val_loss' in rows[0]:

@@ -45,16 +45,20 @@ from ..engine import (
     DistInfo,
     Engine,
     EngineConfig,
+    RunDirGuard,
     Task,
     _broadcast_obj,
     atomic_write_bytes,
     atomic_write_json,
+    check_run_dir,
     cleanup_distributed,
-    prepare_run_dir,
+    create_run_dir,
+    describe_weights,
     resolve_device,
     seed_everything,
     setup_distributed,
 )
+from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
 from .metrics import classification_report, fit_temperature, point_metrics
 
 __all__ = ['FinetuneConfig', 'ClassificationTask', 'build_optimizer', 'fit', 'evaluate', 'predict', 'cross_validate',
@@ -157,10 +161,11 @@ def create_classifier(model: str, num_classes: int, in_chans: int, img_size: int
             if 'img_size' not in str(e):
                 raise
             return timm.create_model(name, **kw)
+    except UserInputError:
+        raise  # already says what was wrong and what to do (e.g. the tag's status and the offline ways)
     except (RuntimeError, OSError, ValueError) as e:
         if kw.get('pretrained'):
-            raise UserInputError(f'Cannot load pretrained weights {pretrained!r} for {model}: '
-                                 f'{str(e).splitlines()[0]}') from None
+            raise UserInputError(f'Cannot load pretrained weights {pretrained!r} for {model}: {e}') from e
         raise
 
 
@@ -269,11 +274,14 @@ def _check_in_chans(source: DataSource, in_chans: int) -> None:
 
 
 def _write_splits(path: str, samples: Sequence[Sample]) -> None:
+    """``splits.csv``: every image's split and the sha256 of its file (``evaluate`` recognises it by content)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(['path', 'label', 'patient_id', 'split', 'slice'])
+    w.writerow(['path', 'label', 'patient_id', 'split', 'slice', 'sha256'])
+    cache: Dict[str, str] = {}
     for s in samples:
-        w.writerow([s.path, s.label, s.patient_id or '', s.split, '' if s.slice_index is None else s.slice_index])
+        w.writerow([s.path, s.label, s.patient_id or '', s.split, '' if s.slice_index is None else s.slice_index,
+                    content_id([s.path], cache)])
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
@@ -329,7 +337,8 @@ def _export(model: nn.Module, export_dir: str, metrics: Dict[str, Any], dataset:
     save_pretrained(
         model, export_dir, dataset=card_dataset, metrics=card_metrics, label_names=list(classes),
         metrics_note=f'Measured by mednext-zoo finetune on the {dataset["split"]} split '
-                     f'(n={sizes[dataset["split"]]}); expected calibration error {metrics["ece"]:.3f}.',
+                     f'(n={sizes[dataset["split"]]}) with {dataset["scored_with"]}; expected calibration error '
+                     f'{metrics["ece"]:.3f}.',
     )
     return export_dir
 
@@ -363,13 +372,14 @@ def fit(cfg: FinetuneConfig, source: Optional[DataSource] = None) -> Dict[str, A
         return cross_validate(cfg)
     info = setup_distributed(cfg.device)
     try:
-        return _fit(cfg, info, source)
+        with RunDirGuard(cfg.out, info.is_main) as guard:
+            return _fit(cfg, info, source, guard)
     finally:
         if info.enabled:
             cleanup_distributed()
 
 
-def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource]) -> Dict[str, Any]:
+def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guard: RunDirGuard) -> Dict[str, Any]:
     t_start = time.time()
     check_model_name(cfg.model)
     for name in ('epochs', 'batch_size', 'img_size', 'accum_steps'):
@@ -390,13 +400,8 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource]) -> D
         raise UserInputError(f'--monitor must be loss, accuracy, precision, recall, f1 or auc, got {monitor!r}.')
 
     identity = {'model': cfg.model, 'classes': classes, 'in_chans': cfg.in_chans, 'img_size': cfg.img_size}
-    resumed = _on_main(info, prepare_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
-    if info.is_main:
-        atomic_write_json(os.path.join(cfg.out, 'config.json'),
-                          {**cfg.to_dict(), 'classes': classes, 'monitor': monitor, 'monitor_mode': mode,
-                           'positive_class': classes[positive] if positive is not None else None,
-                           'world_size': info.world_size, 'skipped_files': source.skipped})
-        _write_splits(os.path.join(cfg.out, 'splits.csv'), source.samples)
+    # the run folder is checked now but written only once the model, data and optimiser are set up
+    resumed = _on_main(info, check_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
 
     seed_everything(cfg.seed)
     model = create_classifier(cfg.model, len(classes), cfg.in_chans, cfg.img_size, cfg.pretrained, cfg.drop_path)
@@ -435,12 +440,20 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource]) -> D
                         progress=cfg.progress)
     engine = Engine(model, task, train_loader, val_loader, optimizer, scheduler, cfg.out, ecfg, info,
                     callbacks=getattr(cfg, '_callbacks', ()))
-    if info.is_main:
+    if info.is_main:  # set-up succeeded: now the run folder is written
+        if not resumed:
+            create_run_dir(cfg.out, identity, cfg.overwrite)
+            guard.created()
+        atomic_write_json(os.path.join(cfg.out, 'config.json'),
+                          {**cfg.to_dict(), 'classes': classes, 'monitor': monitor, 'monitor_mode': mode,
+                           'positive_class': classes[positive] if positive is not None else None,
+                           'world_size': info.world_size, 'skipped_files': source.skipped})
+        if not resumed or not os.path.isfile(os.path.join(cfg.out, 'splits.csv')):
+            _write_splits(os.path.join(cfg.out, 'splits.csv'), source.samples)
+        skipped = f'; skipped {len(source.skipped)} unreadable file(s) (see config.json)' if source.skipped else ''
         print(f'[mednext-zoo] {cfg.model}: {len(classes)} classes {classes}; train {len(train_s)}, val {len(val_s)}, '
               f'test {len(test_s)} images; {cfg.epochs} epochs on {engine.device}'
-              f'{f" x{info.world_size} ranks" if info.enabled else ""}'
-              f'{"; resuming" if resumed else ""}'
-              f'{f"; skipped {len(source.skipped)} unreadable file(s) (see config.json)" if source.skipped else ""}',
+              f'{f" x{info.world_size} ranks" if info.enabled else ""}{"; resuming" if resumed else ""}{skipped}',
               flush=True)
     summary = engine.fit(resume=resumed)
 
@@ -476,7 +489,8 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource]) -> D
         'sizes': {'train': len(train_s), 'val': len(val_s), 'test': len(test_s)},
         'headline_split': main_split,
         'temperature': temperature,
-        'best_epoch': summary['best_epoch'] + 1,
+        'scored_with': describe_weights(summary),
+        'best_epoch': summary['best_epoch'],
         'epochs_run': summary['epochs_run'],
         'stopped_early': summary['stopped_early'],
         'monitor': f'val {monitor} ({mode})',
@@ -499,13 +513,15 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource]) -> D
         _export(final.cpu(), os.path.join(cfg.out, 'export'), metrics=_headline(reports[main_split]),
                 dataset={'name': os.path.basename(os.path.normpath(cfg.data)), 'classes': classes,
                          'split': main_split, 'sizes': result['sizes'], 'split_by': result['split_by'],
+                         'scored_with': result['scored_with'],
                          'training': f'mednext-zoo finetune: {cfg.epochs} epochs, AdamW lr {cfg.lr:g} wd '
                                      f'{cfg.weight_decay:g}, cosine, batch {cfg.batch_size}, img {cfg.img_size}, '
                                      f'in_chans {cfg.in_chans}, seed {cfg.seed}',
                          'preprocessing': f'window {cfg.window or "min-max per image"}, resized to {cfg.img_size}, '
                                           f'normalised with mean {mean} / std {std}'},
                 classes=classes, mean=mean, std=std, in_chans=cfg.in_chans, img_size=cfg.img_size)
-    print(format_report(reports[main_split], f'[mednext-zoo] {main_split} metrics'), flush=True)
+    print(format_report(reports[main_split], f'[mednext-zoo] {main_split} metrics of {result["scored_with"]}'),
+          flush=True)
     print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
     return result
 
@@ -516,41 +532,64 @@ def cross_validate(cfg: FinetuneConfig) -> Dict[str, Any]:
     k = int(cfg.folds)
     info = setup_distributed(cfg.device)
     try:
-        source = hold_out_test(discover(cfg.data, cfg.on_bad_file), cfg.test_frac, cfg.seed)
-        folds = kfold_assignments(source, k, cfg.seed)
-        _on_main(info, prepare_run_dir, cfg.out, {'model': cfg.model, 'folds': k, 'classes': source.classes},
-                 cfg.resume, cfg.overwrite)
-        results = []
-        for i, fold_src in enumerate(folds):
-            fold_dir = os.path.join(cfg.out, f'fold-{i}')
-            resume = cfg.resume and os.path.isfile(os.path.join(fold_dir, 'run.json'))
-            if cfg.resume and os.path.isfile(os.path.join(fold_dir, 'metrics.json')):
-                with open(os.path.join(fold_dir, 'metrics.json')) as f:
-                    results.append(json.load(f))
-                continue
-            fcfg = dataclasses.replace(cfg, out=fold_dir, folds=0, resume=resume, overwrite=False)
-            results.append(_fit(fcfg, info, fold_src))
-        if not info.is_main:
-            return {}
-        keys = ('accuracy', 'precision', 'recall', 'f1', 'auc', 'ece')
-        summary = {'model': cfg.model, 'folds': k, 'classes': source.classes,
-                   'averaging': results[0]['val']['averaging'], 'positive_class': results[0]['val']['positive_class'],
-                   'split': 'validation fold of each run', 'per_fold': [], 'mean': {}, 'std': {}}
-        for r in results:
-            summary['per_fold'].append({m: r['val'][m] for m in keys})
-        for m in keys:
-            vals = np.array([f[m] for f in summary['per_fold']], dtype=float)
-            summary['mean'][m] = float(np.nanmean(vals))
-            summary['std'][m] = float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else 0.0
-        atomic_write_json(os.path.join(cfg.out, 'cv_summary.json'), summary)
-        print(f'[mednext-zoo] {k}-fold cross-validation ({summary["averaging"]}'
-              f'{", positive " + repr(summary["positive_class"]) if summary["positive_class"] else ""}):')
-        for m in keys:
-            print(f'  {m:9s} {summary["mean"][m]:.3f} +- {summary["std"][m]:.3f}')
-        return summary
+        with RunDirGuard(cfg.out, info.is_main) as guard:
+            return _cross_validate(cfg, k, info, guard)
     finally:
         if info.enabled:
             cleanup_distributed()
+
+
+def _cross_validate(cfg: FinetuneConfig, k: int, info: DistInfo, guard: RunDirGuard) -> Dict[str, Any]:
+    source = hold_out_test(discover(cfg.data, cfg.on_bad_file), cfg.test_frac, cfg.seed)
+    folds = kfold_assignments(source, k, cfg.seed)
+    identity = {'model': cfg.model, 'folds': k, 'classes': source.classes}
+    resumed = _on_main(info, check_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
+    if info.is_main and not resumed:
+        create_run_dir(cfg.out, identity, cfg.overwrite)
+        guard.created()
+    results = []
+    for i, fold_src in enumerate(folds):
+        fold_dir = os.path.join(cfg.out, f'fold-{i}')
+        resume = cfg.resume and os.path.isfile(os.path.join(fold_dir, 'run.json'))
+        if cfg.resume and os.path.isfile(os.path.join(fold_dir, 'metrics.json')):
+            with open(os.path.join(fold_dir, 'metrics.json')) as f:
+                results.append(json.load(f))
+            continue
+        fcfg = dataclasses.replace(cfg, out=fold_dir, folds=0, resume=resume, overwrite=False)
+        with RunDirGuard(fold_dir, info.is_main) as fold_guard:
+            results.append(_fit(fcfg, info, fold_src, fold_guard))
+    if not info.is_main:
+        return {}
+    keys = ('accuracy', 'precision', 'recall', 'f1', 'auc', 'ece')
+    summary: Dict[str, Any] = {
+        'model': cfg.model, 'folds': k, 'classes': source.classes, 'averaging': results[0]['val']['averaging'],
+        'positive_class': results[0]['val']['positive_class'],
+        'split': 'validation fold of each run; each run also picked its best checkpoint (and temperature) on that '
+                 'fold, so these are optimistic. The held-out test split, when there is one, is under "test".',
+        'per_fold': [], 'mean': {}, 'std': {}}
+    for r in results:
+        summary['per_fold'].append({m: r['val'][m] for m in keys})
+    for m in keys:
+        vals = np.array([f[m] for f in summary['per_fold']], dtype=float)
+        summary['mean'][m] = float(np.nanmean(vals))
+        summary['std'][m] = float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else 0.0
+    if all('test' in r for r in results):  # the same held-out test images, scored by every fold's model
+        tests = np.array([[r['test'][m] for m in keys] for r in results], dtype=float)
+        summary['test'] = {'n': results[0]['test']['n'],
+                           'mean': {m: float(np.nanmean(tests[:, j])) for j, m in enumerate(keys)},
+                           'std': {m: float(np.nanstd(tests[:, j], ddof=1)) if len(tests) > 1 else 0.0
+                                   for j, m in enumerate(keys)}}
+    atomic_write_json(os.path.join(cfg.out, 'cv_summary.json'), summary)
+    print(f'[mednext-zoo] {k}-fold cross-validation ({summary["averaging"]}'
+          f'{", positive " + repr(summary["positive_class"]) if summary["positive_class"] else ""}), '
+          f'validation folds (each also picked its run\'s best checkpoint: optimistic)'
+          f'{" | held-out test" if "test" in summary else ""}:')
+    for m in keys:
+        line = f'  {m:9s} {summary["mean"][m]:.3f} +- {summary["std"][m]:.3f}'
+        if 'test' in summary:
+            line += f'   | {summary["test"]["mean"][m]:.3f} +- {summary["test"]["std"][m]:.3f}'
+        print(line)
+    return summary
 
 
 # ---------------------------------------------------------------- evaluate / predict
@@ -583,12 +622,16 @@ def _temperature(run_dir: str) -> float:
 
 
 def evaluate(run_dir: str, data: str, split: Optional[str] = None, out: Optional[str] = None, batch_size: int = 32,
-             device: str = 'cpu', n_bootstrap: int = 1000, on_bad_file: str = 'error', progress: bool = True
-             ) -> Dict[str, Any]:
+             device: str = 'cpu', n_bootstrap: int = 1000, on_bad_file: str = 'error', progress: bool = True,
+             include_training_data: bool = False) -> Dict[str, Any]:
     """Metrics (with bootstrap CIs, plots) of a finished run on a labelled folder or manifest.
 
     ``split`` restricts to one split of ``data`` (``test``, ...); results go to ``out``
     (default ``RUN_DIR/eval-<data name>``).
+
+    Images the run trained or validated on (recognised by content, see :mod:`..heldout`) are left out and the
+    console says so; with none held out it refuses. ``include_training_data`` scores them too, and the report
+    (``metrics.json`` -> ``training_overlap``, ``training_overlap.csv``) lists them.
     """
     model, rc = load_run_model(run_dir, device)
     classes = rc['classes']
@@ -599,6 +642,10 @@ def evaluate(run_dir: str, data: str, split: Optional[str] = None, out: Optional
     samples = source.samples if split is None else source.subset(split)
     if not samples:
         raise UserInputError(f'No images of split {split!r} in {data}.')
+    overlap = find_overlap(run_dir, samples, item_files=lambda s: [s.path], row_files=lambda r: [r.get('path', '')],
+                           item_extra=lambda s: '' if s.slice_index is None else str(s.slice_index),
+                           row_extra=lambda r: (r.get('slice') or '').strip())
+    samples, overlap_report = select_held_out(overlap, include_training_data, data, 'images', lambda s: s.name)
     _check_in_chans(source, rc['in_chans'])
     mean, std = _norm_stats(model, rc['in_chans'])
     ds = ImageClassificationDataset(samples, {c: i for i, c in enumerate(classes)},
@@ -611,12 +658,16 @@ def evaluate(run_dir: str, data: str, split: Optional[str] = None, out: Optional
     name = os.path.basename(os.path.normpath(data)).replace('.csv', '') + (f'-{split}' if split else '')
     out = out or os.path.join(run_dir, f'eval-{name}')
     os.makedirs(out, exist_ok=True)
-    result = {'run': os.path.abspath(run_dir), 'data': os.path.abspath(data), 'split': split, **report}
+    overlap_report['file'] = write_overlap_csv(os.path.join(out, 'training_overlap.csv'), overlap_report)
+    result = {'run': os.path.abspath(run_dir), 'data': os.path.abspath(data), 'split': split, **report,
+              'training_overlap': overlap_report}
     atomic_write_json(os.path.join(out, 'metrics.json'), result)
     from .plots import plot_confusion, plot_roc
     plot_roc(report, os.path.join(out, 'roc.png'))
     plot_confusion(report, os.path.join(out, 'confusion.png'))
-    print(format_report(report, f'[mednext-zoo] {name}'))
+    scope = ('held-out images' if not overlap_report['in_training_data'] or not include_training_data
+             else f'includes {overlap_report["in_training_data"]} training / validation images')
+    print(format_report(report, f'[mednext-zoo] {name}, {scope}'))
     print(f'[mednext-zoo] written to {out}')
     return result
 
@@ -713,7 +764,9 @@ def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, cam:
             if gc is not None:
                 stem = os.path.basename(path).split('.')[0] + ('' if sl is None else f'_s{sl}')
                 cam_path = os.path.join(out, 'cam', f'{start + j:05d}_{stem}_{classes[k]}.png')
-                Image.fromarray(overlay(raws[j], cams[j].cpu().numpy(), min_size=256)).save(cam_path)
+                png = io.BytesIO()
+                Image.fromarray(overlay(raws[j], cams[j].cpu().numpy(), min_size=256)).save(png, format='PNG')
+                atomic_write_bytes(cam_path, png.getvalue())
                 row['cam'] = cam_path
             rows.append(row)
     if gc is not None:

@@ -37,6 +37,7 @@ from ..._atomic import atomic_write_bytes
 from ...data.volumes import SegDataset, Volume, VolumeRecord, discover, iter_volumes, load_volume
 from ...errors import UserInputError
 from ..engine import Task
+from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
 from .inference import predict_volume, save_overlays, save_prediction
 from .losses import DiceCELoss
 from .metrics import MODES, evaluate_case, summarize
@@ -379,10 +380,11 @@ def create_segmenter(model: str, num_classes: int, in_chans: int, img_size: int,
     except TypeError as e:
         raise UserInputError(f'{model} is not a segmentation model of this package (it does not take img_size / '
                              f'returns no per-pixel logits): {e}') from None
+    except UserInputError:
+        raise
     except (RuntimeError, OSError) as e:
         if kw.get('pretrained'):
-            raise UserInputError(f'Cannot load pretrained weights {pretrained!r} for {model}: '
-                                 f'{str(e).splitlines()[0]}') from None
+            raise UserInputError(f'Cannot load pretrained weights {pretrained!r} for {model}: {e}') from e
         raise
     with torch.no_grad():
         was = net.training
@@ -415,10 +417,12 @@ def _build_optimizer(model: nn.Module, cfg: SegConfig, updates_per_epoch: int):
 def evaluate_volumes(model: nn.Module, records: Sequence[VolumeRecord], label_map: LabelMap, settings: Dict[str, Any],
                      out_dir: Optional[str] = None, tta: bool = False, overlays: int = 0,
                      device: Optional[torch.device] = None, amp_dtype: Optional[torch.dtype] = None,
-                     title: str = 'evaluation', progress: bool = False) -> Dict[str, Any]:
+                     title: str = 'evaluation', progress: bool = False,
+                     training_overlap: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Predict each labelled volume slice by slice, score it in 3D in every mode, write the reports.
 
     ``settings``: ``img_size``, ``intensity``, ``window``, ``context``, ``slice_axis`` (a run's config).
+    ``training_overlap``: what :func:`..heldout.select_held_out` reported, written into the reports.
     """
     if not records:
         raise UserInputError('No labelled volumes to evaluate.')
@@ -446,10 +450,16 @@ def evaluate_volumes(model: nn.Module, records: Sequence[VolumeRecord], label_ma
     result = {'title': title, 'n_cases': len(records), 'tta': tta, 'label_map': label_map.name,
               'classes': list(label_map.classes), 'spacing_known': spacing_known, 'summaries': summaries,
               'cases': {m: [dataclasses.asdict(c) for c in cases[m]] for m in MODES}}
+    if training_overlap is not None:
+        result['training_overlap'] = training_overlap
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         write_case_csv([c for m in MODES for c in cases[m]], os.path.join(out_dir, 'cases.csv'))
         md = '\n'.join(markdown_table(summaries[m], title) for m in MODES)
+        if training_overlap is not None:
+            training_overlap['file'] = write_overlap_csv(os.path.join(out_dir, 'training_overlap.csv'),
+                                                         training_overlap)
+            md += '\n' + _overlap_markdown(training_overlap)
         if not spacing_known:
             md += '\n_The files carry no voxel spacing (TransUNet .npz / .npy.h5): strict HD95 is in voxels too._\n'
         atomic_write_bytes(os.path.join(out_dir, 'report.md'), md.encode())
@@ -459,6 +469,18 @@ def evaluate_volumes(model: nn.Module, records: Sequence[VolumeRecord], label_ma
             dice_boxplot(cases[m], os.path.join(out_dir, f'dice_box_{m}.png'), f'{title}: per-case Dice')
         result['out_dir'] = out_dir
     return result
+
+
+def _overlap_markdown(rep: Dict[str, Any]) -> str:
+    """The training-data overlap paragraph of ``report.md``."""
+    if not rep['in_training_data']:
+        return (f'Training-data overlap: none of the {rep["items"]} cases is in the run\'s train / val split '
+                f'(matched by {rep["matched_by"]}).\n')
+    listed = ', '.join(f'{o["item"]} ({o["run_split"]})' for o in rep['overlapping'])
+    what = ('**scored anyway (--include-training-data): these figures are optimistic**'
+            if rep['scored'].startswith('all') else 'left out; only the held-out cases are scored')
+    return (f'Training-data overlap: {rep["in_training_data"]} of {rep["items"]} cases are in the run\'s training '
+            f'data (matched by {rep["matched_by"]}), {what}: {listed}.\n')
 
 
 def _json_default(o):
@@ -504,13 +526,23 @@ def _describe_intensity(intensity: str, window, img_size: int, context: int) -> 
     return f'{what}; slices resized to {img_size}x{img_size} (bilinear){ctx}; see segmentation.json'
 
 
+def _image_files(r: VolumeRecord) -> Sequence[str]:
+    """The files holding a case's image (its slice files for TransUNet training cases): its identity.
+
+    The label is left out on purpose: the same scan with another label file is still a scan the run trained on.
+    """
+    return r.slices or (r.image,)
+
+
 def _write_splits(path: str, splits: Dict[str, List[VolumeRecord]]) -> None:
+    """``splits.csv``: every case's split and the sha256 of its image (``evaluate`` recognises it by content)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator='\n')
-    w.writerow(['case_id', 'patient_id', 'split', 'image', 'label'])
+    w.writerow(['case_id', 'patient_id', 'split', 'image', 'label', 'sha256'])
+    cache: Dict[str, str] = {}
     for s, rs in splits.items():
         for r in rs:
-            w.writerow([r.case_id, r.patient, s, r.image, r.label or ''])
+            w.writerow([r.case_id, r.patient, s, r.image, r.label or '', content_id(_image_files(r), cache)])
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
@@ -529,17 +561,21 @@ def _on_main(eng, info, fn, *args):
 
 
 def fit(cfg: SegConfig) -> Dict[str, Any]:
-    """Train, evaluate in 3D (both metric modes) and export; returns the final report on rank 0, ``{}`` elsewhere."""
+    """Train, evaluate in 3D (both metric modes) and export; returns the final report on rank 0, ``{}`` elsewhere.
+
+    The run folder is written only once the data, model and optimiser are set up; a start that fails before its
+    first checkpoint removes the folder it created (``engine.RunDirGuard``)."""
     eng = _engine()
     info = eng.setup_distributed(cfg.device)
     try:
-        return _fit(cfg, info, eng)
+        with eng.RunDirGuard(cfg.out, info.is_main) as guard:
+            return _fit(cfg, info, eng, guard)
     finally:
         if info.enabled:
             eng.cleanup_distributed()
 
 
-def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
+def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
     t_start = time.time()
     for name in ('epochs', 'batch_size', 'img_size', 'accum_steps'):
         if int(getattr(cfg, name)) < 1:
@@ -572,14 +608,7 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
                 'remap_labels': cfg.remap_labels}
     identity = {'task': RUN_KIND, 'model': cfg.model, 'classes': list(label_map.classes), 'in_chans': in_chans,
                 'img_size': cfg.img_size}
-    resumed = _on_main(eng, info, eng.prepare_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
-    if info.is_main:
-        eng.atomic_write_json(os.path.join(cfg.out, 'config.json'), {
-            **cfg.to_dict(), **settings, 'label_map': label_map.name, 'classes': list(label_map.classes),
-            'protocol': protocol.name if protocol else None, 'layout': ds.layout,
-            'split_sizes': {s: len(v) for s, v in splits.items()}, 'world_size': info.world_size,
-            'skipped_files': skipped})  # [file, reason] pairs, as classification runs record them
-        _write_splits(os.path.join(cfg.out, 'splits.csv'), splits)
+    resumed = _on_main(eng, info, eng.check_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
 
     eng.seed_everything(cfg.seed)
     model = create_segmenter(cfg.model, label_map.num_classes, in_chans, cfg.img_size, cfg.pretrained, cfg.drop_path)
@@ -606,7 +635,17 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
                             ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress)
     engine = eng.Engine(model, task, train_loader, val_loader, optimizer, scheduler, cfg.out, ecfg, info,
                         callbacks=getattr(cfg, '_callbacks', ()))
-    if info.is_main:
+    if info.is_main:  # set-up succeeded: now the run folder is written
+        if not resumed:
+            eng.create_run_dir(cfg.out, identity, cfg.overwrite)
+            guard.created()
+        eng.atomic_write_json(os.path.join(cfg.out, 'config.json'), {
+            **cfg.to_dict(), **settings, 'label_map': label_map.name, 'classes': list(label_map.classes),
+            'protocol': protocol.name if protocol else None, 'layout': ds.layout,
+            'split_sizes': {s: len(v) for s, v in splits.items()}, 'world_size': info.world_size,
+            'skipped_files': skipped})  # [file, reason] pairs, as classification runs record them
+        if not resumed or not os.path.isfile(os.path.join(cfg.out, 'splits.csv')):
+            _write_splits(os.path.join(cfg.out, 'splits.csv'), splits)
         print(f'[mednext-zoo] {cfg.model} segmentation: {label_map.num_classes} classes {list(label_map.classes)}; '
               f'{ds.layout} data, intensity {intensity}; train {len(splits["train"])} volumes '
               f'({len(train_ds)} slices), val {len(splits.get("val", []))}, test {len(splits.get("test", []))}; '
@@ -626,7 +665,8 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
         'protocol': protocol.name if protocol else None, 'classes': list(label_map.classes),
         'label_map': label_map.name, 'intensity': intensity, 'img_size': cfg.img_size, 'context': cfg.context,
         'sizes': {s: len(v) for s, v in splits.items()}, 'epochs_run': summary['epochs_run'],
-        'best_epoch': summary['best_epoch'] + 1, 'monitor': f'val {ecfg.monitor} ({ecfg.monitor_mode})',
+        'scored_with': eng.describe_weights(summary),
+        'best_epoch': summary['best_epoch'], 'monitor': f'val {ecfg.monitor} ({ecfg.monitor_mode})',
         'train_time_s': round(summary['train_time_s'], 1), 'eval_split': eval_split,
     }
     result['skipped_files'] = len(skipped)  # --on-bad-file skip: the cases left out (listed in config.json)
@@ -637,7 +677,8 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
                               os.path.join(cfg.out, f'eval-{eval_split}'), cfg.tta, cfg.overlays, engine.device,
                               engine.amp_dtype, title=f'{cfg.model} on {eval_split}', progress=cfg.progress)
         result['summaries'] = ev['summaries']
-        print('\n'.join(markdown_table(ev['summaries'][m], f'[mednext-zoo] {eval_split}') for m in MODES), flush=True)
+        print('\n'.join(markdown_table(ev['summaries'][m], f'[mednext-zoo] {eval_split}, {result["scored_with"]}')
+                        for m in MODES), flush=True)
     result['wall_time_s'] = round(time.time() - t_start, 1)
     eng.atomic_write_json(os.path.join(cfg.out, 'metrics.json'), result)
     if cfg.export:
@@ -648,8 +689,8 @@ def _fit(cfg: SegConfig, info, eng) -> Dict[str, Any]:
                         'dice_strict': s['strict']['mean_dice'],
                         f'hd95_strict_{s["strict"]["hd95_unit"]}': s['strict']['mean_hd95']}
             note = (f'3D per-volume metrics on the {eval_split} split ({result["sizes"][eval_split]} volumes'
-                    f'{", protocol " + protocol.name if protocol else ""}); legacy and strict modes as in '
-                    f'docs/segmentation.md')
+                    f'{", protocol " + protocol.name if protocol else ""}) with {result["scored_with"]}; legacy and '
+                    f'strict modes as in docs/segmentation.md')
         from .metrics import MODE_NOTES
         dataset = {'name': os.path.basename(os.path.normpath(cfg.data)), 'task': 'segmentation',
                    'modality': ds.modality or '', 'label_names': list(label_map.classes),
@@ -690,9 +731,13 @@ def load_run_model(run_dir: str, device: str = 'cpu') -> Tuple[nn.Module, Dict[s
 
 def evaluate(run_dir: str, data: Optional[str] = None, split: Optional[str] = None, out: Optional[str] = None,
              tta: bool = False, overlays: int = 2, device: str = 'cpu', protocol: Optional[str] = None,
-             progress: bool = True) -> Dict[str, Any]:
+             progress: bool = True, include_training_data: bool = False) -> Dict[str, Any]:
     """3D metrics (both modes) of a run on labelled volumes: ``data`` (default: the run's own data) restricted
-    to ``split`` (the protocol's ``test`` list with a protocol; all labelled cases otherwise)."""
+    to ``split`` (the protocol's ``test`` list with a protocol; all labelled cases otherwise).
+
+    Cases the run trained or validated on (recognised by the content of their image files) are left out and the
+    console says so; with none held out it refuses. ``include_training_data`` scores them too, and the report
+    (``metrics.json`` -> ``training_overlap``, ``report.md``, ``training_overlap.csv``) lists them."""
     model, rc = load_run_model(run_dir, device)
     label_map = LabelMap(rc['label_map'], tuple(rc['classes']))
     data = data or rc['data']
@@ -713,17 +758,24 @@ def evaluate(run_dir: str, data: Optional[str] = None, split: Optional[str] = No
         raise UserInputError(f'{data}: no labelled volumes{f" in split {split!r}" if split else ""} to evaluate.')
     if ds.label_names and ds.meta_source and not rc.get('remap_labels'):
         check_label_names(ds.label_names, label_map, ds.meta_source)
+    overlap = find_overlap(run_dir, recs, item_files=_image_files, row_files=lambda row: [row.get('image', '')],
+                           legacy_files=lambda r: [r.image])
+    recs, overlap_report = select_held_out(overlap, include_training_data, data, 'cases', lambda r: r.case_id)
     name = os.path.basename(os.path.normpath(data)).replace('.csv', '') + (f'-{split}' if split else '')
     out = out or os.path.join(run_dir, f'eval-{name}')
     res = evaluate_volumes(model, recs, label_map, rc, out, tta, overlays, title=f'{rc["model"]} on {name}',
-                           progress=progress)
-    print('\n'.join(markdown_table(res['summaries'][m], f'[mednext-zoo] {name}') for m in MODES))
+                           progress=progress, training_overlap=overlap_report)
+    scope = ('held-out cases' if not overlap_report['in_training_data'] or not include_training_data
+             else f'includes {overlap_report["in_training_data"]} training / validation cases')
+    print('\n'.join(markdown_table(res['summaries'][m], f'[mednext-zoo] {name}, {scope}') for m in MODES))
     print(f'[mednext-zoo] written to {out}')
     return res
 
 
 def _expand_volumes(inputs: Sequence[str]) -> List[VolumeRecord]:
-    from ...data.volumes import IMAGE_EXTS, NIFTI_EXTS, SITK_EXTS, _fmt_of, _strip_ext
+    """One record per input file (folders walked), named by :func:`case_id_of`; two inputs that would write the
+    same prediction file are refused."""
+    from ...data.volumes import IMAGE_EXTS, NIFTI_EXTS, SITK_EXTS, _fmt_of, case_id_of
     recs = []
     for item in inputs:
         if os.path.isdir(item):
@@ -737,14 +789,23 @@ def _expand_volumes(inputs: Sequence[str]) -> List[VolumeRecord]:
         else:
             raise UserInputError(f'Input {item} does not exist.')
         for f in files:
-            recs.append(VolumeRecord(_strip_ext(os.path.basename(f)).replace('.npy', ''), f, None, _fmt_of(f)))
+            recs.append(VolumeRecord(case_id_of(f), f, None, _fmt_of(f)))
+    seen: Dict[str, str] = {}
+    for r in recs:
+        other = seen.setdefault(r.case_id, r.image)
+        if other != r.image:
+            raise UserInputError(f'{other} and {r.image} would both be written as {r.case_id}_pred.*: predict '
+                                 f'them into separate --out folders, or rename one.')
     return recs
 
 
 def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, tta: bool = False, overlays: int = 3,
             device: str = 'cpu') -> List[Dict[str, Any]]:
     """Segment volumes (files or folders): ``out/<case>_pred.nii.gz`` in each source's geometry (PNG masks for
-    2D images) and ``out/overlays/*.png`` of the ``overlays`` slices with the most foreground."""
+    2D images) and ``out/overlays/*.png`` of the ``overlays`` slices with the most foreground.
+
+    ``<case>`` is the file name without extension and without the nnU-Net channel suffix ``_0000``
+    (``liver_7_0000.nii.gz`` -> ``liver_7_pred.nii.gz``)."""
     model, rc = load_run_model(run_dir, device)
     out = out or os.path.join(run_dir, 'predictions')
     rows = []
