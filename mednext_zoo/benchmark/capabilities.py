@@ -507,6 +507,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.write and args.models:
         parser.error('--write regenerates the whole matrix: give no model names')
+    if args.write and not (DOCS_PAGE.parent.parent / 'pyproject.toml').is_file():
+        parser.error(f'--write updates the files of a source checkout; {DOCS_PAGE.parent} is not one')
     rows = check_models(args.models or None, progress=lambda n: print(f'checking {n} ...', flush=True))
     if args.write:
         write_committed(rows)
