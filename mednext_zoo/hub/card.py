@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from huggingface_hub import ModelCardData
+from huggingface_hub import EvalResult, ModelCardData
 
 from ..models._pretrained import HF_HUB_ORG, PAPER_CITATION, PAPER_DOI
 from ..version import __version__
 
-__all__ = ['render_model_card']
+__all__ = ['render_model_card', 'eval_results']
 
 PAPER_BIBTEX = """@article{xue2026mednext,
   title   = {MedNeXt for accurate medical image classification and segmentation:
@@ -44,6 +45,51 @@ def _metrics_table(metrics: Mapping[str, Any]) -> List[str]:
             row += f' {_fmt_value(ci[0])} - {_fmt_value(ci[1])} |' if ci is not None else ' |'
         lines.append(row)
     return lines
+
+
+# metric names as our cards write them -> the Hub's metric type ids (the ``model-index`` ``metrics[].type``)
+_METRIC_TYPES = {'auc': 'roc_auc', 'roc_auc': 'roc_auc', 'f1': 'f1', 'accuracy': 'accuracy', 'precision': 'precision',
+                 'recall': 'recall', 'dice': 'dice', 'hd95': 'hd95'}
+
+
+def _metric_type(name: str) -> str:
+    key = name.lower().replace(' ', '_')
+    return _METRIC_TYPES.get(key) or _METRIC_TYPES.get(key.split('_', 1)[0]) or key
+
+
+def eval_results(
+        metrics: Optional[Mapping[str, Any]],
+        *,
+        task: str,
+        dataset_name: str,
+        dataset_type: str,
+) -> List[EvalResult]:
+    """The card's measured metrics as huggingface_hub ``EvalResult`` s (the ``model-index`` of the YAML header).
+
+    ``metrics`` maps a name to a number or to ``{'value': v, ...}``; entries without a finite numeric value
+    (a paper reference, a note) are left out. The metric type is the Hub's id (``auc`` -> ``roc_auc``,
+    ``dice_strict`` -> ``dice``) and the metric name keeps ours, so the Hub's results table shows both.
+    """
+    out = []
+    for name, entry in (metrics or {}).items():
+        value = entry.get('value') if isinstance(entry, Mapping) else entry
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        out.append(EvalResult(
+            task_type='image-segmentation' if task == 'segmentation' else 'image-classification',
+            task_name=task,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            metric_type=_metric_type(name),
+            metric_name=name,
+            metric_value=round(float(value), 6),
+        ))
+    return out
+
+
+def _slug(text: str) -> str:
+    """A Hub-style id from free text: lower case, runs of other characters as one '-'."""
+    return re.sub(r'[^a-z0-9]+', '-', text.lower()).strip('-') or 'dataset'
 
 
 def _entry_doc(arch: str) -> str:
@@ -86,14 +132,18 @@ def render_model_card(
     ds: Dict[str, Any] = dict(dataset or {})
     in_chans, height, width = input_size
     segmentation = task == 'segmentation'
+    name = repo_id.split('/')[-1] if repo_id else (f'{arch}.{dataset_tag}' if dataset_tag else arch)
+    results = eval_results(metrics, task=task, dataset_name=ds.get('name') or 'unnamed dataset',
+                           dataset_type=dataset_tag or _slug(ds.get('name') or 'unnamed dataset'))
     card_data = ModelCardData(
         license=license or ds.get('license') or 'other',
         library_name='timm',
         pipeline_tag='image-segmentation' if segmentation else 'image-classification',
         tags=['timm', 'mednext-zoo', 'medical-imaging', 'mednext-xue-2026', task]
         + ([dataset_tag] if dataset_tag else []),
+        model_name=name if results else None,  # the model-index needs a name
+        eval_results=results or None,
     )
-    name = repo_id.split('/')[-1] if repo_id else (f'{arch}.{dataset_tag}' if dataset_tag else arch)
     source = f'hf-hub:{repo_id}' if repo_id else 'local-dir:/path/to/this/folder'
     what = 'segmentation network' if segmentation else 'image classifier'
     L: List[str] = ['---', card_data.to_yaml(), '---', '', f'# {name}', '']
