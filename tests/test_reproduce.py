@@ -252,6 +252,15 @@ def test_content_checks_counts_unreadable_and_duplicates(fakes, tmp_path):
         check_contents(rec, cache=cache, progress=False)  # served from the cache, same verdict
     assert len(json.load(open(cache))) == 18
 
+    acdc = shutil.copytree(fakes['acdc'], tmp_path / 'acdc')
+    train = acdc / 'database' / 'training'
+    shutil.copy(train / 'patient001' / 'patient001_frame01.nii.gz', train / 'patient002' / 'patient002_frame01.nii.gz')
+    rec = recognise('acdc', str(acdc))
+    with pytest.raises(ReleaseContentError, match='identical content under two cases'):
+        check_contents(rec, progress=False)
+    _, report = check_contents(rec, allow_partial=True, progress=False)  # identical masks alone are fine
+    assert report.deviations == ['identical files in cases patient001_frame01, patient002_frame01']
+
 
 # ---------------------------------------------------------------- protocol application
 def test_classification_split_label_order_groups_and_kinds(fakes):
@@ -297,7 +306,7 @@ def test_segmentation_lists(fakes):
 
 def test_protocol_table_matches_the_tags():
     for tag, p in PROTOCOLS.items():
-        assert p.label_order == tuple(timm.create_model(tag).pretrained_cfg['label_names'])
+        assert p.label_order == tuple(timm.models.get_pretrained_cfg(tag).label_names)
         assert p.seeds == (0, 1, 2) and set(p.paper) <= {'precision', 'recall', 'f1', 'accuracy', 'auc',
                                                           'dice_legacy', 'hd95_legacy'}
     assert PROTOCOLS['medunext_base.synapse'].recipe['epochs'] == 100
@@ -318,6 +327,7 @@ def test_dry_run_prints_the_plan(tag, fakes, capsys, tmp_path):
     assert ('300 epochs' if PROTOCOLS[tag].task == 'classification' else '100 epochs') in text
 
 
+@pytest.mark.slow
 def test_dry_run_estimate_from_measured_steps(fakes):
     plan = reproduce('mednext_base.sarscov2_ct', fakes['sarscov2_ct'], dry_run=True, allow_partial=True,
                      img_size=SIZE, batch_size=4, timing_steps=1, progress=False)
@@ -379,7 +389,7 @@ def test_classification_two_epochs_two_seeds_resume_and_export(fakes, tmp_path, 
     # an existing run is never overwritten silently; a resume must keep the settings
     assert cli_main(args) == 2 and '--resume' in capsys.readouterr().err
     assert cli_main(args[:6] + ['--epochs', '3'] + args[8:] + ['--resume']) == 2
-    assert 'other settings' in capsys.readouterr().err
+    assert 'different setup' in capsys.readouterr().err
     # resume with a second seed: seed 0 is kept, seed 1 trained, the card gets mean ± std over both
     assert cli_main(args + ['--resume', '--seeds', '2']) == 0
     assert 'seed 0: already trained' in capsys.readouterr().out
@@ -415,3 +425,37 @@ def test_segmentation_two_epochs_export_both_metric_modes(fakes, tmp_path, offli
     config = json.load(open(os.path.join(run, 'export', 'config.json')))
     assert config['pretrained_cfg']['mean'] == [0.0] and config['num_classes'] == 9
     _round_trip(tag, run, 1)
+
+
+def test_card_labels_measured_seed_and_paper_columns():
+    from mednext_zoo.hub.card import render_model_card
+    card = render_model_card(
+        arch='mednext_base', repo_id=None, task='classification', input_size=(3, 32, 32), mean=(0.5,) * 3,
+        std=(0.5,) * 3, interpolation='bicubic', label_names=['non_covid', 'covid'], num_params=10, gflops=None,
+        metrics={'f1': {'value': 0.9, 'ci': (0.8, 0.95), 'mean_std': '0.9000 ± 0.0100 (n=3)', 'paper': 0.9835},
+                 'ece': 0.05},
+        sections=[('Reproduction', '- Deviations from the protocol: none.')])
+    assert ('| Metric | Measured (these weights) | 95% CI | Mean ± std over seeds | Paper (reference, not measured '
+            'here) |') in card
+    assert '| f1 | 0.9000 | 0.8000 - 0.9500 | 0.9000 ± 0.0100 (n=3) | 0.9835 |' in card
+    assert '| ece | 0.0500 |  |  |  |' in card
+    assert card.index('## Evaluation') < card.index('## Reproduction') < card.index('## Size and compute')
+
+
+def test_process_group_kept_across_nested_fits(monkeypatch):
+    """torchrun's store cannot create the default group twice: a reproduction keeps one group for all its seeds."""
+    import torch.distributed as dist
+
+    from mednext_zoo.finetune import engine
+    calls, state = [], {'up': False}
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setattr(dist, 'is_initialized', lambda: state['up'])
+    monkeypatch.setattr(dist, 'init_process_group', lambda **kw: (calls.append('init'), state.update(up=True)))
+    monkeypatch.setattr(dist, 'destroy_process_group', lambda: (calls.append('destroy'), state.update(up=False)))
+    outer = engine.setup_distributed('cpu')
+    for _ in range(3):  # one fit per seed
+        engine.setup_distributed('cpu')
+        engine.cleanup_distributed()
+    assert calls == ['init'] and outer.enabled
+    engine.cleanup_distributed()
+    assert calls == ['init', 'destroy']

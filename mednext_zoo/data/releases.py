@@ -82,9 +82,10 @@ class Case:
     """One case (volume) of a segmentation release."""
     case_id: str
     patient: str
-    files: Tuple[str, ...]  # every file of the case (read by the content check)
+    files: Tuple[str, ...]  # the case's image files (read and compared across cases by the content check)
     slices: int  # axial slices (training slices for Synapse train_npz)
     split: Optional[str] = None  # the release's own folder split, if it has one (Synapse: train / test)
+    label_files: Tuple[str, ...] = ()  # separate label files (read, but identical masks in two cases are fine)
 
 
 @dataclass
@@ -322,7 +323,14 @@ def _recognise_sarscov2(release: Release, root: str, allow_partial: bool) -> Rec
     return Recognised(release, root, base, items=items, found=found)
 
 
-_AUG_SUFFIX_RE = re.compile(r'^(.*?)[_\- ]+\d+$')
+def _source_stem(stem: str, originals: Mapping[str, object]) -> str:
+    """The longest original name that ``stem`` starts with, not followed by a digit (``M01_01_05``,
+    ``M01_01aug3`` -> ``M01_01``; never ``M01_1`` for ``M01_10``); ``stem`` itself if there is none."""
+    for i in range(len(stem), 0, -1):
+        if stem[:i] in originals and (i == len(stem) or not stem[i].isdigit()):
+            return stem[:i]
+    return stem
+
 
 
 def _recognise_msld(release: Release, root: str, allow_partial: bool) -> Recognised:
@@ -349,12 +357,7 @@ def _recognise_msld(release: Release, root: str, allow_partial: bool) -> Recogni
     for label, d in a_dirs.items():
         for p in _images(d):
             stem = os.path.splitext(os.path.basename(p))[0]
-            src = stem
-            while src not in stems:  # M01_01_05 -> M01_01
-                m = _AUG_SUFFIX_RE.match(src)
-                if not m:
-                    break
-                src = m.group(1)
+            src = _source_stem(stem, stems)
             if src not in stems or stems[src][0] != label:
                 why = ('no original image it was made from' if src not in stems
                        else f'its original {src} is labelled {stems[src][0]!r}')
@@ -489,7 +492,7 @@ def _recognise_acdc(release: Release, root: str, allow_partial: bool) -> Recogni
             if not (os.path.isfile(img) and os.path.isfile(gt)):
                 problems.append(f'{pdir}: {phase} frame {stem}.nii.gz or its _gt is missing')
                 continue
-            cases.append(Case(stem, pdir, (img, gt), _nifti_depth(img)))
+            cases.append(Case(stem, pdir, (img,), _nifti_depth(img), label_files=(gt,)))
     have = {int(p[7:]) for p in patients_in(base)}
     missing = sorted(set(range(1, 101)) - have)
     if missing:
@@ -628,7 +631,8 @@ def check_contents(rec: Recognised, allow_partial: bool = False, cache: Optional
     """
     release = rec.release
     classification = release.task == 'classification'
-    paths = [i.path for i in rec.items] if classification else [f for c in rec.cases for f in c.files]
+    paths = [i.path for i in rec.items] if classification else [f for c in rec.cases
+                                                                    for f in c.files + c.label_files]
     hashes = _hash_all(paths, _pixel_hash if classification else _volume_hash, cache, progress)
     unreadable = [(p, err) for p, (h, err) in hashes.items() if h is None]
     deviations: List[str] = [f'left out {p} ({why})' for p, why in rec.dropped]

@@ -72,6 +72,7 @@ _CLS_RECIPE_SOURCE = ('Paper ("Experimental settings"): AdamW, initial momentum 
 _SEG_RECIPE_SOURCE = ('Paper ("Experimental settings"): Adam, batch 12, 100 epochs, trained from scratch; its learning '
                       'rate did not survive in the text. Loss, augmentation, schedule and learning rate are '
                       'SegConfig\'s defaults (docs/segmentation.md).')
+_PNG_SLICES = 'PNG slices as released (already windowed), RGB, resized to the input size (224x224), ImageNet mean / std'
 _CLS_SPLIT_SOURCE = 'The paper does not state its split; 70 / 10 / 20 stratified by class is ours.'
 
 PROTOCOLS: Dict[str, TagProtocol] = {
@@ -80,7 +81,7 @@ PROTOCOLS: Dict[str, TagProtocol] = {
         split=SplitRule('fractions', group_by='image (no patient ids; identical images kept together)',
                         source=_CLS_SPLIT_SOURCE),
         img_size=224, in_chans=3,
-        intensity='PNG slices as released (already windowed), RGB, resized to 224x224, ImageNet mean / std',
+        intensity=_PNG_SLICES,
         recipe={'epochs': 300, 'weight_decay': 0.05}, recipe_source=_CLS_RECIPE_SOURCE,
         paper={'precision': 1.0, 'recall': 0.9675, 'f1': 0.9835, 'accuracy': 0.9839, 'auc': 0.9988},
         paper_source='Table 2',
@@ -93,7 +94,7 @@ PROTOCOLS: Dict[str, TagProtocol] = {
                         source=_CLS_SPLIT_SOURCE + ' As in the authors\' own folds, train / val use the augmented '
                                                    'copies and test the original images of held-out patients.'),
         img_size=224, in_chans=3,
-        intensity='RGB photographs resized to 224x224, ImageNet mean / std',
+        intensity='RGB photographs resized to the input size (224x224), ImageNet mean / std',
         recipe={'epochs': 300, 'weight_decay': 0.05}, recipe_source=_CLS_RECIPE_SOURCE,
         paper={'precision': 0.9885, 'recall': 0.9774, 'f1': 0.9829, 'accuracy': 0.9812, 'auc': 0.9970},
         paper_source='Table 3 (accuracy from the abstract)',
@@ -102,7 +103,7 @@ PROTOCOLS: Dict[str, TagProtocol] = {
         tag='mednext_base.covid_ct_large', release='covid_ct_large', task='classification',
         split=SplitRule('fractions', group_by='patient ("Patient ID" of the metadata CSVs)', source=_CLS_SPLIT_SOURCE),
         img_size=224, in_chans=3,
-        intensity='PNG slices as released (already windowed), RGB, resized to 224x224, ImageNet mean / std',
+        intensity=_PNG_SLICES,
         recipe={'epochs': 300, 'weight_decay': 0.05}, recipe_source=_CLS_RECIPE_SOURCE,
         paper={'recall': 0.9942, 'f1': 0.9880, 'accuracy': 0.9885, 'auc': 0.9972},
         paper_source='Table 4 (the abstract gives accuracy 98.58 %, the text 98.85 %)',
@@ -113,7 +114,7 @@ PROTOCOLS: Dict[str, TagProtocol] = {
                         source='TransUNet lists/lists_Synapse: 18 train cases (train.txt), 12 test (test_vol.txt)'),
         img_size=224, in_chans=1,
         intensity='TransUNet files as released (HU clipped to [-125, 275], each volume scaled to [0, 1]); slices '
-                  'resized to 224x224; no further normalisation',
+                  'resized to the input size (224x224); no further normalisation',
         recipe={'epochs': 100, 'batch_size': 12, 'opt': 'adam', 'intensity': 'none'},
         recipe_source=_SEG_RECIPE_SOURCE,
         paper={'dice_legacy': 0.7945, 'hd95_legacy': 23.96}, paper_source='Table 5',
@@ -124,8 +125,8 @@ PROTOCOLS: Dict[str, TagProtocol] = {
                         source='TransUNet-lineage ACDC lists (70 / 10 / 20 patients), as in '
                                'github.com/sotiraslab/AgileFormer lists/lists_ACDC'),
         img_size=224, in_chans=1,
-        intensity='each volume min-max scaled to [0, 1]; slices resized to 224x224; no further normalisation '
-                  '(the TransUNet lineage\'s ACDC intensity step is not documented; this is ours)',
+        intensity='each volume min-max scaled to [0, 1]; slices resized to the input size (224x224); no further '
+                  'normalisation (the TransUNet lineage\'s ACDC intensity step is not documented; this is ours)',
         recipe={'epochs': 100, 'batch_size': 12, 'opt': 'adam', 'intensity': 'minmax'},
         recipe_source=_SEG_RECIPE_SOURCE,
         paper={'dice_legacy': 0.9128}, paper_source='Table 6',

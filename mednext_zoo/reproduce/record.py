@@ -128,8 +128,8 @@ def reproduction_section(protocol: TagProtocol, record: Mapping[str, Any]) -> st
         f'- Code: mednext-zoo {env.get("mednext_zoo")}, commit `{env.get("commit")}`; torch {env.get("torch")}, '
         f'timm {env.get("timm")}, Python {env.get("python")}.',
         f'- Device: {record["device_text"]}; mixed precision {env.get("amp")}.',
-        f'- Wall time: {format_duration(record["wall_time_s"])} in {record["sessions"]} session(s) '
-        f'(training {", ".join(format_duration(t) for t in record["train_time_s"])} per seed).',
+        f'- Wall time: {format_duration(record["wall_time_s"])} in {record["sessions"]} session(s); training time '
+        + ', '.join(f'seed {s} {format_duration(t)}' for s, t in zip(record['seeds'], record['train_time_s'])) + '.',
         '',
     ]
     table = [['split'] + list(next(iter(record['split_sizes'].values())).keys())]

@@ -5,7 +5,8 @@ Steps: recognise the release (:mod:`mednext_zoo.data.releases`), check its conte
 ``mednext_zoo.finetune`` (classification) or ``mednext_zoo.finetune.segmentation`` (segmentation), evaluate on
 the protocol's test split, and write ``RUN/export/`` with ``mednext_zoo.hub.save_pretrained``. The run folder::
 
-    RUN/reproduce.json     identity (tag, overrides) and one entry per session
+    RUN/run.json           identity (tag, overrides): what --resume must match
+    RUN/reproduce.json     one entry per session
     RUN/splits.csv         every image / case with its split (a resumed run must recompute the same file)
     RUN/datacheck.json     file checks, cached by path, size and modification time
     RUN/seed-K/            the fine-tuning run of seed K (resumable)
@@ -18,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from typing import Any, Dict, List, Optional
 
@@ -87,31 +87,14 @@ def _recipe_text(protocol: TagProtocol, cfg) -> str:
 
 # ---------------------------------------------------------------- run folder
 def _prepare_out(out: str, identity: Dict[str, Any], resume: bool, overwrite: bool) -> Dict[str, Any]:
+    """The engine's run-folder rules (never overwrite silently; resume only the same setup), then the
+    reproduction's own state (its sessions)."""
+    from ..finetune.engine import prepare_run_dir
+    resumed = prepare_run_dir(out, identity, resume, overwrite)
     state_path = os.path.join(out, STATE)
-    exists = os.path.isdir(out) and bool(os.listdir(out))
-    if resume and overwrite:
-        raise UserInputError('Give either --resume or --overwrite, not both.')
-    if resume:
-        if not os.path.isfile(state_path):
-            raise UserInputError(f'--resume: {out} holds no reproduction to resume ({STATE} is missing); drop --resume '
-                                 f'to start one.')
+    if resumed and os.path.isfile(state_path):
         with open(state_path) as f:
-            state = json.load(f)
-        old = state.get('identity', {})
-        diffs = [f'{k}: run has {old.get(k)!r}, now {v!r}' for k, v in identity.items() if old.get(k) != v]
-        if diffs:
-            raise UserInputError(f'--resume: {out} was started with other settings ({"; ".join(diffs)}). Resume with '
-                                 f'the same options, or start a new run (another --out, or --overwrite).')
-        return state
-    if exists:
-        if not overwrite:
-            raise UserInputError(f'{out} already exists and is not empty: pass --resume to continue that run, '
-                                 f'--overwrite to replace it, or choose another --out.')
-        if not os.path.isfile(state_path):
-            raise UserInputError(f'--overwrite refuses to delete {out}: it is not a reproduction run folder '
-                                 f'(no {STATE}).')
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
+            return json.load(f)
     state = {'identity': identity, 'created': time.strftime('%Y-%m-%dT%H:%M:%S'), 'sessions': []}
     atomic_write_text(state_path, _dump(state))
     return state
@@ -149,7 +132,7 @@ def _estimate(protocol: TagProtocol, rec: Recognised, rows: List[SplitRow], cfg,
         final = math.ceil(slices['test'] / bs)
     sec = None
     if timing_steps > 0:
-        sec = measure_step_time(protocol.tag, protocol.task, bs, cfg.img_size, device, amp_dtype, timing_steps)
+        sec = measure_step_time(protocol.tag, protocol.task, bs, cfg.img_size, device, amp_dtype, timing_steps).wall_s
     dtype = str(amp_dtype).replace('torch.', '') if amp_dtype is not None else 'float32'
     dev = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{device.type} ({torch.get_num_threads()} '\
                                                                             f'threads)'
@@ -277,27 +260,18 @@ def reproduce(tag: str, data: str, out: Optional[str] = None, *, epochs: Optiona
     if dry_run:
         return plan if is_main else {}
 
-    # 4. train every seed (resumable)
+    # 4. train every seed (resumable); under torchrun one process group serves every seed
     split_sha = write_split_file(os.path.join(out, 'splits.csv'), rows, rec.base) if is_main else ''
     source = to_data_source(rows, protocol, rec.base) if protocol.task == 'classification' else None
-    results: Dict[int, Dict[str, Any]] = {}
-    for seed in seed_list:
-        seed_dir = os.path.join(out, f'seed-{seed}')
-        if _seed_done(seed_dir):
-            with open(os.path.join(seed_dir, 'metrics.json')) as f:
-                results[seed] = json.load(f)
-            _say(f'[mednext-zoo] seed {seed}: already trained ({seed_dir})')
-            continue
-        cfg = build_config(protocol, seed, seed_dir, rec.base, epochs=epochs, batch_size=batch_size,
-                           img_size=img_size, device=device, amp=amp, num_workers=num_workers, progress=progress,
-                           resume=os.path.isfile(os.path.join(seed_dir, 'run.json')))
-        if protocol.task == 'classification':
-            cfg.n_bootstrap = n_bootstrap
-            from ..finetune.classification.task import fit
-            results[seed] = fit(cfg, source)
-        else:
-            from ..finetune.segmentation.task import fit
-            results[seed] = fit(cfg)
+    from ..finetune.engine import cleanup_distributed, setup_distributed
+    info = setup_distributed(device)
+    try:
+        results = _train_seeds(protocol, seed_list, out, rec.base, source, epochs=epochs, batch_size=batch_size,
+                               img_size=img_size, device=device, amp=amp, num_workers=num_workers, progress=progress,
+                               n_bootstrap=n_bootstrap)
+    finally:
+        if info.enabled:
+            cleanup_distributed()
     if not is_main:
         return {}
 
@@ -334,6 +308,29 @@ def reproduce(tag: str, data: str, out: Optional[str] = None, *, epochs: Optiona
     atomic_write_text(os.path.join(out, 'summary.json'), _dump(summary))
     _print_result(protocol, summary, first, export_dir)
     return summary
+
+
+def _train_seeds(protocol: TagProtocol, seed_list: List[int], out: str, base: str, source, *,
+                 n_bootstrap: int, **overrides: Any) -> Dict[int, Dict[str, Any]]:
+    """Train (or resume, or read back) each seed's run ``out/seed-K``; returns each seed's final metrics."""
+    results: Dict[int, Dict[str, Any]] = {}
+    for seed in seed_list:
+        seed_dir = os.path.join(out, f'seed-{seed}')
+        if _seed_done(seed_dir):
+            with open(os.path.join(seed_dir, 'metrics.json')) as f:
+                results[seed] = json.load(f)
+            _say(f'[mednext-zoo] seed {seed}: already trained ({seed_dir})')
+            continue
+        cfg = build_config(protocol, seed, seed_dir, base, **overrides,
+                           resume=os.path.isfile(os.path.join(seed_dir, 'run.json')))
+        if protocol.task == 'classification':
+            cfg.n_bootstrap = n_bootstrap
+            from ..finetune.classification.task import fit
+            results[seed] = fit(cfg, source)
+        else:
+            from ..finetune.segmentation.task import fit
+            results[seed] = fit(cfg)
+    return results
 
 
 def _export(protocol: TagProtocol, out: str, seed: int, export_dir: str, img_size: int, first: Dict[str, Any],

@@ -4,11 +4,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
-__all__ = ['Estimate', 'measure_step_time', 'format_duration', 'steps_per_epoch']
+__all__ = ['Estimate', 'StepTime', 'measure_step_time', 'format_duration', 'steps_per_epoch']
 
 
 def format_duration(seconds: float) -> str:
@@ -63,9 +63,14 @@ class Estimate:
                 f'{self.batch_size}, {self.dtype}, {self.device}; {work})')
 
 
+class StepTime(NamedTuple):
+    wall_s: float  # seconds per step on the clock
+    cpu_s: float  # CPU seconds per step of this process, all threads (less sensitive to other jobs than wall_s)
+
+
 def measure_step_time(tag: str, task: str, batch_size: int, img_size: int, device: torch.device,
-                      amp_dtype: Optional[torch.dtype], steps: int = 3) -> float:
-    """Seconds per training step (forward, loss, backward, optimiser) of ``tag``'s network on random inputs of the
+                      amp_dtype: Optional[torch.dtype], steps: int = 3) -> StepTime:
+    """Time per training step (forward, loss, backward, optimiser) of ``tag``'s network on random inputs of the
     protocol's shape, after one warm-up step; CUDA is synchronised around the timed steps."""
     import timm
 
@@ -98,11 +103,12 @@ def measure_step_time(tag: str, task: str, batch_size: int, img_size: int, devic
 
     step()
     sync()
-    t = time.perf_counter()
-    for _ in range(max(1, steps)):
+    n = max(1, steps)
+    t, c = time.perf_counter(), time.process_time()
+    for _ in range(n):
         step()
     sync()
-    return (time.perf_counter() - t) / max(1, steps)
+    return StepTime((time.perf_counter() - t) / n, (time.process_time() - c) / n)
 
 
 def steps_per_epoch(n: int, batch_size: int, world_size: int = 1, drop_last: bool = True) -> int:
