@@ -117,7 +117,8 @@ PROTOCOLS: Dict[str, TagProtocol] = {
                   'resized to the input size (224x224); no further normalisation',
         recipe={'epochs': 100, 'batch_size': 12, 'opt': 'adam', 'intensity': 'none'},
         recipe_source=_SEG_RECIPE_SOURCE,
-        paper={'dice_legacy': 0.7945, 'hd95_legacy': 23.96}, paper_source='Table 5',
+        paper={'dice_legacy': 0.7945, 'hd95_legacy': 23.96},
+        paper_source='Table 5 (HD95 printed as "mm"; the TransUNet evaluation it follows computes it in voxels)',
     ),
     'medunext_base.acdc': TagProtocol(
         tag='medunext_base.acdc', release='acdc', task='segmentation',

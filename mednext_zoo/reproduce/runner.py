@@ -354,9 +354,10 @@ def _export(protocol: TagProtocol, out: str, seed: int, export_dir: str, img_siz
         note = (f'Measured by `mednext-zoo reproduce` on the protocol\'s test split ({n_test} volumes), 3D per '
                 f'volume, in both metric modes (legacy: TransUNet code, HD95 in voxels; strict: HD95 in '
                 f'{hd95_unit}, missed organs scored). ')
-    note += (f'"Measured" is seed {seed}, whose weights these are; "Mean ± std" is over seeds '
-             f'{", ".join(map(str, summary["seeds"]))} (sample std). "Paper" is {summary["paper_source"]}: the '
-             f'authors\' figure, not measured on these weights.')
+    note += f'"Measured" is seed {seed}, whose weights these are'
+    if len(summary['seeds']) > 1:
+        note += f'; "Mean ± std" is over seeds {", ".join(map(str, summary["seeds"]))} (sample std)'
+    note += f'. "Paper" is {summary["paper_source"]}: the authors\' figure, not measured on these weights.'
     section = rec_mod.reproduction_section(protocol, summary)
     save_pretrained(model, export_dir, dataset=protocol.release, metrics=metrics, metrics_note=note,
                     sections=[('Reproduction', section)])
