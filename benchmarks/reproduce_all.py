@@ -3,8 +3,7 @@
 Run (a maintainer with the five downloads and a GPU):
 
     python benchmarks/reproduce_all.py run --data-root ~/downloads --out runs/reproduce --seeds 3
-    python benchmarks/reproduce_all.py run --data mednext_base.sarscov2_ct=~/dl/sars --out runs/r \
-        --tags mednext_base.sarscov2_ct
+    python benchmarks/reproduce_all.py run --data mednext_base.sarscov2_ct=~/x --out r --tags mednext_base.sarscov2_ct
 
 trains every tag in turn with ``mednext_zoo.reproduce.reproduce`` (resuming tags already started in ``--out``)
 and prints, per tag, the wall time and the peak GPU memory (allocated and reserved by PyTorch) and peak host

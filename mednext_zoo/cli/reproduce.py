@@ -24,7 +24,7 @@ def register(subparsers) -> None:
                     'device, torchrun), evaluate on the protocol\'s test split and write RUN/export/ (config.json, '
                     'model.safetensors, a card with the measured figures next to the paper\'s). '
                     'Tags: ' + ', '.join(PROTOCOLS) + '.')
-    p.add_argument('tag', choices=list(PROTOCOLS), metavar='TAG', help='pretrained tag (see `mednext-zoo list`)')
+    p.add_argument('tag', metavar='TAG', help='pretrained tag: ' + ', '.join(PROTOCOLS))
     p.add_argument('--data', required=True, help='folder the release was unpacked into')
     p.add_argument('--out', help='run folder (RUN/export is the Hub folder); not needed with --dry-run')
     p.add_argument('--dry-run', action='store_true', help='check the data and print the plan; train nothing')
