@@ -42,5 +42,6 @@ def register(subparsers) -> None:
     p.add_argument('--workers', type=int, default=0, help='data-loader worker processes')
     p.add_argument('--bootstrap', type=int, default=1000, help='bootstrap resamples for the 95%% CIs')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    p.add_argument('--img-size', type=int, help=argparse.SUPPRESS)  # tests only: a recorded deviation
+    p.add_argument('--img-size', type=int, help='testing only: a smaller input than the tag\'s 224 x 224 (recorded as '
+                                                'a deviation; not for weights to publish)')
     p.set_defaults(func=_run)
