@@ -4,7 +4,8 @@
 * :mod:`.images`    -- labelled 2D images for classification: ImageFolder trees, CSV manifests, splits, datasets;
 * :mod:`.volumes`   -- labelled volumes for segmentation: nnU-Net / MSD, TransUNet Synapse, ACDC, 2D folders, CSV;
 * :mod:`.labels`    -- label maps (Synapse, BTCV, ACDC), label checks, patient ids, ``dataset.json``;
-* :mod:`.synthetic` -- synthetic phantoms and tasks generated on the fly (tests, demos, training benchmarks).
+* :mod:`.synthetic` -- synthetic phantoms and tasks generated on the fly (tests, demos, training benchmarks);
+* :mod:`.releases`  -- the paper's five public releases as downloaded: recognise a copy, check its contents.
 """
 from .images import (
     SPLITS,

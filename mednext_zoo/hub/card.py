@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCardData
 
@@ -31,19 +31,34 @@ def _fmt_value(v: Any) -> str:
     return str(v)
 
 
+_COLUMNS = (  # optional keys of a metric entry -> column header
+    ('ci', '95% CI'),
+    ('mean_std', 'Mean ± std over seeds'),
+    ('paper', 'Paper (reference, not measured here)'),
+)
+
+
 def _metrics_table(metrics: Mapping[str, Any]) -> List[str]:
-    """Rows of ``name -> value`` or ``name -> {'value': v, 'ci': (lo, hi), 'note': str}``."""
-    has_ci = any(isinstance(v, Mapping) and v.get('ci') is not None for v in metrics.values())
-    lines = ['| Metric | Value |' + (' 95% CI |' if has_ci else ''), '|---|---|' + ('---|' if has_ci else '')]
-    for name, v in metrics.items():
-        if isinstance(v, Mapping):
-            value, ci = v.get('value'), v.get('ci')
-        else:
-            value, ci = v, None
-        row = f'| {name} | {_fmt_value(value)} |'
-        if has_ci:
-            row += f' {_fmt_value(ci[0])} - {_fmt_value(ci[1])} |' if ci is not None else ' |'
-        lines.append(row)
+    """Rows of ``name -> value`` or ``name -> {'value': v, 'ci': (lo, hi), 'mean_std': str, 'paper': p}``.
+
+    A column is printed for each optional key that any entry has; the value column is labelled "Measured".
+    """
+    entries = {n: (dict(v) if isinstance(v, Mapping) else {'value': v}) for n, v in metrics.items()}
+    cols = [(k, h) for k, h in _COLUMNS if any(e.get(k) is not None for e in entries.values())]
+    measured = 'Measured (these weights)' if cols else 'Value'
+    lines = ['| Metric | ' + ' | '.join([measured] + [h for _, h in cols]) + ' |',
+             '|---|' + '---|' * (1 + len(cols))]
+    for name, e in entries.items():
+        cells = [_fmt_value(e.get('value')) if e.get('value') is not None else '-']
+        for k, _ in cols:
+            v = e.get(k)
+            if v is None:
+                cells.append('')
+            elif k == 'ci':
+                cells.append(f'{_fmt_value(v[0])} - {_fmt_value(v[1])}')
+            else:
+                cells.append(_fmt_value(v))
+        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
     return lines
 
 
@@ -123,11 +138,13 @@ def render_model_card(
         training: Optional[str] = None,
         license: Optional[str] = None,
         published: bool = False,
+        sections: Sequence[Tuple[str, str]] = (),
 ) -> str:
     """The README.md text: YAML metadata for the Hub, then the card body.
 
     ``dataset`` is an entry of ``DATASETS`` or a mapping with the same keys (only ``name`` is
-    required) describing the training data; ``dataset_tag`` its registry key, if any.
+    required) describing the training data; ``dataset_tag`` its registry key, if any. ``sections`` are extra
+    ``(title, markdown)`` sections placed after the evaluation (e.g. how the weights were reproduced).
     """
     ds: Dict[str, Any] = dict(dataset or {})
     in_chans, height, width = input_size
@@ -257,8 +274,14 @@ def render_model_card(
         L += [f'- Dataset: {name}' + (f' (doi:{ds["doi"]})' if ds.get('doi') else '')]
         if ds.get('size'):
             L += [f'- Size: {ds["size"]}']
-        L += [f'- Dataset licence: {ds["license"]} (as listed by the dataset authors; the weights carry the same '
-              'terms)' if ds.get('license') else '- Dataset licence: not recorded',
+        if ds.get('license_note'):
+            licence = f'- Dataset licence: {ds["license_note"]} (the weights carry the dataset\'s terms)'
+        elif ds.get('license'):
+            licence = (f'- Dataset licence: {ds["license"]} (as listed by the dataset authors; the weights carry the '
+                       'same terms)')
+        else:
+            licence = '- Dataset licence: not recorded'
+        L += [licence,
               '- Split: ' + (' '.join(t for t in (ds.get('split'), split) if t) or 'not recorded'),
               '- Protocol: ' + (' '.join(t for t in (ds.get('protocol'), training) if t) or 'not recorded')]
         if ds.get('citation'):
@@ -279,6 +302,9 @@ def render_model_card(
     if ds.get('paper_results'):
         L += [f'For reference only (the paper\'s own figures, not measured on this checkpoint): '
               f'{ds["paper_results"]}', '']
+
+    for title, body in sections:
+        L += [f'## {title}', '', body.rstrip(), '']
 
     L += ['## Size and compute', '',
           f'- Parameters: {num_params / 1e6:.2f} M (every learnable tensor, '
