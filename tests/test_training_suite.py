@@ -160,15 +160,18 @@ def test_bad_input_is_a_user_error():
 def test_cli_train_suite(tmp_path, capsys):
     from mednext_zoo.cli import main
     out = tmp_path / 'out'
-    rc = main(['bench', '--suite', 'train', '--task', 'seg', '--models', 'medunext_tiny', '--phantoms', 'thick',
+    rc = main(['bench', '--suite', 'train', '--task', 'seg', '--phantoms', 'thick',
+               '--row', 'tiny=medunext_tiny conv_dims=8,8,16 med_dims=32,32 med_depths=1,1 recipe.lr=0.003',
                '--seeds', '1', '--steps', '2', '--eval-every', '1', '--batch-size', '2', '--threads', '1',
                '--workers', '1',
                '--recipe', 'oversample_fg=0.33,dice_mode=image,augment=false', '--out', str(out), '--no-progress'])
     assert rc == 0
     res = json.loads((out / 'train.json').read_text())
     assert res['meta']['settings']['recipe'] == {'oversample_fg': 0.33, 'dice_mode': 'image', 'augment': False}
-    assert res['rows'][0]['recipe_full']['oversample_fg'] == 0.33
+    assert res['rows'][0]['recipe_full']['oversample_fg'] == 0.33 and res['rows'][0]['recipe_full']['lr'] == 0.003
+    assert res['rows'][0]['label'] == 'tiny' and res['rows'][0]['params_m'] < 0.2  # the small widths were used
     assert [p['step'] for p in res['rows'][0]['runs']['thick'][0]['curve']] == [1, 2]
+    assert res['rows'][0]['model_kwargs'] == {'conv_dims': [8, 8, 16], 'med_dims': [32, 32], 'med_depths': [1, 1]}
     assert '## thick' in capsys.readouterr().out
     assert main(['bench', '--suite', 'train', '--models', 'medunext_tiny', '--recipe', 'oversample=1',
                  '--out', str(out)]) == 2
@@ -199,3 +202,14 @@ def test_interrupted_suite_resumes_from_its_log(tmp_path, monkeypatch):
     assert json.dumps(again['rows'][0]['runs']) == json.dumps(first['rows'][0]['runs'])  # NaN-safe
     other = run_training_suite(**{**kw, 'steps': 3}, resume=True)  # another setting does not match the log
     assert other['rows'][0]['status'] == 'error' and 'trained again' in other['rows'][0]['reason']
+
+
+def test_row_spec_parsing():
+    r = TrainRow.parse('tiny-c=medunext_tiny skip_fusion=concat conv_dims=8,8,16 recipe.oversample_fg=0.33 '
+                       'recipe.deep_supervision=false recipe.clip_grad=none')
+    assert (r.label, r.model) == ('tiny-c', 'medunext_tiny')
+    assert dict(r.model_kwargs) == {'skip_fusion': 'concat', 'conv_dims': (8, 8, 16)}
+    assert dict(r.recipe) == {'oversample_fg': 0.33, 'deep_supervision': False, 'clip_grad': None}
+    assert TrainRow.of('unet_resnet34') == TrainRow('unet_resnet34', 'unet_resnet34')
+    with pytest.raises(UserInputError, match='key=value'):
+        TrainRow.parse('medunext_tiny concat')

@@ -54,7 +54,7 @@ from ..finetune.segmentation.recipe import (
 )
 from .machine import machine_info, machine_label
 
-__all__ = ['TrainRow', 'TrainSuiteConfig', 'TaskData', 'run_training_suite', 'default_rows', 'spread',
+__all__ = ['TrainRow', 'TrainSuiteConfig', 'TaskData', 'run_training_suite', 'default_rows', 'spread', 'parse_value',
            'SEG_DEFAULT_ROWS', 'CLS_DEFAULT_ROWS', 'DEFAULT_PHANTOMS', 'DEFAULT_CLS_TASKS', 'NAMED_BASELINES',
            'per_volume_dice', 'first_reach', 'cls_recipe']
 
@@ -129,7 +129,46 @@ class TrainRow:
 
     @classmethod
     def of(cls, item: Union[str, TrainRow]) -> TrainRow:
-        return item if isinstance(item, TrainRow) else cls(str(item), str(item))
+        return item if isinstance(item, TrainRow) else cls.parse(str(item))
+
+    @classmethod
+    def parse(cls, spec: str) -> TrainRow:
+        """``'[LABEL=]MODEL [key=value ...] [recipe.key=value ...]'``, e.g.
+        ``'tiny-concat=medunext_tiny skip_fusion=concat recipe.oversample_fg=0.33'``; values are numbers,
+        ``true`` / ``false`` / ``none``, comma-separated tuples (``conv_dims=8,8,16``) or text."""
+        words = spec.split()
+        if not words:
+            raise UserInputError('An empty row; give at least a model name.')
+        label, sep, model = words[0].partition('=')
+        model = model if sep else label
+        kwargs, recipe = {}, {}
+        for w in words[1:]:
+            key, sep, raw = w.partition('=')
+            if not sep or not key:
+                raise UserInputError(f'Row {spec!r}: {w!r} is not key=value.')
+            if key.startswith('recipe.'):
+                recipe[key[len('recipe.'):]] = parse_value(raw)
+            else:
+                kwargs[key] = parse_value(raw)
+        return cls(label, model, kwargs, recipe)
+
+
+def parse_value(raw: str) -> Any:
+    """Text from a command line -> int, float, bool, None, a tuple (comma-separated) or the text itself."""
+    raw = raw.strip()
+    if ',' in raw:
+        return tuple(parse_value(v) for v in raw.split(',') if v.strip())
+    low = raw.lower()
+    if low in ('true', 'false'):
+        return low == 'true'
+    if low == 'none':
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 def default_rows(task: str) -> List[TrainRow]:

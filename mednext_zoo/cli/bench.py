@@ -25,23 +25,14 @@ def _names(text: str) -> list:
 
 
 def _recipe(text: str) -> dict:
-    """``key=value,key=value`` -> recipe overrides (numbers, true / false, none, or text)."""
+    """``key=value,key=value`` -> recipe overrides (every recipe field is a scalar)."""
+    from ..benchmark.training import parse_value
     out = {}
     for item in _names(text):
         key, sep, raw = item.partition('=')
         if not sep:
             raise argparse.ArgumentTypeError(f'--recipe expects key=value pairs, e.g. oversample_fg=0.33; got {item!r}')
-        low = raw.strip().lower()
-        if low in ('true', 'false'):
-            value = low == 'true'
-        elif low == 'none':
-            value = None
-        else:
-            try:
-                value = int(raw) if raw.strip().lstrip('-').isdigit() else float(raw)
-            except ValueError:
-                value = raw.strip()
-        out[key.strip()] = value
+        out[key.strip()] = parse_value(raw)
     return out
 
 
@@ -50,7 +41,8 @@ def _run_training(args: argparse.Namespace) -> int:
     from ..benchmark.training_report import training_markdown
     out = args.out if args.out != 'bench_results' else 'bench_train'
     cfg = TrainSuiteConfig(
-        task=args.task, rows=args.models, phantoms=args.phantoms, seeds=args.seeds, steps=args.steps,
+        task=args.task, rows=(args.models or []) + (args.row or []) or None, phantoms=args.phantoms,
+        seeds=args.seeds, steps=args.steps,
         batch_size=args.batch_size or 16, eval_every=args.eval_every, data=args.data, img_size=args.img_size or 64,
         recipe=args.recipe or {}, device=args.device, threads=args.threads, workers=args.workers, clock=args.clock,
         progress=not args.no_progress, resume=args.resume, note=args.note)
@@ -126,6 +118,9 @@ def register(subparsers) -> None:
                         "variants), writing SUITE.md / SUITE.json into --out; or train: the training-efficiency "
                         "suite (quality vs steps and seconds over seeds; train.json / .csv / .md / .png)")
     t = p.add_argument_group('--suite train (see docs/benchmarks.md, "Training efficiency")')
+    t.add_argument('--row', action='append', default=None, metavar='SPEC',
+                   help='a row beside --models (repeatable): "[LABEL=]MODEL [key=value ...] [recipe.key=value ...]", '
+                        'e.g. "tiny-os=medunext_tiny recipe.oversample_fg=0.33"')
     t.add_argument('--phantoms', type=_names, default=None,
                    help='synthetic tasks (seg: small,lookalike,thick; cls: lesion); default: all of the task')
     t.add_argument('--seeds', type=int, default=3, help='training seeds 0..N-1 per row (default 3)')
