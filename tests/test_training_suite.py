@@ -213,3 +213,16 @@ def test_row_spec_parsing():
     assert TrainRow.of('unet_resnet34') == TrainRow('unet_resnet34', 'unet_resnet34')
     with pytest.raises(UserInputError, match='key=value'):
         TrainRow.parse('medunext_tiny concat')
+
+
+def test_layering_is_one_way():
+    """data.synthetic loads nothing above the data layer; the recipe nothing from benchmark."""
+    import subprocess
+    code = ('import sys, json, importlib; importlib.import_module(sys.argv[1]); '
+            'print(json.dumps(sorted({m.split(".")[1] for m in sys.modules if m.startswith("mednext_zoo.")})))')
+
+    def loaded(module):
+        out = subprocess.run([sys.executable, '-c', code, module], capture_output=True, text=True, check=True)
+        return set(json.loads(out.stdout))  # the mednext_zoo sub-packages it imported
+    assert not loaded('mednext_zoo.data.synthetic') & {'finetune', 'benchmark', 'hub', 'cli'}
+    assert 'benchmark' not in loaded('mednext_zoo.finetune.segmentation.recipe')
