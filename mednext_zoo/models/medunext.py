@@ -165,10 +165,11 @@ NORM_LAYERS: Dict[str, Union[str, Callable]] = {
     'groupnorm': _group_norm_act,
     'instancenorm': _instance_norm_act,
 }
-UPSAMPLERS = ('transposed', 'bilinear')
+UPSAMPLERS = ('transposed', 'bilinear', 'bilinear_conv3')
 SKIP_FUSIONS = ('add', 'concat')
 INPUT_DOWNSAMPLERS = ('maxpool', 'conv')
 INITS = ('timm', 'kaiming')
+FULL_RES = ('none', 'refine', 'input', 'skip')
 
 
 class ConvStage(nn.Module):
@@ -206,25 +207,34 @@ class ConvStage(nn.Module):
 class UpBlock(nn.Module):
     """2x upsampling + norm (+ ReLU): ``B, C, H, W`` -> ``B, C', 2H, 2W``.
 
-    ``mode='transposed'`` (the paper's): a 2x2 stride-2 transposed conv. ``mode='bilinear'``: bilinear
-    interpolation, then a 3x3 conv (every output pixel sees a 3x3 neighbourhood instead of one input pixel).
+    ``mode='transposed'`` (the paper's): a 2x2 stride-2 transposed conv (each output pixel is a linear map of one
+    input pixel, with one of four kernels by position). ``mode='bilinear'``: a 1x1 conv at the input resolution,
+    then bilinear interpolation (a quarter of the transposed conv's weights and FLOPs; the output is smooth).
+    ``mode='bilinear_conv3'``: bilinear interpolation, then a 3x3 conv at the output resolution (9x the
+    transposed conv's FLOPs).
     """
 
     def __init__(self, in_chs: int, out_chs: int, apply_act: bool = False, mode: str = 'transposed',
                  norm_layer: Union[str, Callable] = 'batchnorm', device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.bilinear = mode == 'bilinear'
-        if self.bilinear:
+        self.mode = mode
+        if mode == 'bilinear':
+            self.conv = nn.Conv2d(in_chs, out_chs, 1, bias=False, **dd)
+        elif mode == 'bilinear_conv3':
             self.conv = nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=False, **dd)
         else:
             self.conv = nn.ConvTranspose2d(in_chs, out_chs, 2, stride=2, bias=False, **dd)
         self.bn = get_norm_act_layer(norm_layer, nn.ReLU)(out_chs, apply_act=apply_act, **dd)  # norm (+ ReLU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bilinear:
-            x = F.interpolate(x, scale_factor=2., mode='bilinear', align_corners=False)
-        return self.bn(self.conv(x))
+        if self.mode == 'bilinear':
+            x = F.interpolate(self.conv(x), scale_factor=2., mode='bilinear', align_corners=False)
+        elif self.mode == 'bilinear_conv3':
+            x = self.conv(F.interpolate(x, scale_factor=2., mode='bilinear', align_corners=False))
+        else:
+            x = self.conv(x)
+        return self.bn(x)
 
 
 class DecoderLevel(nn.Module):
@@ -275,7 +285,7 @@ class MedUNeXt(nn.Module):
             skip_fusion: str = 'add',
             upsample: str = 'transposed',
             input_downsample: str = 'maxpool',
-            full_res_skip: bool = False,
+            full_res: str = 'none',
             norm: str = 'batchnorm',
             deep_supervision: bool = False,
             init: str = 'timm',
@@ -300,8 +310,11 @@ class MedUNeXt(nn.Module):
             upsample: 'transposed' (2x2 stride-2 transposed conv, the paper's) or 'bilinear' (+ 3x3 conv).
             input_downsample: 'maxpool' (the paper's max-pool on the input) or 'conv' (a learned 3x3 stride-2
                 conv-norm-ReLU to ``conv_dims[0]`` channels).
-            full_res_skip: Add a full-resolution conv level on the input (two 3x3 conv-norm-ReLU) whose
-                features are fused after the last upsampling, followed by a full-resolution conv level.
+            full_res: What happens at full resolution after the last upsampling: 'none' (the 1x1 head reads
+                the upsampled map, our reading of the paper), 'refine' (two 3x3 conv-norm-ReLU first),
+                'input' (the input image is concatenated as a skip, then two 3x3 conv-norm-ReLU), 'skip' (a
+                full-resolution encoder level, two 3x3 conv-norm-ReLU on the input, fused like the other skips,
+                then two 3x3 conv-norm-ReLU).
             norm: Normalisation of the conv levels and upsampling blocks: 'batchnorm' (the paper's),
                 'groupnorm' or 'instancenorm'.
             deep_supervision: In training mode, :meth:`forward_deep` also returns logits of the decoder
@@ -326,7 +339,8 @@ class MedUNeXt(nn.Module):
             )
         for arg, value, allowed in (('skip_fusion', skip_fusion, SKIP_FUSIONS), ('upsample', upsample, UPSAMPLERS),
                                     ('input_downsample', input_downsample, INPUT_DOWNSAMPLERS),
-                                    ('norm', norm, tuple(NORM_LAYERS)), ('init', init, INITS)):
+                                    ('norm', norm, tuple(NORM_LAYERS)), ('init', init, INITS),
+                                    ('full_res', full_res, FULL_RES)):
             if value not in allowed:
                 raise UserInputError(f'MedUNeXt {arg}={value!r}: choose one of {", ".join(allowed)}.')
         self.num_classes = num_classes
@@ -352,8 +366,12 @@ class MedUNeXt(nn.Module):
         else:
             self.pool = ConvNormAct(in_chans, dims[0], 3, stride=2, padding=1, bias=False, norm_layer=norm_layer, **dd)
             prev_chs = dims[0]
-        self.full_res = ConvStage(in_chans, dims[0], downsample=False, norm_layer=norm_layer, **dd) \
-            if full_res_skip else None
+        # the full-resolution skip: an encoder level on the input ('skip'), the input itself ('input'), or none
+        self.full_res: Optional[nn.Module] = None
+        if full_res == 'skip':
+            self.full_res = ConvStage(in_chans, dims[0], downsample=False, norm_layer=norm_layer, **dd)
+        elif full_res == 'input':
+            self.full_res = nn.Identity()
         stages = []
         self.feature_info = []
         for i, dim in enumerate(dims):
@@ -399,11 +417,19 @@ class MedUNeXt(nn.Module):
                     fuse = ConvNormAct(2 * dims[i], dims[i], 1, bias=False, norm_layer=norm_layer, **dd)
             decoder.append(DecoderLevel(up, stage, concat=concat, fuse=fuse))
         self.decoder = nn.ModuleList(decoder)  # deep to shallow
-        if full_res_skip:  # the last upsampling is a decoder level with the full-resolution features as skip
+        if full_res in ('input', 'skip'):  # the last upsampling is a decoder level with a full-resolution skip
+            skip_chs = in_chans if full_res == 'input' else dims[0]
+            cat = concat or full_res == 'input'
             self.final_up = DecoderLevel(
                 UpBlock(dims[0], dims[0], mode=upsample, norm_layer=norm_layer, **dd),
-                ConvStage(dims[0] * (2 if concat else 1), dims[0], downsample=False, norm_layer=norm_layer, **dd),
-                concat=concat,
+                ConvStage(dims[0] + skip_chs if cat else dims[0], dims[0], downsample=False, norm_layer=norm_layer,
+                          **dd),
+                concat=cat,
+            )
+        elif full_res == 'refine':
+            self.final_up = nn.Sequential(
+                UpBlock(dims[0], dims[0], apply_act=True, mode=upsample, norm_layer=norm_layer, **dd),
+                ConvStage(dims[0], dims[0], downsample=False, norm_layer=norm_layer, **dd),
             )
         else:  # undoes the input downsampling
             self.final_up = UpBlock(dims[0], dims[0], apply_act=True, mode=upsample, norm_layer=norm_layer, **dd)
@@ -439,7 +465,7 @@ class MedUNeXt(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         stages = list(self.stages) + [level.stage for level in self.decoder]
-        stages += [m for m in (self.full_res, getattr(self.final_up, 'stage', None)) if m is not None]
+        stages += [m for m in self.modules() if isinstance(m, ConvStage) and m not in stages]
         for s in stages:
             s.grad_checkpointing = enable
 
@@ -486,7 +512,7 @@ class MedUNeXt(nn.Module):
         return features
 
     def forward_full_res(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """The full-resolution skip ``B, dims[0], H, W`` of a ``full_res_skip=True`` model, else None."""
+        """The full-resolution skip of a ``full_res='skip'`` (``B, dims[0], H, W``) or ``'input'`` model, else None."""
         if self.full_res is not None:
             return self.full_res(x)
         return None
@@ -494,7 +520,7 @@ class MedUNeXt(nn.Module):
     def forward_decoder(self, features: List[torch.Tensor], full_res: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Encoder features (as from ``forward_encoder``) -> decoder map ``B, dims[0], H, W`` (before the head).
 
-        ``full_res``: the full-resolution skip (``forward_full_res``) of a ``full_res_skip=True`` model.
+        ``full_res``: the full-resolution skip (``forward_full_res``) of a ``full_res='skip'|'input'`` model.
         After ``prune_intermediate_layers`` (no decoder) it returns the last encoder level.
         """
         return self._decode(features, full_res)[-1]
@@ -659,6 +685,12 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
+# the convs that read the input of a full_res='skip' model (both adapted to a new in_chans on load)
+HR_FIRST_CONVS = ('stages.0.blocks.0.conv', 'full_res.blocks.0.conv')
+# the `_hr` variants: what the paper leaves open chosen for training speed on small structures (measured in
+# docs/medunext.md), on top of the paper's widths and depths
+HR_ARGS: Dict[str, Any] = dict(full_res='skip', upsample='bilinear')
+
 # medunext_base tags: the paper's segmentation datasets, Hub ids '<HF_HUB_ORG>/medunext_base.<tag>'.
 # The first tag is the default of `timm.create_model('medunext_base', pretrained=True)`. Dataset
 # facts and publication status live in _pretrained.py (DATASETS, PRETRAINED_TAGS).
@@ -668,6 +700,11 @@ default_cfgs = generate_default_cfgs({
     'medunext_tiny': _cfg(),
     'medunext_small': _cfg(),
     'medunext_large': _cfg(),
+    # ours, not the paper's: a full-resolution skip and bilinear upsampling (see docs/medunext.md, trainability)
+    'medunext_tiny_hr': _cfg(first_conv=HR_FIRST_CONVS),
+    'medunext_small_hr': _cfg(first_conv=HR_FIRST_CONVS),
+    'medunext_base_hr': _cfg(first_conv=HR_FIRST_CONVS),
+    'medunext_large_hr': _cfg(first_conv=HR_FIRST_CONVS),
 })
 
 MODEL_ARGS: Dict[str, Dict[str, Any]] = {
@@ -676,6 +713,7 @@ MODEL_ARGS: Dict[str, Dict[str, Any]] = {
     'medunext_base': dict(conv_dims=(16, 32, 128), med_dims=(480, 768), med_depths=(3, 2)),
     'medunext_large': dict(conv_dims=(32, 64, 160), med_dims=(640, 960), med_depths=(3, 2)),
 }
+MODEL_ARGS.update({f'{name}_hr': dict(args, **HR_ARGS) for name, args in list(MODEL_ARGS.items())})
 
 
 @register_model
@@ -700,3 +738,29 @@ def medunext_base(pretrained: bool = False, **kwargs) -> MedUNeXt:
 def medunext_large(pretrained: bool = False, **kwargs) -> MedUNeXt:
     """MedUNeXt-L: conv 32-64-160, MED 640 x 3 (1/16), 960 x 2 (1/32 bottleneck); 66.9 M params."""
     return _create_medunext('medunext_large', pretrained=pretrained, **dict(MODEL_ARGS['medunext_large'], **kwargs))
+
+
+@register_model
+def medunext_tiny_hr(pretrained: bool = False, **kwargs) -> MedUNeXt:
+    """MedUNeXt-T-HR (ours): MedUNeXt-T plus a full-resolution skip and bilinear upsampling; 5.1 M params."""
+    return _create_medunext('medunext_tiny_hr', pretrained=pretrained, **dict(MODEL_ARGS['medunext_tiny_hr'], **kwargs))
+
+
+@register_model
+def medunext_small_hr(pretrained: bool = False, **kwargs) -> MedUNeXt:
+    """MedUNeXt-S-HR (ours): MedUNeXt-S plus a full-resolution skip and bilinear upsampling."""
+    return _create_medunext('medunext_small_hr', pretrained=pretrained,
+                            **dict(MODEL_ARGS['medunext_small_hr'], **kwargs))
+
+
+@register_model
+def medunext_base_hr(pretrained: bool = False, **kwargs) -> MedUNeXt:
+    """MedUNeXt-B-HR (ours): MedUNeXt-B plus a full-resolution skip and bilinear upsampling; 38.6 M params."""
+    return _create_medunext('medunext_base_hr', pretrained=pretrained, **dict(MODEL_ARGS['medunext_base_hr'], **kwargs))
+
+
+@register_model
+def medunext_large_hr(pretrained: bool = False, **kwargs) -> MedUNeXt:
+    """MedUNeXt-L-HR (ours): MedUNeXt-L plus a full-resolution skip and bilinear upsampling."""
+    return _create_medunext('medunext_large_hr', pretrained=pretrained,
+                            **dict(MODEL_ARGS['medunext_large_hr'], **kwargs))
