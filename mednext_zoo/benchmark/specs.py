@@ -73,6 +73,7 @@ _LABELS = {
 
 
 def smp_available() -> bool:
+    """Whether ``segmentation_models_pytorch`` can be imported (the segmentation baselines need it)."""
     try:
         import segmentation_models_pytorch  # noqa: F401
     except ImportError:

@@ -35,10 +35,12 @@ class LabelMap:
         return self.classes[1:]
 
     def as_dict(self) -> Dict[str, str]:
+        """``{'0': 'background', '1': ...}``: label value (as text, the ``dataset.json`` convention) -> class name."""
         return {str(i): c for i, c in enumerate(self.classes)}
 
     @classmethod
     def from_names(cls, names: Sequence[str], name: str = 'custom') -> LabelMap:
+        """A label map from class names in label-value order (the first is the background)."""
         return cls(name, tuple(str(n) for n in names))
 
 

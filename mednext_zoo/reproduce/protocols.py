@@ -138,6 +138,8 @@ assert set(PROTOCOLS) == set(PRETRAINED_TAGS)  # every tag has a protocol
 
 
 def get_protocol(tag: str) -> TagProtocol:
+    """The :class:`TagProtocol` of ``tag`` (e.g. ``'mednext_base.sarscov2_ct'``); raises UserInputError naming the known
+    tags."""
     if tag not in PROTOCOLS:
         raise UserInputError(f'Unknown tag {tag!r}; choose one of {", ".join(PROTOCOLS)}.')
     return PROTOCOLS[tag]
