@@ -43,6 +43,7 @@ class ModelSpec:
 
     @property
     def input_size(self) -> tuple:
+        """``(in_chans, img_size, img_size)``: one input without the batch dimension."""
         return (self.in_chans, self.img_size, self.img_size)
 
 

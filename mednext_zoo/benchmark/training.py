@@ -256,6 +256,7 @@ class TaskData:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (background included for segmentation)."""
         return len(self.classes)
 
     @property

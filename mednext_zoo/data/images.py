@@ -45,6 +45,7 @@ class Sample:
 
     @property
     def name(self) -> str:
+        """``path``, or ``path#slice_index`` for one slice of a NIfTI volume."""
         return self.path if self.slice_index is None else f'{self.path}#{self.slice_index}'
 
 
@@ -59,6 +60,7 @@ class DataSource:
 
     @property
     def class_to_idx(self) -> Dict[str, int]:
+        """Class name -> label index (position in the sorted ``classes``)."""
         return {c: i for i, c in enumerate(self.classes)}
 
     def subset(self, split: str) -> List[Sample]:

@@ -28,10 +28,12 @@ class LabelMap:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes, background included."""
         return len(self.classes)
 
     @property
     def foreground(self) -> Tuple[str, ...]:
+        """The class names without the background (label values 1, 2, ...)."""
         return self.classes[1:]
 
     def as_dict(self) -> Dict[str, str]:

@@ -82,6 +82,7 @@ class Volume:
 
     @property
     def shape(self) -> Tuple[int, int, int]:
+        """``(D, H, W)`` in voxels."""
         return tuple(self.image.shape[:3])
 
     def to_native(self, arr: np.ndarray) -> np.ndarray:
@@ -116,6 +117,7 @@ class SegDataset:
 
     @property
     def case_ids(self) -> List[str]:
+        """The case ids of every record, in order."""
         return [r.case_id for r in self.records]
 
 

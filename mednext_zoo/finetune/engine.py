@@ -115,10 +115,12 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Whether more than one process takes part."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (the process that writes files and logs)."""
         return self.rank == 0
 
 

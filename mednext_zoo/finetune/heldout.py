@@ -63,6 +63,7 @@ class Overlap(Generic[T]):
 
     @property
     def held_out(self) -> List[int]:
+        """Indices of the items the run neither trained nor validated on."""
         return [i for i in range(len(self.items)) if i not in self.used]
 
     def counts(self) -> Dict[str, int]:

@@ -53,10 +53,12 @@ class TagProtocol:
 
     @property
     def arch(self) -> str:
+        """The architecture of the tag (``'mednext_base'`` of ``'mednext_base.sarscov2_ct'``)."""
         return self.tag.split('.', 1)[0]
 
     @property
     def dataset(self) -> Dict[str, object]:
+        """The weight registry's ``DATASETS`` entry of the tag's release."""
         return DATASETS[self.release]
 
     @property

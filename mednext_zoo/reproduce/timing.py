@@ -45,12 +45,14 @@ class Estimate:
 
     @property
     def steps(self) -> float:
+        """Training-step equivalents of the whole run, all seeds (evaluation batches count 1/3)."""
         per_seed = (self.train_steps_per_epoch + self.eval_batches_per_epoch / 3) * self.epochs \
             + self.final_eval_batches / 3
         return per_seed * self.seeds  # the step counts are per process already
 
     @property
     def total_s(self) -> Optional[float]:
+        """Projected seconds for the whole run, or None when nothing was measured."""
         return None if self.sec_per_step is None else self.sec_per_step * self.steps
 
     def describe(self) -> str:
