@@ -117,6 +117,7 @@ class SegRecipe:
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> Dict[str, Any]:
+        """The recipe as a plain dict (what ``config.json`` and the benchmark records store)."""
         return dataclasses.asdict(self)
 
     def warmup_for(self, total_steps: int) -> int:
