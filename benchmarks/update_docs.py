@@ -2,7 +2,8 @@
 
     python benchmarks/update_docs.py [--replot] [RESULT_DIR ...]
 
-Default: every ``benchmarks/results/*/results.md`` and every ``benchmarks/results/train-*/<task>/train.md``.
+Default: every ``benchmarks/results/*/results.md`` and every ``benchmarks/results/train-*/<task>/train.md``;
+the MedUNeXt ablations (``benchmarks/results/ablation-medunext*/train.md``) go into docs/medunext.md.
 
 Run it after committing a new harness or suite result so the docs show the latest tables and charts.
 ``--replot`` first redraws each ``results.png`` from its committed ``results.json`` (no re-measurement), for
@@ -18,6 +19,8 @@ DOC = ROOT / 'docs' / 'benchmarks.md'
 IMG = ROOT / 'docs' / 'img'
 BEGIN, END = '<!-- RESULTS:BEGIN (written by benchmarks/update_docs.py) -->', '<!-- RESULTS:END -->'
 TRAIN_BEGIN, TRAIN_END = '<!-- TRAIN:BEGIN (written by benchmarks/update_docs.py) -->', '<!-- TRAIN:END -->'
+MEDUNEXT_DOC = ROOT / 'docs' / 'medunext.md'
+ABL_BEGIN, ABL_END = '<!-- ABLATION:BEGIN (written by benchmarks/update_docs.py) -->', '<!-- ABLATION:END -->'
 
 
 def _demote(md: str, levels: int = 3) -> str:
@@ -56,6 +59,18 @@ def main(dirs, replot: bool = False) -> None:
         text = _replace_block(text, TRAIN_BEGIN, TRAIN_END, tparts)
     DOC.write_text(text)
     print(f'updated {DOC}')
+    ablations = sorted(RESULTS.glob('ablation-medunext*/train.md'))  # the MedUNeXt trainability ablations
+    if ablations and ABL_BEGIN in MEDUNEXT_DOC.read_text():
+        aparts = []
+        for md_path in ablations:
+            d = md_path.parent
+            aparts += [f'#### `benchmarks/results/{d.name}/`', '', _demote(md_path.read_text(), 3), '']
+            if (d / 'train.png').exists():
+                IMG.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(d / 'train.png', IMG / f'{d.name}.png')
+                aparts += [f'![small-structure Dice vs steps and seconds, {d.name}](img/{d.name}.png)', '']
+        MEDUNEXT_DOC.write_text(_replace_block(MEDUNEXT_DOC.read_text(), ABL_BEGIN, ABL_END, aparts))
+        print(f'updated {MEDUNEXT_DOC}')
 
 
 def _replace_block(text: str, begin: str, end: str, parts) -> str:

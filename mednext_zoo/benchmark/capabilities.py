@@ -101,10 +101,12 @@ _SIZES = ('tiny', 'small', 'base', 'large')
 
 
 def registered_models() -> List[str]:
-    """Every architecture this package registers in timm: MedNeXt then MedUNeXt, small to large."""
-    def order(name: str) -> Tuple[int, int, str]:
-        size = name.rsplit('_', 1)[-1]
-        return (name.startswith('medunext'), _SIZES.index(size) if size in _SIZES else len(_SIZES), name)
+    """Every architecture this package registers in timm: MedNeXt then MedUNeXt, the paper's models small to
+    large, then our variants (``*_hr``) small to large."""
+    def order(name: str) -> Tuple[int, int, int, str]:
+        _, size, *variant = name.split('_')
+        return (name.startswith('medunext'), bool(variant), _SIZES.index(size) if size in _SIZES else len(_SIZES),
+                name)
     return sorted(timm.list_models('mednext_*') + timm.list_models('medunext_*'), key=order)
 
 
