@@ -100,6 +100,8 @@ def _forward_conv_bn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     if not _foldable_conv_bn(module):
         return module(x)
+    if fused_inference_ok(x):
+        return _forward_conv_bn_fused(module, x)
     conv, bn = module.conv, module.bn
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
     shift = bn.running_mean if conv.bias is None else bn.running_mean - conv.bias
@@ -112,6 +114,42 @@ def _forward_conv_bn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if aa is not None:
         x = aa(x)
     return x
+
+
+def _forward_conv_bn_fused(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """fp32 inference: the folded conv (weights cached, channels-last) with its ReLU as a oneDNN post-op."""
+    conv, bn = module.conv, module.bn
+
+    def fold() -> Tuple[torch.Tensor, torch.Tensor]:
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        shift = bn.running_mean if conv.bias is None else bn.running_mean - conv.bias
+        # channels-last weights: oneDNN then skips a reorder of the weights on every call (2x at batch 1)
+        weight = torch.empty_like(conv.weight, memory_format=torch.channels_last)
+        torch.mul(conv.weight, scale.reshape(-1, 1, 1, 1), out=weight)
+        return weight, bn.bias - shift * scale
+
+    sources = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    weight, bias = _derived(module, 'conv_bn', sources, fold)
+    act, aa = bn.act, getattr(module, 'aa', None)
+    post_op = {nn.ReLU: 'relu', nn.Identity: 'none'}.get(type(act))
+    if (_ONEDNN_CONV is not None and post_op is not None and isinstance(bn.drop, nn.Identity) and aa is None
+            and not isinstance(conv.padding, str)):
+        return _ONEDNN_CONV(x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+                            conv.groups, post_op, [], '')
+    x = bn.act(bn.drop(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)))
+    return x if aa is None else aa(x)
+
+
+def _derived(module: nn.Module, name: str, sources: Tuple[Optional[torch.Tensor], ...], build: Callable[[], Any],
+             ) -> Any:
+    """``build()`` (weights derived from ``module``'s parameters: folds, slices), cached on ``module`` for fused
+    inference until a tensor in ``sources`` changes: replaced, or updated in place (its version counter moves)."""
+    key = tuple(None if t is None else (id(t), t.data_ptr(), t._version, t.dtype, t.shape) for t in sources)
+    cache = module.__dict__.setdefault('_derived_weights', {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        hit = cache[name] = (key, build())
+    return hit[1]
 
 
 # oneDNN's fused inference kernels (the ops torch.compile's CPU backend emits): a GEMM with its bias, a GELU
@@ -377,17 +415,23 @@ class SEM(nn.Module):
         z1 = self.dw1_v(self.dw1_h(u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
         mix_h = torch.bmm(self.mix_h.weight.expand(B, H, H), u.view(B, H, W * C)).view(B, H * W, C)
         mix_w = torch.bmm(self.mix_w.weight.expand(B * H, W, W), u.view(B * H, W, C)).view(B, H * W, C)
-        wg = self.fc_agg.weight
-        attn = _linear(z0, wg[:, :C], add=self._agg_bias(C).expand(B, H * W, C))
-        attn = _linear(z1, wg[:, C:2 * C], add=attn)
-        if B * H * W > 2 * C:  # Wg2 Wf (2 C^3 MACs) is cheaper than the (B H W, C) x (C, C) GEMM it saves
-            wf = self.fc_agg.weight[:, 2 * C:] @ self.fc_mix.weight
-            attn = _linear(mix_w, wf[:, C:], add=_linear(mix_h, wf[:, :C], add=attn))
-        else:
-            wf = self.fc_mix.weight
-            z2 = _linear(mix_w, wf[:, C:], add=_linear(mix_h, wf[:, :C]))
-            attn = _linear(z2, wg[:, 2 * C:], add=attn)
+        wg0, wg1, wh, ww, bias = _derived(self, 'agg', self._agg_sources(), lambda: self._agg_weights(C))
+        attn = _linear(z0, wg0, add=bias.expand(B, H * W, C))
+        attn = _linear(z1, wg1, add=attn)
+        attn = _linear(mix_w, ww, add=_linear(mix_h, wh, add=attn))
         return _linear(attn.mul_(v.view(B, H * W, C)).view(B, H, W, C), self.proj.weight, self.proj.bias, add=shortcut)
+
+    def _agg_sources(self) -> Tuple[torch.Tensor, ...]:
+        return (self.fc_agg.weight, self.fc_agg.bias, self.fc_mix.weight, self.fc_mix.bias, self.mix_h.bias,
+                self.mix_w.bias)
+
+    def _agg_weights(self, C: int) -> Tuple[torch.Tensor, ...]:
+        """``Wagg``'s per-path blocks for ``z0``, ``z1``, with ``Wg2 Wf`` folded (cached: 2 C^3 MACs once) for the
+        two axial mixes, and the position bias ``(H W, C)``."""
+        wg = self.fc_agg.weight
+        wf = wg[:, 2 * C:] @ self.fc_mix.weight
+        blocks = (wg[:, :C], wg[:, C:2 * C], wf[:, :C], wf[:, C:])
+        return tuple(w.contiguous() for w in blocks) + (self._agg_bias(C),)
 
     def _check_size(self, H: int, W: int) -> None:
         if H != self.feat_size[0] or W != self.feat_size[1]:
