@@ -1,6 +1,8 @@
-"""Copy the committed results into docs/benchmarks.md (between its RESULTS markers) and docs/img/.
+"""Copy the committed results into docs/benchmarks.md (between its RESULTS / TRAIN markers) and docs/img/.
 
-    python benchmarks/update_docs.py [--replot] [RESULT_DIR ...]   # default: every benchmarks/results/*/results.md
+    python benchmarks/update_docs.py [--replot] [RESULT_DIR ...]
+
+Default: every ``benchmarks/results/*/results.md`` and every ``benchmarks/results/train-*/<task>/train.md``.
 
 Run it after committing a new harness or suite result so the docs show the latest tables and charts.
 ``--replot`` first redraws each ``results.png`` from its committed ``results.json`` (no re-measurement), for
@@ -15,6 +17,7 @@ from _common import RESULTS, ROOT
 DOC = ROOT / 'docs' / 'benchmarks.md'
 IMG = ROOT / 'docs' / 'img'
 BEGIN, END = '<!-- RESULTS:BEGIN (written by benchmarks/update_docs.py) -->', '<!-- RESULTS:END -->'
+TRAIN_BEGIN, TRAIN_END = '<!-- TRAIN:BEGIN (written by benchmarks/update_docs.py) -->', '<!-- TRAIN:END -->'
 
 
 def _demote(md: str, levels: int = 3) -> str:
@@ -38,15 +41,29 @@ def main(dirs, replot: bool = False) -> None:
         if (RESULTS / f'{suite}.md').exists():
             md = (RESULTS / f'{suite}.md').read_text()
             parts += [f'### `benchmarks/results/{suite}.md`', '', _demote(md), '']
-    text = DOC.read_text()
-    block = BEGIN + '\n' + '\n'.join(parts).rstrip() + '\n' + END
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + '\n\n' + block + '\n'
+    text = _replace_block(DOC.read_text(), BEGIN, END, parts)
+    train = sorted(RESULTS.glob('train-*/*/train.md'))
+    if train:
+        tparts = []
+        for md_path in train:
+            d = md_path.parent
+            rel = f'{d.parent.name}/{d.name}'
+            tparts += [f'#### `benchmarks/results/{rel}/`', '', _demote(md_path.read_text(), 3), '']
+            if (d / 'train.png').exists():
+                IMG.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(d / 'train.png', IMG / f'{d.parent.name}-{d.name}.png')
+                tparts += [f'![held-out quality vs steps and seconds, {rel}](img/{d.parent.name}-{d.name}.png)', '']
+        text = _replace_block(text, TRAIN_BEGIN, TRAIN_END, tparts)
     DOC.write_text(text)
     print(f'updated {DOC}')
+
+
+def _replace_block(text: str, begin: str, end: str, parts) -> str:
+    block = begin + '\n' + '\n'.join(parts).rstrip() + '\n' + end
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        return head + block + rest.split(end, 1)[1]
+    return text.rstrip() + '\n\n' + block + '\n'
 
 
 if __name__ == '__main__':

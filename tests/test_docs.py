@@ -298,7 +298,21 @@ def _python_params():
 def test_python_blocks(snippet, tmp_path, monkeypatch):
     if snippet.marker == 'no-test':
         pytest.skip(f'{snippet.where}: marked no-test (needs data, a run folder or the network)')
+    included = _included_files(snippet.text)
+    if included:  # a pymdownx.snippets include of a script that tests/test_examples.py runs
+        for path in included:
+            assert (ROOT / path).is_file(), f'{snippet.where}: includes {path}, which does not exist'
+            assert path.startswith('docs/examples/'), (f'{snippet.where}: includes {path}; only docs/examples/ '
+                                                       f'scripts are run by tests/test_examples.py')
+        return
     _exec_python(snippet.text, snippet.where, tmp_path, monkeypatch)
+
+
+def _included_files(text: str) -> List[str]:
+    """The files a block includes with ``--8<-- "path"`` (every line must be such an include), else []."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    found = [re.fullmatch(r'--8<--\s+"([^"]+)"', ln) for ln in lines]
+    return [m.group(1) for m in found] if lines and all(found) else []
 
 
 def test_discovery_sees_the_pages():

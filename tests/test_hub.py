@@ -374,7 +374,8 @@ def test_model_card_and_config(tmp_path):
                               metrics={'f1': 0.91, 'auc': {'value': 0.95, 'ci': (0.9, 0.99)}}, split='80/20, seed 0')
     assert sorted(p.name for p in out.iterdir()) == sorted(hub.HUB_FILES)  # no temp files left behind
     card = (out / 'README.md').read_text()
-    assert card.startswith('---\n') and 'library_name: timm' in card and 'license: cc-by-nc-sa-4.0' in card
+    assert card.startswith('---\n') and 'library_name: timm' in card and 'license: other' in card
+    assert 'Dataset licence: not verified' in card  # an unverified licence is never written as a fact
     assert 'Roy et al.' in card and 'not for diagnosis' in card
     load = card.index('import mednext_zoo, timm')
     assert load < card.index(f'timm.create_model("hf-hub:{HF_HUB_ORG}/mednext_tiny.monkeypox_msld"')

@@ -80,7 +80,10 @@ def _assert_same_logits(hf, tm, in_chans: int = 3, size: int = SIZE):
     x = torch.randn(3, in_chans, size, size)
     with torch.no_grad():
         a, b = hf(pixel_values=x).logits, tm(x)
-    assert a.shape == (3, tm.num_classes) and torch.equal(a, b)
+    assert a.shape == (3, tm.num_classes)
+    # Same weights, same graph; bit-equality is not promised across two module instances on CPU (kernel choice
+    # can differ with memory format), so compare at float32 rounding level.
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _timm_eval_tensor(model: torch.nn.Module, image: Image.Image) -> torch.Tensor:

@@ -10,9 +10,12 @@ import json
 import os
 from typing import Any, Dict
 
-# the paper's segmentation recipe (Adam, batch 12, 100 epochs); used where the user gave no value
-SEG_DEFAULTS: Dict[str, Any] = {'epochs': 100, 'batch_size': 12, 'lr': 1e-3, 'weight_decay': 1e-4,
-                                'warmup_epochs': 0.0}
+from ..finetune.segmentation.recipe import CLASS_WEIGHTINGS, DICE_MODES, SCHEDULES, SegRecipe
+
+# the paper's segmentation recipe (Adam, batch 12, 100 epochs; lr and weight decay from recipe.SegRecipe); used
+# for the options shared with classification where the user gave no value
+SEG_DEFAULTS: Dict[str, Any] = {'epochs': 100, 'batch_size': 12, 'lr': SegRecipe.lr,
+                                'weight_decay': SegRecipe.weight_decay, 'warmup_epochs': 0.0}
 
 
 class _DefaultInt(int):
@@ -65,7 +68,25 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     s.add_argument('--ct-window', default='-125,275', help='HU window for --intensity ct, "LOW,HIGH"')
     s.add_argument('--context', type=int, default=1, help='2.5D: odd number of adjacent slices as channels')
     s.add_argument('--slice-axis', type=int, default=2, choices=(0, 1, 2), help='NIfTI array axis to slice')
-    s.add_argument('--opt', default='adam', help='optimiser for --task seg (timm name: adam, adamw, sgd, ...)')
+    r = SegRecipe()
+    s.add_argument('--opt', default=r.opt, help='optimiser for --task seg (timm name: adam, adamw, sgd, ...)')
+    s.add_argument('--schedule', default=r.schedule, choices=SCHEDULES,
+                   help='learning-rate schedule after the warm-up: cosine (to --min-lr), poly (power 0.9), constant')
+    s.add_argument('--ce-weight', type=float, default=r.ce_weight, help='weight of the cross-entropy in the loss')
+    s.add_argument('--dice-weight', type=float, default=r.dice_weight, help='weight of the soft Dice in the loss')
+    s.add_argument('--dice-mode', default=r.dice_mode, choices=DICE_MODES,
+                   help='batch: Dice sums over the whole batch (TransUNet); image: per-image Dice, averaged (nnU-Net)')
+    s.add_argument('--dice-background', action=argparse.BooleanOptionalAction, default=r.dice_background,
+                   help='include the background class in the Dice average')
+    s.add_argument('--class-weighting', default=r.class_weighting, choices=CLASS_WEIGHTINGS,
+                   help='cross-entropy class weights from the training labels: none, inverse (1 / frequency) or '
+                        'sqrt_inverse')
+    s.add_argument('--oversample-fg', type=float, default=r.oversample_fg,
+                   help='probability that a training slice is drawn to hold a foreground class (chosen uniformly, '
+                        'so rare ones come as often as common ones; nnU-Net uses 0.33; 0: uniform)')
+    s.add_argument('--deep-supervision', action=argparse.BooleanOptionalAction, default=r.deep_supervision,
+                   help='when the model returns multi-scale logits in training, score them all (weights 1, 1/2, '
+                        '1/4, ...)')
     s.add_argument('--fold', type=int, default=0, help='with --folds K: the patient-grouped fold used for validation')
     s.add_argument('--no-augment', action='store_true', help='no rot90 / flip / rotation augmentation')
     s.add_argument('--eval-split', default='auto', choices=('auto', 'val', 'test', 'none'),
@@ -95,7 +116,10 @@ def finetune(args: argparse.Namespace) -> int:
         slice_axis=args.slice_axis, img_size=args.img_size, context=args.context, intensity=args.intensity,
         window=_window(args.ct_window), epochs=int(pick('epochs')), batch_size=int(pick('batch_size')),
         opt=args.opt, lr=float(pick('lr')), min_lr=args.min_lr, weight_decay=float(pick('weight_decay')),
-        warmup_epochs=float(pick('warmup_epochs')), augment=not args.no_augment, val_frac=args.val_frac,
+        warmup_epochs=float(pick('warmup_epochs')), schedule=args.schedule, ce_weight=args.ce_weight,
+        dice_weight=args.dice_weight, dice_mode=args.dice_mode, dice_background=args.dice_background,
+        class_weighting=args.class_weighting, oversample_fg=args.oversample_fg,
+        deep_supervision=args.deep_supervision, augment=not args.no_augment, val_frac=args.val_frac,
         test_frac=args.test_frac, folds=args.folds, fold=args.fold, eval_split=args.eval_split, tta=args.tta,
         overlays=args.overlays, pretrained=args.pretrained, drop_path=args.drop_path, accum_steps=args.accum_steps,
         amp=args.amp, device=args.device, seed=args.seed, clip_grad=args.clip_grad, ema_decay=args.ema,

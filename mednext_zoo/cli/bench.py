@@ -8,7 +8,7 @@ import warnings
 from ..benchmark import BenchConfig, run_benchmark, to_markdown, write_results
 from ..errors import UserInputError
 
-SUITES = ('paper_table', 'ablation')
+SUITES = ('paper_table', 'ablation', 'train')
 # timm and fvcore still call the deprecated torch.jit.script / trace API; nothing a user can act on
 warnings.filterwarnings('ignore', message='`torch.jit.(script|trace)` is deprecated', category=FutureWarning)
 
@@ -20,7 +20,43 @@ def _models(text: str) -> list:
     return names
 
 
+def _names(text: str) -> list:
+    return [n.strip() for n in text.split(',') if n.strip()]
+
+
+def _recipe(text: str) -> dict:
+    """``key=value,key=value`` -> recipe overrides (every recipe field is a scalar)."""
+    from ..benchmark.training import parse_value
+    out = {}
+    for item in _names(text):
+        key, sep, raw = item.partition('=')
+        if not sep:
+            raise argparse.ArgumentTypeError(f'--recipe expects key=value pairs, e.g. oversample_fg=0.33; got {item!r}')
+        out[key.strip()] = parse_value(raw)
+    return out
+
+
+def _run_training(args: argparse.Namespace) -> int:
+    from ..benchmark.training import TrainSuiteConfig, run_training_suite
+    from ..benchmark.training_report import training_markdown
+    out = args.out if args.out != 'bench_results' else 'bench_train'
+    cfg = TrainSuiteConfig(
+        task=args.task, rows=(args.models or []) + (args.row or []) or None, phantoms=args.phantoms,
+        seeds=args.seeds, steps=args.steps,
+        batch_size=args.batch_size or 16, eval_every=args.eval_every, data=args.data, img_size=args.img_size or 64,
+        recipe=args.recipe or {}, device=args.device, threads=args.threads, workers=args.workers, clock=args.clock,
+        progress=not args.no_progress, resume=args.resume, note=args.note)
+    result = run_training_suite(cfg, out_dir=out)
+    print(training_markdown(result))
+    print(f'wrote {out}/train.json, train.csv, train.md, train.png', file=sys.stderr)
+    if result['rows'] and all(r['status'] != 'ok' for r in result['rows']):
+        raise UserInputError('no row could be trained (see the reasons above).')
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.suite == 'train':
+        return _run_training(args)
     if args.suite:
         from ..benchmark import suites
         result = suites.run_suite(args.suite, out_dir=args.out, progress=not args.no_progress)
@@ -78,6 +114,28 @@ def register(subparsers) -> None:
     p.add_argument('--no-plot', action='store_true', help='skip results.png')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--suite', choices=SUITES, default=None,
-                   help="run a counting suite instead: paper_table (Table 2 and the SDFFN claim) or ablation "
-                        "(Table 7 variants); writes SUITE.md / SUITE.json into --out")
+                   help="run a suite instead: paper_table (Table 2 and the SDFFN claim) or ablation (Table 7 "
+                        "variants), writing SUITE.md / SUITE.json into --out; or train: the training-efficiency "
+                        "suite (quality vs steps and seconds over seeds; train.json / .csv / .md / .png)")
+    t = p.add_argument_group('--suite train (see docs/benchmarks.md, "Training efficiency")')
+    t.add_argument('--row', action='append', default=None, metavar='SPEC',
+                   help='a row beside --models (repeatable): "[LABEL=]MODEL [key=value ...] [recipe.key=value ...]", '
+                        'e.g. "tiny-os=medunext_tiny recipe.oversample_fg=0.33"')
+    t.add_argument('--phantoms', type=_names, default=None,
+                   help='synthetic tasks (seg: small,lookalike,thick; cls: lesion); default: all of the task')
+    t.add_argument('--seeds', type=int, default=3, help='training seeds 0..N-1 per row (default 3)')
+    t.add_argument('--steps', type=int, default=300, help='optimiser steps per run (default 300)')
+    t.add_argument('--eval-every', type=int, default=25, help='held-out evaluation every N steps (default 25)')
+    t.add_argument('--data', default=None,
+                   help='a dataset finetune reads instead of the phantoms (held out: its test split, else 20%%)')
+    t.add_argument('--workers', type=int, default=0,
+                   help='runs in parallel processes (default 0: one per usable CPU core, 1 on CUDA); with more than '
+                        'one, each gets --threads torch threads (default 1)')
+    t.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                   help='seconds shown in the tables and plots: wall clock, or process CPU time (steadier on a '
+                        'shared machine); both are recorded')
+    t.add_argument('--resume', action='store_true',
+                   help='reuse the finished runs logged in --out (train.runs.jsonl) that match these settings')
+    t.add_argument('--recipe', type=_recipe, default=None,
+                   help='recipe overrides for every row, e.g. oversample_fg=0.33,dice_mode=image')
     p.set_defaults(func=_run)

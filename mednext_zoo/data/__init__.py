@@ -4,7 +4,12 @@
 * :mod:`.images`    -- labelled 2D images for classification: ImageFolder trees, CSV manifests, splits, datasets;
 * :mod:`.volumes`   -- labelled volumes for segmentation: nnU-Net / MSD, TransUNet Synapse, ACDC, 2D folders, CSV;
 * :mod:`.labels`    -- label maps (Synapse, BTCV, ACDC), label checks, patient ids, ``dataset.json``;
-* :mod:`.synthetic` -- synthetic phantoms and tasks generated on the fly (tests, demos, training benchmarks).
+* :mod:`.synthetic` -- CT-like segmentation phantoms and a classification task generated on the fly from a seed,
+  with fixed held-out splits (tests, demos, the training-efficiency benchmark).
+<<<<<<< HEAD
+* :mod:`.releases`  -- the paper's five public releases as downloaded: recognise a copy, check its contents.
+=======
+>>>>>>> lead11
 """
 from .images import (
     SPLITS,

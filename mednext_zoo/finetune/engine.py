@@ -115,12 +115,22 @@ class DistInfo:
         return self.rank == 0
 
 
+_GROUP_USERS = 0  # setup_distributed calls not yet matched by cleanup_distributed
+
+
 def setup_distributed(device: str = 'auto') -> DistInfo:
-    """Join the process group started by ``torchrun`` (gloo on CPU, NCCL on CUDA); a no-op otherwise."""
+    """Join the process group started by ``torchrun`` (gloo on CPU, NCCL on CUDA); a no-op otherwise.
+
+    Calls nest: the group lives until every ``setup_distributed`` has had its ``cleanup_distributed``, so that a
+    caller running several fits in one launch (``mednext-zoo reproduce --seeds 3``) keeps one group throughout
+    (torchrun's store does not support creating the default group a second time).
+    """
+    global _GROUP_USERS
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world <= 1:
         return DistInfo()
     rank, local_rank = int(os.environ.get('RANK', '0')), int(os.environ.get('LOCAL_RANK', '0'))
+    _GROUP_USERS += 1
     if not dist.is_initialized():
         use_cuda = torch.cuda.is_available() and device in ('auto', '', None) or str(device).startswith('cuda')
         if use_cuda:
@@ -130,7 +140,9 @@ def setup_distributed(device: str = 'auto') -> DistInfo:
 
 
 def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
+    global _GROUP_USERS
+    _GROUP_USERS = max(0, _GROUP_USERS - 1)
+    if _GROUP_USERS == 0 and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

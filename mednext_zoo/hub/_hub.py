@@ -125,6 +125,7 @@ def save_pretrained(
         label_names: Optional[Sequence[str]] = None,
         repo_id: Optional[str] = None,
         flops: bool = True,
+        sections: Sequence[Tuple[str, str]] = (),
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card to ``save_dir``.
 
@@ -150,6 +151,7 @@ def save_pretrained(
         repo_id: Hub repo the card's loading lines use; default ``'<HF_HUB_ORG>/<arch>.<tag>'`` for a paper
             dataset, else none (the card then loads with ``local-dir:``).
         flops: Count FLOPs with fvcore for the card (a few seconds on CPU for a base model).
+        sections: Extra ``(title, markdown)`` card sections after the evaluation (e.g. a reproduction record).
 
     Returns:
         The folder path.
@@ -232,6 +234,7 @@ def save_pretrained(
         split=split,
         training=training,
         published=bool(repo_id) and weight_status(repo_id.split('/')[-1]) == 'published',
+        sections=sections,
     )
     atomic_write_text(save_dir / CARD_NAME, card)
     return save_dir

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from huggingface_hub import ModelCardData
+from huggingface_hub import EvalResult, ModelCardData
 
 from ..models._pretrained import HF_HUB_ORG, PAPER_CITATION, PAPER_DOI
 from ..version import __version__
 
-__all__ = ['render_model_card']
+__all__ = ['render_model_card', 'eval_results']
 
 PAPER_BIBTEX = """@article{xue2026mednext,
   title   = {MedNeXt for accurate medical image classification and segmentation:
@@ -30,20 +31,80 @@ def _fmt_value(v: Any) -> str:
     return str(v)
 
 
+_COLUMNS = (  # optional keys of a metric entry -> column header
+    ('ci', '95% CI'),
+    ('mean_std', 'Mean ± std over seeds'),
+    ('paper', 'Paper (reference, not measured here)'),
+)
+
+
 def _metrics_table(metrics: Mapping[str, Any]) -> List[str]:
-    """Rows of ``name -> value`` or ``name -> {'value': v, 'ci': (lo, hi), 'note': str}``."""
-    has_ci = any(isinstance(v, Mapping) and v.get('ci') is not None for v in metrics.values())
-    lines = ['| Metric | Value |' + (' 95% CI |' if has_ci else ''), '|---|---|' + ('---|' if has_ci else '')]
-    for name, v in metrics.items():
-        if isinstance(v, Mapping):
-            value, ci = v.get('value'), v.get('ci')
-        else:
-            value, ci = v, None
-        row = f'| {name} | {_fmt_value(value)} |'
-        if has_ci:
-            row += f' {_fmt_value(ci[0])} - {_fmt_value(ci[1])} |' if ci is not None else ' |'
-        lines.append(row)
+    """Rows of ``name -> value`` or ``name -> {'value': v, 'ci': (lo, hi), 'mean_std': str, 'paper': p}``.
+
+    A column is printed for each optional key that any entry has; the value column is labelled "Measured".
+    """
+    entries = {n: (dict(v) if isinstance(v, Mapping) else {'value': v}) for n, v in metrics.items()}
+    cols = [(k, h) for k, h in _COLUMNS if any(e.get(k) is not None for e in entries.values())]
+    measured = 'Measured (these weights)' if cols else 'Value'
+    lines = ['| Metric | ' + ' | '.join([measured] + [h for _, h in cols]) + ' |',
+             '|---|' + '---|' * (1 + len(cols))]
+    for name, e in entries.items():
+        cells = [_fmt_value(e.get('value')) if e.get('value') is not None else '-']
+        for k, _ in cols:
+            v = e.get(k)
+            if v is None:
+                cells.append('')
+            elif k == 'ci':
+                cells.append(f'{_fmt_value(v[0])} - {_fmt_value(v[1])}')
+            else:
+                cells.append(_fmt_value(v))
+        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
     return lines
+
+
+# metric names as our cards write them -> the Hub's metric type ids (the ``model-index`` ``metrics[].type``)
+_METRIC_TYPES = {'auc': 'roc_auc', 'roc_auc': 'roc_auc', 'f1': 'f1', 'accuracy': 'accuracy', 'precision': 'precision',
+                 'recall': 'recall', 'dice': 'dice', 'hd95': 'hd95'}
+
+
+def _metric_type(name: str) -> str:
+    key = name.lower().replace(' ', '_')
+    return _METRIC_TYPES.get(key) or _METRIC_TYPES.get(key.split('_', 1)[0]) or key
+
+
+def eval_results(
+        metrics: Optional[Mapping[str, Any]],
+        *,
+        task: str,
+        dataset_name: str,
+        dataset_type: str,
+) -> List[EvalResult]:
+    """The card's measured metrics as huggingface_hub ``EvalResult`` s (the ``model-index`` of the YAML header).
+
+    ``metrics`` maps a name to a number or to ``{'value': v, ...}``; entries without a finite numeric value
+    (a paper reference, a note) are left out. The metric type is the Hub's id (``auc`` -> ``roc_auc``,
+    ``dice_strict`` -> ``dice``) and the metric name keeps ours, so the Hub's results table shows both.
+    """
+    out = []
+    for name, entry in (metrics or {}).items():
+        value = entry.get('value') if isinstance(entry, Mapping) else entry
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        out.append(EvalResult(
+            task_type='image-segmentation' if task == 'segmentation' else 'image-classification',
+            task_name=task,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            metric_type=_metric_type(name),
+            metric_name=name,
+            metric_value=round(float(value), 6),
+        ))
+    return out
+
+
+def _slug(text: str) -> str:
+    """A Hub-style id from free text: lower case, runs of other characters as one '-'."""
+    return re.sub(r'[^a-z0-9]+', '-', text.lower()).strip('-') or 'dataset'
 
 
 def _entry_doc(arch: str) -> str:
@@ -77,23 +138,29 @@ def render_model_card(
         training: Optional[str] = None,
         license: Optional[str] = None,
         published: bool = False,
+        sections: Sequence[Tuple[str, str]] = (),
 ) -> str:
     """The README.md text: YAML metadata for the Hub, then the card body.
 
     ``dataset`` is an entry of ``DATASETS`` or a mapping with the same keys (only ``name`` is
-    required) describing the training data; ``dataset_tag`` its registry key, if any.
+    required) describing the training data; ``dataset_tag`` its registry key, if any. ``sections`` are extra
+    ``(title, markdown)`` sections placed after the evaluation (e.g. how the weights were reproduced).
     """
     ds: Dict[str, Any] = dict(dataset or {})
     in_chans, height, width = input_size
     segmentation = task == 'segmentation'
+    name = repo_id.split('/')[-1] if repo_id else (f'{arch}.{dataset_tag}' if dataset_tag else arch)
+    results = eval_results(metrics, task=task, dataset_name=ds.get('name') or 'unnamed dataset',
+                           dataset_type=dataset_tag or _slug(ds.get('name') or 'unnamed dataset'))
     card_data = ModelCardData(
         license=license or ds.get('license') or 'other',
         library_name='timm',
         pipeline_tag='image-segmentation' if segmentation else 'image-classification',
         tags=['timm', 'mednext-zoo', 'medical-imaging', 'mednext-xue-2026', task]
         + ([dataset_tag] if dataset_tag else []),
+        model_name=name if results else None,  # the model-index needs a name
+        eval_results=results or None,
     )
-    name = repo_id.split('/')[-1] if repo_id else (f'{arch}.{dataset_tag}' if dataset_tag else arch)
     source = f'hf-hub:{repo_id}' if repo_id else 'local-dir:/path/to/this/folder'
     what = 'segmentation network' if segmentation else 'image classifier'
     L: List[str] = ['---', card_data.to_yaml(), '---', '', f'# {name}', '']
@@ -207,8 +274,14 @@ def render_model_card(
         L += [f'- Dataset: {name}' + (f' (doi:{ds["doi"]})' if ds.get('doi') else '')]
         if ds.get('size'):
             L += [f'- Size: {ds["size"]}']
-        L += [f'- Dataset licence: {ds["license"]} (as listed by the dataset authors; the weights carry the same '
-              'terms)' if ds.get('license') else '- Dataset licence: not recorded',
+        if ds.get('license_note'):
+            licence = f'- Dataset licence: {ds["license_note"]} (the weights carry the dataset\'s terms)'
+        elif ds.get('license'):
+            licence = (f'- Dataset licence: {ds["license"]} (as listed by the dataset authors; the weights carry the '
+                       'same terms)')
+        else:
+            licence = '- Dataset licence: not recorded'
+        L += [licence,
               '- Split: ' + (' '.join(t for t in (ds.get('split'), split) if t) or 'not recorded'),
               '- Protocol: ' + (' '.join(t for t in (ds.get('protocol'), training) if t) or 'not recorded')]
         if ds.get('citation'):
@@ -229,6 +302,9 @@ def render_model_card(
     if ds.get('paper_results'):
         L += [f'For reference only (the paper\'s own figures, not measured on this checkpoint): '
               f'{ds["paper_results"]}', '']
+
+    for title, body in sections:
+        L += [f'## {title}', '', body.rstrip(), '']
 
     L += ['## Size and compute', '',
           f'- Parameters: {num_params / 1e6:.2f} M (every learnable tensor, '

@@ -48,8 +48,9 @@ PAPER_CITATION = (
 STATUS_NOT_PUBLISHED = 'not yet published'
 
 _LICENSE_NOTE = (
-    'Licence of the weights = licence of the training data as listed by the dataset authors '
-    '(check the dataset page for its current terms before redistributing).'
+    'Licence of the weights = licence of the training data as set by the dataset authors; the licences of the '
+    'paper\'s datasets could not all be verified (see license_note / docs/weights.md): read the dataset page\'s '
+    'current terms before using or redistributing these weights.'
 )
 
 # Facts about the paper's datasets. Label order is the classifier / label-map index order: it is
@@ -64,7 +65,9 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         doi='10.1101/2020.04.24.20078584',
         citation='Soares E, Angelov P, Biaso S, Froes MH, Abe DK. SARS-CoV-2 CT-scan dataset: A large dataset '
                  'of real patients CT scans for SARS-CoV-2 identification. medRxiv 2020.04.24.20078584.',
-        license='cc-by-nc-sa-4.0',
+        license='other',
+        license_note='not verified: read the licence shown on the Kaggle page before downloading (the dataset paper, '
+                     'medRxiv 2020.04.24.20078584, states none)',
         label_names=('non_covid', 'covid'),
         label_descriptions={
             'non_covid': 'CT slice of a patient not infected by SARS-CoV-2',
@@ -96,7 +99,10 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         doi='',
         citation='Ali SN, Ahmed MT, Paul J, Jahan T, Sani SMS, Noor N, Hasan T. Monkeypox skin lesion '
                  'detection using deep learning models: A feasibility study. arXiv:2207.03342 (2022).',
-        license='cc-by-nc-sa-4.0',
+        license='other',
+        license_note="not verified: the authors' readme (github.com/ShamsNafisaAli/Monkeypox-Skin-Lesion-Dataset) "
+                     'shows a Creative Commons badge whose variant is not stated in text; read the licence on the '
+                     'Kaggle page before downloading',
         label_names=('others', 'monkeypox'),
         label_descriptions={
             'others': 'Skin lesion of another disease (chickenpox, measles)',
@@ -129,7 +135,9 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         citation='Maftouni M, Law ACC, Shen B, Grado ZJK, Zhou Y, Yazdi NA. A robust ensemble-deep learning '
                  'model for COVID-19 diagnosis based on an integrated CT scan images database. IISE Annual '
                  'Conference and Expo 2021.',
-        license='cc-by-nc-sa-4.0',
+        license='other',
+        license_note='not verified: read the licence shown on the Kaggle page before downloading; the slices are '
+                     'curated from 7 public datasets, each with its own terms',
         label_names=('non_covid', 'covid'),
         label_descriptions={
             'non_covid': 'Normal CT slice (no COVID-19)',
@@ -159,7 +167,10 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         doi='10.7303/syn3193805',
         citation='Landman B, Xu Z, Iglesias JE, Styner M, Langerak TR, Klein A. MICCAI multi-atlas labeling '
                  'beyond the cranial vault - workshop and challenge (2015). doi:10.7303/syn3193805.',
-        license='cc-by-4.0',
+        license='other',
+        license_note="not verified: the raw BTCV data need a Synapse account and its terms of use; TransUNet's "
+                     'preprocessed copy is shared for research use and not to be redistributed (TransUNet '
+                     'datasets/README)',
         label_names=('background', 'aorta', 'gallbladder', 'left kidney', 'right kidney', 'liver',
                      'pancreas', 'spleen', 'stomach'),
         label_descriptions={},
@@ -167,11 +178,11 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         size='30 CT volumes; TransUNet split 18 train (2,211 axial slices) / 12 test',
         in_chans=1,
         img_size=224,
-        mean=(0.5,),
-        std=(0.5,),
-        preprocessing='CT window: HU clipped to [-125, 275] and each volume scaled to [0, 1]; every axial '
-                      'slice resized to the input size (224x224 in the paper; 1 channel); then normalised with '
-                      'mean 0.5, std 0.5 (to [-1, 1]).',
+        mean=(0.0,),
+        std=(1.0,),
+        preprocessing='CT window: HU clipped to [-125, 275] and each volume scaled to [0, 1] (as in TransUNet\'s '
+                      'released files); every axial slice resized to the input size (224x224 in the paper; 1 '
+                      'channel); no further normalisation (mean 0, std 1), as in TransUNet\'s data loader.',
         split='TransUNet split. Test: case0001, 0002, 0003, 0004, 0008, 0022, 0025, 0029, 0032, 0035, 0036, '
               '0038; train: the other 18 cases.',
         protocol='0.5 CE + 0.5 soft Dice over 9 classes, random rot90 + flip / rotation; Adam, batch 12, '
@@ -191,7 +202,9 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         doi='10.1109/TMI.2018.2837502',
         citation='Bernard O, et al. Deep learning techniques for automatic MRI cardiac multi-structures '
                  'segmentation and diagnosis: is the problem solved? IEEE TMI 37(11):2514-2525 (2018).',
-        license='cc-by-nc-sa-4.0',
+        license='other',
+        license_note="not verified: any use must cite Bernard et al., IEEE TMI 2018 (ACDC pages); the database page's "
+                     'licence text could not be checked (a third-party mirror lists cc-by-nc-sa-4.0)',
         label_names=('background', 'right ventricle', 'myocardium', 'left ventricle'),
         label_descriptions={
             'right ventricle': 'right ventricle cavity (RV)',
@@ -202,11 +215,11 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         size='100 patients x (ED, ES); TransUNet-lineage split 70 / 10 / 20 patients',
         in_chans=1,
         img_size=224,
-        mean=(0.5,),
-        std=(0.5,),
+        mean=(0.0,),
+        std=(1.0,),
         preprocessing='Each volume min-max scaled to [0, 1]; every short-axis slice resized to the input '
-                      'size (224x224 in the paper; 1 channel); then normalised with mean 0.5, std 0.5 '
-                      '(to [-1, 1]).',
+                      'size (224x224 in the paper; 1 channel); no further normalisation (mean 0, std 1). The '
+                      'paper does not state its ACDC intensity step; this one is mednext-zoo\'s.',
         split='Test patients 002, 003, 008, 009, 012, 014, 017, 024, 042, 048, 049, 053, 055, 064, 067, 079, '
               '081, 088, 092, 095 (ED + ES = 40 volumes); validation 019, 021, 029, 033, 041, 050, 061, 071, '
               '076, 080; train the other 70.',

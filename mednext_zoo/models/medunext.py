@@ -19,12 +19,21 @@ Input sides must be multiples of the total stride (32) and equal to ``img_size``
 mixing matrices of the MED blocks fix the resolution). :func:`pad_to_valid_size` and
 :func:`crop_to_size` pad an image and crop the prediction back.
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvNormAct, calculate_drop_path_rates, get_device_dtype, register_notrace_function, to_2tuple
+from timm.layers import (
+    ConvNormAct,
+    GroupNormAct,
+    calculate_drop_path_rates,
+    get_device_dtype,
+    get_norm_act_layer,
+    register_notrace_function,
+    to_2tuple,
+)
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
@@ -141,21 +150,48 @@ def _mirror_rates(rates: List[float], depth: int) -> List[float]:
     return [rev[min(i, len(rev) - 1)] for i in range(depth)]
 
 
-class ConvStage(nn.Module):
-    """Conv level: optional 3x3 stride-2 conv + BN, then two 3x3 conv-BN-ReLU. ``B, C, H, W`` -> ``B, C', H', W'``."""
+def _group_norm_act(num_channels: int, **kwargs) -> GroupNormAct:
+    """GroupNorm (+ act) with 8 groups, or fewer when ``num_channels`` is not a multiple of 8."""
+    return GroupNormAct(num_channels, num_groups=math.gcd(8, num_channels), **kwargs)
 
-    def __init__(self, in_chs: int, out_chs: int, downsample: bool = True, device=None, dtype=None):
+
+def _instance_norm_act(num_channels: int, **kwargs) -> GroupNormAct:
+    """Instance norm (+ act): one group per channel, affine."""
+    return GroupNormAct(num_channels, num_groups=num_channels, **kwargs)
+
+
+NORM_LAYERS: Dict[str, Union[str, Callable]] = {
+    'batchnorm': 'batchnorm',
+    'groupnorm': _group_norm_act,
+    'instancenorm': _instance_norm_act,
+}
+UPSAMPLERS = ('transposed', 'bilinear', 'bilinear_conv3')
+SKIP_FUSIONS = ('add', 'concat')
+INPUT_DOWNSAMPLERS = ('maxpool', 'conv')
+INITS = ('timm', 'kaiming')
+FULL_RES = ('none', 'refine', 'input', 'skip')
+
+
+class ConvStage(nn.Module):
+    """Conv level: optional 3x3 stride-2 conv + norm, then two 3x3 conv-norm-ReLU.
+
+    ``B, C, H, W`` -> ``B, C', H', W'`` (``H' = H / 2`` with ``downsample``).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, downsample: bool = True,
+                 norm_layer: Union[str, Callable] = 'batchnorm', device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.grad_checkpointing = False
         if downsample:
-            self.downsample = ConvNormAct(in_chs, out_chs, 3, stride=2, padding=1, bias=False, apply_act=False, **dd)
+            self.downsample = ConvNormAct(in_chs, out_chs, 3, stride=2, padding=1, bias=False, apply_act=False,
+                                          norm_layer=norm_layer, **dd)
             in_chs = out_chs
         else:
             self.downsample = nn.Identity()
         self.blocks = nn.Sequential(
-            ConvNormAct(in_chs, out_chs, 3, padding=1, bias=False, **dd),
-            ConvNormAct(out_chs, out_chs, 3, padding=1, bias=False, **dd),
+            ConvNormAct(in_chs, out_chs, 3, padding=1, bias=False, norm_layer=norm_layer, **dd),
+            ConvNormAct(out_chs, out_chs, 3, padding=1, bias=False, norm_layer=norm_layer, **dd),
         )
 
     def set_feat_size(self, feat_size: Tuple[int, int]) -> None:
@@ -169,29 +205,58 @@ class ConvStage(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """2x2 stride-2 transposed conv + BN (+ ReLU): ``B, C, H, W`` -> ``B, C', 2H, 2W``."""
+    """2x upsampling + norm (+ ReLU): ``B, C, H, W`` -> ``B, C', 2H, 2W``.
 
-    def __init__(self, in_chs: int, out_chs: int, apply_act: bool = False, device=None, dtype=None):
+    ``mode='transposed'`` (the paper's): a 2x2 stride-2 transposed conv (each output pixel is a linear map of one
+    input pixel, with one of four kernels by position). ``mode='bilinear'``: a 1x1 conv at the input resolution,
+    then bilinear interpolation (a quarter of the transposed conv's weights and FLOPs; the output is smooth).
+    ``mode='bilinear_conv3'``: bilinear interpolation, then a 3x3 conv at the output resolution (9x the
+    transposed conv's FLOPs).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, apply_act: bool = False, mode: str = 'transposed',
+                 norm_layer: Union[str, Callable] = 'batchnorm', device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.conv = nn.ConvTranspose2d(in_chs, out_chs, 2, stride=2, bias=False, **dd)
-        self.bn = nn.BatchNorm2d(out_chs, **dd)
-        self.act = nn.ReLU(inplace=True) if apply_act else nn.Identity()
+        self.mode = mode
+        if mode == 'bilinear':
+            self.conv = nn.Conv2d(in_chs, out_chs, 1, bias=False, **dd)
+        elif mode == 'bilinear_conv3':
+            self.conv = nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=False, **dd)
+        else:
+            self.conv = nn.ConvTranspose2d(in_chs, out_chs, 2, stride=2, bias=False, **dd)
+        self.bn = get_norm_act_layer(norm_layer, nn.ReLU)(out_chs, apply_act=apply_act, **dd)  # norm (+ ReLU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        if self.mode == 'bilinear':
+            x = F.interpolate(self.conv(x), scale_factor=2., mode='bilinear', align_corners=False)
+        elif self.mode == 'bilinear_conv3':
+            x = self.conv(F.interpolate(x, scale_factor=2., mode='bilinear', align_corners=False))
+        else:
+            x = self.conv(x)
+        return self.bn(x)
 
 
 class DecoderLevel(nn.Module):
-    """Decoder level ``stage(up(x) + skip)``: ``x`` ``B, C_deep, h, w``, ``skip`` ``B, C, 2h, 2w`` -> same as skip."""
+    """One decoder level: ``x`` ``B, C_deep, h, w`` and ``skip`` ``B, C, 2h, 2w`` -> ``B, C, 2h, 2w``.
 
-    def __init__(self, up: nn.Module, stage: nn.Module):
+    ``stage(up(x) + skip)`` (additive skip, UNeXt-style), or with ``concat=True``
+    ``stage(fuse([up(x), skip]))``, where ``fuse`` is a 1x1 conv-norm-ReLU ``2C -> C`` (or the identity when
+    the stage itself takes the ``2C`` channels, as a conv level does).
+    """
+
+    def __init__(self, up: nn.Module, stage: nn.Module, concat: bool = False, fuse: Optional[nn.Module] = None):
         super().__init__()
         self.up = up
+        self.concat = concat
+        self.fuse = fuse if fuse is not None else nn.Identity()
         self.stage = stage
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.stage(self.up(x) + skip)
+        x = self.up(x)
+        if self.concat:
+            return self.stage(self.fuse(torch.cat([x, skip], dim=1)))
+        return self.stage(x + skip)
 
 
 class MedUNeXt(nn.Module):
@@ -217,6 +282,13 @@ class MedUNeXt(nn.Module):
             laffn: bool = True,
             token_mixer: str = 'sem',
             ffn: str = 'sdffn',
+            skip_fusion: str = 'add',
+            upsample: str = 'transposed',
+            input_downsample: str = 'maxpool',
+            full_res: str = 'none',
+            norm: str = 'batchnorm',
+            deep_supervision: bool = False,
+            init: str = 'timm',
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             device=None,
@@ -234,6 +306,21 @@ class MedUNeXt(nn.Module):
             decoder_med_depths: MED blocks per decoder MED level, shallow to deep
                 (default: mirror the encoder, ``med_depths[:-1]``).
             laffn, token_mixer, ffn: MED sub-block switches for ablations (see ``MedBlock``).
+            skip_fusion: 'add' (UNeXt-style additive skips) or 'concat' (concatenate, then a conv fuses).
+            upsample: 'transposed' (2x2 stride-2 transposed conv, the paper's) or 'bilinear' (+ 3x3 conv).
+            input_downsample: 'maxpool' (the paper's max-pool on the input) or 'conv' (a learned 3x3 stride-2
+                conv-norm-ReLU to ``conv_dims[0]`` channels).
+            full_res: What happens at full resolution after the last upsampling: 'none' (the 1x1 head reads
+                the upsampled map, our reading of the paper), 'refine' (two 3x3 conv-norm-ReLU first),
+                'input' (the input image is concatenated as a skip, then two 3x3 conv-norm-ReLU), 'skip' (a
+                full-resolution encoder level, two 3x3 conv-norm-ReLU on the input, fused like the other skips,
+                then two 3x3 conv-norm-ReLU).
+            norm: Normalisation of the conv levels and upsampling blocks: 'batchnorm' (the paper's),
+                'groupnorm' or 'instancenorm'.
+            deep_supervision: In training mode, :meth:`forward_deep` also returns logits of the decoder
+                levels at 1/2 and 1/4 resolution (1x1 heads); ``forward`` is unchanged.
+            init: 'timm' (truncated normal 0.02 for linear and depth-wise layers, PyTorch defaults for
+                dense convs) or 'kaiming' (also He-normal, fan-out, for every dense and transposed conv).
             drop_rate: Dropout before the 1x1 head.
             drop_path_rate: Stochastic depth over the encoder MED blocks (decoder mirrors it).
         """
@@ -250,27 +337,46 @@ class MedUNeXt(nn.Module):
                 f'decoder_med_depths {decoder_med_depths} needs one entry per non-bottleneck MED level '
                 f'({len(med_dims) - 1}).'
             )
+        for arg, value, allowed in (('skip_fusion', skip_fusion, SKIP_FUSIONS), ('upsample', upsample, UPSAMPLERS),
+                                    ('input_downsample', input_downsample, INPUT_DOWNSAMPLERS),
+                                    ('norm', norm, tuple(NORM_LAYERS)), ('init', init, INITS),
+                                    ('full_res', full_res, FULL_RES)):
+            if value not in allowed:
+                raise UserInputError(f'MedUNeXt {arg}={value!r}: choose one of {", ".join(allowed)}.')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
+        self.deep_supervision = deep_supervision
         dims = conv_dims + med_dims
         self.num_levels = len(dims)
         self.num_conv_levels = len(conv_dims)
-        self.stride = 2 ** self.num_levels  # max-pool, then one stride-2 conv per level after the first
+        self.stride = 2 ** self.num_levels  # input downsample, then one stride-2 conv per level after the first
         self.img_size = to_2tuple(img_size)
         _check_multiple(self.img_size, self.stride, 'img_size')
         sizes = self._level_sizes(self.img_size)
         block_kwargs = dict(laffn=laffn, token_mixer=token_mixer, ffn=ffn)
         dp_rates = calculate_drop_path_rates(drop_path_rate, list(med_depths), stagewise=True)  # per level, per block
+        norm_layer = NORM_LAYERS[norm]
+        concat = skip_fusion == 'concat'
 
         # encoder
-        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        if input_downsample == 'maxpool':
+            self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+            prev_chs = in_chans
+        else:
+            self.pool = ConvNormAct(in_chans, dims[0], 3, stride=2, padding=1, bias=False, norm_layer=norm_layer, **dd)
+            prev_chs = dims[0]
+        # the full-resolution skip: an encoder level on the input ('skip'), the input itself ('input'), or none
+        self.full_res: Optional[nn.Module] = None
+        if full_res == 'skip':
+            self.full_res = ConvStage(in_chans, dims[0], downsample=False, norm_layer=norm_layer, **dd)
+        elif full_res == 'input':
+            self.full_res = nn.Identity()
         stages = []
         self.feature_info = []
-        prev_chs = in_chans
         for i, dim in enumerate(dims):
             if i < self.num_conv_levels:
-                stages.append(ConvStage(prev_chs, dim, downsample=i > 0, **dd))
+                stages.append(ConvStage(prev_chs, dim, downsample=i > 0, norm_layer=norm_layer, **dd))
             else:
                 j = i - self.num_conv_levels
                 stages.append(MedStage(
@@ -287,11 +393,14 @@ class MedUNeXt(nn.Module):
             self.feature_info.append(dict(num_chs=dim, reduction=2 ** (i + 1), module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
 
-        # decoder, deep to shallow: upsample level i+1 -> i, add skip i, run level i's block
+        # decoder, deep to shallow: upsample level i+1 -> i, fuse skip i, run level i's block
         decoder = []
         for i in range(self.num_levels - 2, -1, -1):
+            up = UpBlock(dims[i + 1], dims[i], mode=upsample, norm_layer=norm_layer, **dd)
+            fuse = None
             if i < self.num_conv_levels:
-                stage = ConvStage(dims[i], dims[i], downsample=False, **dd)
+                stage = ConvStage(dims[i] * (2 if concat else 1), dims[i], downsample=False, norm_layer=norm_layer,
+                                  **dd)
             else:
                 j = i - self.num_conv_levels
                 stage = MedStage(
@@ -304,13 +413,36 @@ class MedUNeXt(nn.Module):
                     block_kwargs=block_kwargs,
                     **dd,
                 )
-            decoder.append(DecoderLevel(UpBlock(dims[i + 1], dims[i], **dd), stage))
+                if concat:
+                    fuse = ConvNormAct(2 * dims[i], dims[i], 1, bias=False, norm_layer=norm_layer, **dd)
+            decoder.append(DecoderLevel(up, stage, concat=concat, fuse=fuse))
         self.decoder = nn.ModuleList(decoder)  # deep to shallow
-        self.final_up = UpBlock(dims[0], dims[0], apply_act=True, **dd)  # undoes the input max-pool
+        if full_res in ('input', 'skip'):  # the last upsampling is a decoder level with a full-resolution skip
+            skip_chs = in_chans if full_res == 'input' else dims[0]
+            cat = concat or full_res == 'input'
+            self.final_up = DecoderLevel(
+                UpBlock(dims[0], dims[0], mode=upsample, norm_layer=norm_layer, **dd),
+                ConvStage(dims[0] + skip_chs if cat else dims[0], dims[0], downsample=False, norm_layer=norm_layer,
+                          **dd),
+                concat=cat,
+            )
+        elif full_res == 'refine':
+            self.final_up = nn.Sequential(
+                UpBlock(dims[0], dims[0], apply_act=True, mode=upsample, norm_layer=norm_layer, **dd),
+                ConvStage(dims[0], dims[0], downsample=False, norm_layer=norm_layer, **dd),
+            )
+        else:  # undoes the input downsampling
+            self.final_up = UpBlock(dims[0], dims[0], apply_act=True, mode=upsample, norm_layer=norm_layer, **dd)
         self.num_features = self.head_hidden_size = dims[0]
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Conv2d(dims[0], num_classes, 1, **dd)
+        # deep supervision: 1x1 heads on the last two decoder levels (1/2 and 1/4 resolution)
+        self.aux_heads = nn.ModuleList([
+            nn.Conv2d(dims[i], num_classes, 1, **dd) for i in range(min(2, self.num_levels - 1))
+        ]) if deep_supervision else None
         named_apply(_init_weights, self)
+        if init == 'kaiming':
+            named_apply(_init_kaiming, self)
         conv_weights_channels_last(self)  # the layout their gradients come in (DDP buckets)
 
     def _level_sizes(self, img_size: Tuple[int, int]) -> List[Tuple[int, int]]:
@@ -321,10 +453,10 @@ class MedUNeXt(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         """Parameter groups in depth order: encoder levels, then decoder levels, then the output layers."""
         return dict(
-            stem=r'^pool',
+            stem=r'^pool|^full_res',
             blocks=r'^stages\.(\d+)',
             decoder=r'^decoder\.(\d+)',
-            head=r'^final_up|^head',
+            head=r'^final_up|^head|^aux_heads',
         )
 
     @torch.jit.ignore
@@ -333,7 +465,9 @@ class MedUNeXt(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in list(self.stages) + [level.stage for level in self.decoder]:
+        stages = list(self.stages) + [level.stage for level in self.decoder]
+        stages += [m for m in self.modules() if isinstance(m, ConvStage) and m not in stages]
+        for s in stages:
             s.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -378,15 +512,47 @@ class MedUNeXt(nn.Module):
             features.append(x)
         return features
 
-    def forward_decoder(self, features: List[torch.Tensor]) -> torch.Tensor:
+    def forward_full_res(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The full-resolution skip of a ``full_res='skip'`` (``B, dims[0], H, W``) or ``'input'`` model, else None."""
+        if self.full_res is not None:
+            return self.full_res(x)
+        return None
+
+    def forward_decoder(self, features: List[torch.Tensor], full_res: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Encoder features (as from ``forward_encoder``) -> decoder map ``B, dims[0], H, W`` (before the head).
 
+        ``full_res``: the full-resolution skip (``forward_full_res``) of a ``full_res='skip'|'input'`` model.
         After ``prune_intermediate_layers`` (no decoder) it returns the last encoder level.
         """
+        return self._decode(features, full_res)[-1]
+
+    def _decode(self, features: List[torch.Tensor], full_res: Optional[torch.Tensor]) -> List[torch.Tensor]:
+        """Every decoder level's output, deep to shallow, the full-resolution map last."""
         x = features[-1]
+        outs: List[torch.Tensor] = []
         for k, level in enumerate(self.decoder):
             x = level(x, features[self.num_levels - 2 - k])
-        return self.final_up(x)
+            outs.append(x)
+        if self.full_res is not None:
+            if full_res is None:
+                raise UserInputError('This MedUNeXt has a full-resolution skip: pass forward_full_res(x) to '
+                                     'forward_decoder, or call forward_features(x).')
+            outs.append(self.final_up(x, full_res))
+        else:
+            outs.append(self.final_up(x))
+        return outs
+
+    @torch.jit.ignore
+    def forward_deep(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Logits for deep supervision: ``[B, K, H, W]`` then ``B, K, H/2, W/2`` and ``B, K, H/4, W/4`` from the
+        last two decoder levels (needs ``deep_supervision=True``; the loss downsamples the target to each)."""
+        if self.aux_heads is None:
+            raise UserInputError('forward_deep needs a model built with deep_supervision=True.')
+        outs = self._decode(self.forward_encoder(x), self.forward_full_res(x))
+        logits = [self.forward_head(outs[-1])]
+        for i, head in enumerate(self.aux_heads):  # aux_heads[i] reads the decoder level at 1 / 2^(i+1)
+            logits.append(head(self.head_drop(outs[-2 - i])))
+        return logits
 
     def forward_intermediates(
             self,
@@ -418,7 +584,7 @@ class MedUNeXt(nn.Module):
         intermediates = [features[i] for i in take_indices]
         if intermediates_only:
             return intermediates
-        return self.forward_decoder(features), intermediates
+        return self.forward_decoder(features, self.forward_full_res(x)), intermediates
 
     def prune_intermediate_layers(
             self,
@@ -438,6 +604,8 @@ class MedUNeXt(nn.Module):
         self.stages = self.stages[:max_index + 1]
         self.decoder = nn.ModuleList()
         self.final_up = nn.Identity()
+        self.full_res = None
+        self.aux_heads = None
         self.num_classes = 0
         self.head = nn.Identity()
         self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
@@ -445,7 +613,7 @@ class MedUNeXt(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``B, in_chans, H, W`` -> decoder map ``B, dims[0], H, W`` (the features the 1x1 head classifies)."""
-        return self.forward_decoder(self.forward_encoder(x))
+        return self.forward_decoder(self.forward_encoder(x), self.forward_full_res(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Decoder map ``B, dims[0], H, W`` -> logits ``B, num_classes, H, W``."""
@@ -453,7 +621,14 @@ class MedUNeXt(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``B, in_chans, H, W`` -> logits ``B, num_classes, H, W``."""
+        """``B, in_chans, H, W`` -> logits ``B, num_classes, H, W``.
+
+        A ``deep_supervision=True`` model in training mode returns :meth:`forward_deep`'s list instead (the
+        nnU-Net convention; the segmentation losses of :mod:`mednext_zoo.finetune` accept both).
+        """
+        if not torch.jit.is_scripting():
+            if self.aux_heads is not None and self.training:
+                return self.forward_deep(x)
         return self.forward_head(self.forward_features(x))
 
     @torch.jit.ignore
@@ -467,6 +642,17 @@ class MedUNeXt(nn.Module):
             )
         xp, padding = pad_to_valid_size(x, self.stride, size=self.img_size, mode=mode, value=value)
         return crop_to_size(self(xp), padding)
+
+
+def _init_kaiming(module: nn.Module, name: str = '') -> None:
+    """He-normal (fan-out, ReLU) for every dense and transposed conv, Xavier for the 1x1 output heads."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.groups == 1:
+        if name == 'head' or name.startswith('aux_heads'):
+            nn.init.xavier_uniform_(module.weight)
+        else:
+            nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -500,6 +686,12 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
+# the convs that read the input of a full_res='skip' model (both adapted to a new in_chans on load)
+HR_FIRST_CONVS = ('stages.0.blocks.0.conv', 'full_res.blocks.0.conv')
+# the `_hr` variants: what the paper leaves open chosen for training speed on small structures (measured in
+# docs/medunext.md), on top of the paper's widths and depths
+HR_ARGS: Dict[str, Any] = dict(full_res='skip', upsample='bilinear')
+
 # medunext_base tags: the paper's segmentation datasets, Hub ids '<HF_HUB_ORG>/medunext_base.<tag>'.
 # The first tag is the default of `timm.create_model('medunext_base', pretrained=True)`. Dataset
 # facts and publication status live in _pretrained.py (DATASETS, PRETRAINED_TAGS).
@@ -509,6 +701,11 @@ default_cfgs = generate_default_cfgs({
     'medunext_tiny': _cfg(),
     'medunext_small': _cfg(),
     'medunext_large': _cfg(),
+    # ours, not the paper's: a full-resolution skip and bilinear upsampling (see docs/medunext.md, trainability)
+    'medunext_tiny_hr': _cfg(first_conv=HR_FIRST_CONVS),
+    'medunext_small_hr': _cfg(first_conv=HR_FIRST_CONVS),
+    'medunext_base_hr': _cfg(first_conv=HR_FIRST_CONVS),
+    'medunext_large_hr': _cfg(first_conv=HR_FIRST_CONVS),
 })
 
 MODEL_ARGS: Dict[str, Dict[str, Any]] = {
@@ -517,6 +714,7 @@ MODEL_ARGS: Dict[str, Dict[str, Any]] = {
     'medunext_base': dict(conv_dims=(16, 32, 128), med_dims=(480, 768), med_depths=(3, 2)),
     'medunext_large': dict(conv_dims=(32, 64, 160), med_dims=(640, 960), med_depths=(3, 2)),
 }
+MODEL_ARGS.update({f'{name}_hr': dict(args, **HR_ARGS) for name, args in list(MODEL_ARGS.items())})
 
 
 @register_model
@@ -541,3 +739,29 @@ def medunext_base(pretrained: bool = False, **kwargs) -> MedUNeXt:
 def medunext_large(pretrained: bool = False, **kwargs) -> MedUNeXt:
     """MedUNeXt-L: conv 32-64-160, MED 640 x 3 (1/16), 960 x 2 (1/32 bottleneck); 66.9 M params."""
     return _create_medunext('medunext_large', pretrained=pretrained, **dict(MODEL_ARGS['medunext_large'], **kwargs))
+
+
+@register_model
+def medunext_tiny_hr(pretrained: bool = False, **kwargs) -> MedUNeXt:
+    """MedUNeXt-T-HR (ours): MedUNeXt-T plus a full-resolution skip and bilinear upsampling; 5.1 M params."""
+    return _create_medunext('medunext_tiny_hr', pretrained=pretrained, **dict(MODEL_ARGS['medunext_tiny_hr'], **kwargs))
+
+
+@register_model
+def medunext_small_hr(pretrained: bool = False, **kwargs) -> MedUNeXt:
+    """MedUNeXt-S-HR (ours): MedUNeXt-S plus a full-resolution skip and bilinear upsampling."""
+    return _create_medunext('medunext_small_hr', pretrained=pretrained,
+                            **dict(MODEL_ARGS['medunext_small_hr'], **kwargs))
+
+
+@register_model
+def medunext_base_hr(pretrained: bool = False, **kwargs) -> MedUNeXt:
+    """MedUNeXt-B-HR (ours): MedUNeXt-B plus a full-resolution skip and bilinear upsampling; 38.6 M params."""
+    return _create_medunext('medunext_base_hr', pretrained=pretrained, **dict(MODEL_ARGS['medunext_base_hr'], **kwargs))
+
+
+@register_model
+def medunext_large_hr(pretrained: bool = False, **kwargs) -> MedUNeXt:
+    """MedUNeXt-L-HR (ours): MedUNeXt-L plus a full-resolution skip and bilinear upsampling."""
+    return _create_medunext('medunext_large_hr', pretrained=pretrained,
+                            **dict(MODEL_ARGS['medunext_large_hr'], **kwargs))

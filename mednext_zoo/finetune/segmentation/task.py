@@ -62,6 +62,15 @@ from .protocols import (
     protocol_split,
     remap_labels,
 )
+from .recipe import (
+    SegRecipe,
+    build_loss,
+    build_optimizer,
+    build_sampler,
+    class_frequencies,
+    recipe_from_config,
+    slice_class_presence,
+)
 from .report import dice_boxplot, markdown_table, write_case_csv
 
 __all__ = ['SegConfig', 'SliceDataset', 'SegmentationTask', 'fit', 'evaluate', 'predict', 'load_run_model',
@@ -91,14 +100,21 @@ class SegConfig:
     window: Tuple[float, float] = SYNAPSE_WINDOW
     epochs: int = 100
     batch_size: int = 12
-    opt: str = 'adam'
-    lr: float = 1e-3
-    min_lr: float = 1e-6
-    weight_decay: float = 1e-4
+    # the training recipe (recipe.SegRecipe holds the defaults and documents each field)
+    opt: str = SegRecipe.opt
+    lr: float = SegRecipe.lr
+    min_lr: float = SegRecipe.min_lr
+    weight_decay: float = SegRecipe.weight_decay
     warmup_epochs: float = 0.0
-    ce_weight: float = 0.5
-    dice_weight: float = 0.5
-    augment: bool = True
+    schedule: str = SegRecipe.schedule
+    ce_weight: float = SegRecipe.ce_weight
+    dice_weight: float = SegRecipe.dice_weight
+    dice_mode: str = SegRecipe.dice_mode
+    dice_background: bool = SegRecipe.dice_background
+    class_weighting: str = SegRecipe.class_weighting
+    oversample_fg: float = SegRecipe.oversample_fg
+    deep_supervision: bool = SegRecipe.deep_supervision
+    augment: bool = SegRecipe.augment
     val_frac: float = 0.2
     test_frac: float = 0.0
     val_max_slices: int = 256  # slices scored after each epoch (evenly spaced; all volumes are scored in 3D later)
@@ -113,7 +129,7 @@ class SegConfig:
     amp: str = 'auto'
     device: str = 'auto'
     seed: int = 0
-    clip_grad: Optional[float] = None
+    clip_grad: Optional[float] = SegRecipe.clip_grad
     ema_decay: float = 0.0
     patience: int = 0
     ckpt_every_steps: int = 0
@@ -324,12 +340,14 @@ def _engine():
 
 
 class SegmentationTask(Task):
-    """0.5 CE + 0.5 soft Dice; validation: loss and per-class Dice pooled over all validation slices
+    """The recipe's loss (default 0.5 CE + 0.5 soft Dice, see :mod:`.recipe`); validation: loss and per-class
+    Dice pooled over all validation slices
     (at model resolution -- the 3D per-volume metrics are computed after training)."""
 
-    def __init__(self, label_map: LabelMap, ce_weight: float = 0.5, dice_weight: float = 0.5):
+    def __init__(self, label_map: LabelMap, ce_weight: float = 0.5, dice_weight: float = 0.5,
+                 loss_fn: Optional[nn.Module] = None):
         self.label_map = label_map
-        self.loss_fn = DiceCELoss(label_map.num_classes, ce_weight, dice_weight)
+        self.loss_fn = loss_fn if loss_fn is not None else DiceCELoss(label_map.num_classes, ce_weight, dice_weight)
 
     def loss(self, model, inputs, targets):
         return self.loss_fn(model(inputs), targets)
@@ -398,19 +416,7 @@ def create_segmenter(model: str, num_classes: int, in_chans: int, img_size: int,
 
 
 def _build_optimizer(model: nn.Module, cfg: SegConfig, updates_per_epoch: int):
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-    try:
-        optimizer = create_optimizer_v2(model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    except (ValueError, AssertionError) as e:
-        raise UserInputError(f'--opt {cfg.opt!r}: {e}') from None
-    total = max(1, cfg.epochs * updates_per_epoch)
-    warmup = min(int(round(cfg.warmup_epochs * updates_per_epoch)), total - 1)
-    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
-                                  warmup_lr_init=cfg.lr * 1e-3 if warmup else cfg.lr, warmup_prefix=True,
-                                  t_in_epochs=False)
-    scheduler.step_update(num_updates=0)
-    return optimizer, scheduler
+    return build_optimizer(model, recipe_from_config(cfg, updates_per_epoch), cfg.epochs * updates_per_epoch)
 
 
 # ---------------------------------------------------------------- 3D evaluation
@@ -580,6 +586,7 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
     for name in ('epochs', 'batch_size', 'img_size', 'accum_steps'):
         if int(getattr(cfg, name)) < 1:
             raise UserInputError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(cfg, name)}.')
+    recipe = recipe_from_config(cfg)  # loss / sampler settings, checked before any data is read
     protocol = get_protocol(cfg.protocol) if cfg.protocol else None
     ds = discover(cfg.data, cfg.layout, cfg.on_bad_file)
     _check_remap(cfg.remap_labels)
@@ -618,8 +625,9 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
         d, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=drop,
         generator=torch.Generator().manual_seed(cfg.seed), pin_memory=torch.cuda.is_available())
     drop_last = len(train_ds) >= cfg.batch_size * info.world_size  # BatchNorm cannot train on a batch of one
-    train_loader = mk_loader(train_ds, EpochSampler(len(train_ds), cfg.seed, True, info.rank, info.world_size),
-                             drop_last)
+    train_labels = [p.label for p in prepared['train']]
+    train_loader = mk_loader(train_ds, build_sampler(recipe, slice_class_presence(train_labels, label_map.num_classes),
+                                                     cfg.seed, info.rank, info.world_size), drop_last)
     val_loader = None
     if prepared['val']:
         val_ds = SliceDataset(prepared['val'], cfg.context, False, cfg.seed, cfg.val_max_slices)
@@ -627,7 +635,8 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
                                                     world_size=info.world_size), False)
     updates = max(1, math.ceil(len(train_loader) / cfg.accum_steps))
     optimizer, scheduler = _build_optimizer(model, cfg, updates)
-    task = SegmentationTask(label_map, cfg.ce_weight, cfg.dice_weight)
+    task = SegmentationTask(label_map, loss_fn=build_loss(recipe, label_map.num_classes,
+                                                          class_frequencies(train_labels, label_map.num_classes)))
     ecfg = eng.EngineConfig(epochs=cfg.epochs, accum_steps=cfg.accum_steps, amp=cfg.amp, device=cfg.device,
                             seed=cfg.seed, clip_grad=cfg.clip_grad, ema_decay=cfg.ema_decay,
                             monitor='dice' if val_loader is not None else 'loss',
