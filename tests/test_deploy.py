@@ -188,3 +188,10 @@ def test_bench_cli_backend_flags(tmp_path, capsys):
     assert main(['bench', '--backend', 'tensorrt', '--no-progress', '--out', str(tmp_path)]) == 2
     assert 'unknown --backend' in capsys.readouterr().err
     assert main(['bench', '--backend', 'eager', '--compile', '--no-progress', '--out', str(tmp_path)]) == 2
+
+
+def test_bench_segmentation_drift_is_label_map_dice():
+    result = run_benchmark(task='seg', models=['medunext_tiny@64'], backends=['eager', 'onnxruntime'],
+                           dtypes=['fp32'], reference='', **FAST)
+    onnx = result.row('medunext_tiny@64', backend='onnxruntime', dtype='fp32')
+    assert onnx['dice_vs_fp32'] > 0.999 and onnx['top1_agreement'] is None and onnx['max_abs_dlogit'] < 1e-3

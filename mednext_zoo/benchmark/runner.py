@@ -486,8 +486,7 @@ def _speedups(entries: List[_Entry]) -> None:
 def _drift_inputs(model: nn.Module, spec: ModelSpec, cfg: BenchConfig, device: torch.device,
                   memory_format: torch.memory_format) -> tuple:
     """The drift inputs and the int8 calibration inputs (disjoint seeds), normalised as the model expects."""
-    pre = Preprocessing.from_model(model)
-    pre.input_size = spec.input_size  # smp U-Nets carry no img_size / pretrained_cfg of their own
+    pre = Preprocessing.from_model(model, input_size=spec.input_size)  # smp U-Nets carry no in_chans / img_size
     size = spec.input_size[1:]
     drift_x = pre.normalise(sample_images(cfg.drift_images, spec.in_chans, size, seed=0))
     calib = pre.normalise(sample_images(cfg.calibration_images, spec.in_chans, size, seed=1)) \

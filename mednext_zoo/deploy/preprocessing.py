@@ -43,11 +43,15 @@ class Preprocessing:
 
     @classmethod
     def from_model(cls, model: nn.Module, window: Optional[str] = None,
-                   label_names: Optional[Sequence[str]] = None) -> Preprocessing:
-        """From a timm model's ``pretrained_cfg`` (mean / std / interpolation) and its ``in_chans`` / ``img_size``."""
+                   label_names: Optional[Sequence[str]] = None,
+                   input_size: Optional[Tuple[int, int, int]] = None) -> Preprocessing:
+        """From a timm model's ``pretrained_cfg`` (mean / std / interpolation) and its ``in_chans`` / ``img_size``
+        (or ``input_size`` ``(C, H, W)`` for a model that does not carry them, e.g. an smp U-Net)."""
         cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
-        in_chans = int(getattr(model, 'in_chans', None) or cfg.get('input_size', (3,))[0])
-        size = getattr(model, 'img_size', None) or cfg.get('input_size', (in_chans, 224, 224))[1:]
+        in_chans = int(input_size[0] if input_size else getattr(model, 'in_chans', None)
+                       or cfg.get('input_size', (3,))[0])
+        size = (input_size[1:] if input_size else None) or getattr(model, 'img_size', None) \
+            or cfg.get('input_size', (in_chans, 224, 224))[1:]
         size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
         mean = _per_channel(cfg.get('mean', (0.5,)), in_chans)
         std = _per_channel(cfg.get('std', (0.5,)), in_chans)
