@@ -20,9 +20,11 @@ Clocks: ``--clock wall`` (``perf_counter``) is what a user sees; on a shared mac
 far steadier, though cache and memory-bandwidth contention still show. The default is ``--clock cpu`` with one
 thread when the 1-minute load average exceeds half the cores, else ``--clock wall`` with all cores.
 
-    python benchmarks/speed/round2.py                      # everything, ~10-15 min on 2 busy cores
-    python benchmarks/speed/round2.py --threads 2 --clock wall --rounds 9   # quiet machine, as users run
-    python benchmarks/speed/round2.py --parts ratios --rounds 3             # a quick look
+    python benchmarks/speed/round2.py --threads 2 --clock wall   # the full run, quiet machine (see docs/speed.md)
+    python benchmarks/speed/round2.py --quick                     # a rough look: 2 rounds, no torch.compile
+    python benchmarks/speed/round2.py --parts ratios --rounds 3   # only the ratios
+
+Writes ``benchmarks/speed/round2.md`` / ``.json`` (``--quick``: ``round2_quick.md`` / ``.json``).
 """
 from __future__ import annotations
 
@@ -238,7 +240,8 @@ def _table_ratios(task: str, res: Dict) -> List[str]:
         lines.append(f'| {n} | {b / min(thr[n]):.1f} | {min(lat[n]) * 1e3:.1f} |')
     if base is None:
         return lines + ['', f'(baseline not available: {task} ratios not measured)']
-    lines += ['', f'| {task} ratio | before (reference path) | round 1 | round 2 | target |', '| --- | --- | --- | --- | --- |']
+    lines += ['', f'| {task} ratio | before (reference path) | round 1 | round 2 | target |',
+              '| --- | --- | --- | --- | --- |']
     stem = names[0].split(',')[0]
     target = ('>= 0.9x' if task == 'cls' else '>= 1.1x')
     row = [_fmt_ratio(ratio_stats(thr, n, base)) for n in names[:3]]
@@ -246,8 +249,10 @@ def _table_ratios(task: str, res: Dict) -> List[str]:
     if task == 'cls':
         row = [_fmt_ratio(ratio_stats(lat, n, base)) for n in names[:3]]
         lines.append(f'| batch-1 speed (1 / latency) vs {base} | ' + ' | '.join(row) + ' | >= 1x |')
-    lines += ['', f'After / before, {stem}: round 2 vs reference path {_fmt_ratio(ratio_stats(thr, names[2], names[0]))}'
-              f', round 2 vs round 1 {_fmt_ratio(ratio_stats(thr, names[2], names[1]))} (batch-{b} throughput).']
+    vs_ref = _fmt_ratio(ratio_stats(thr, names[2], names[0]))
+    vs_r1 = _fmt_ratio(ratio_stats(thr, names[2], names[1]))
+    lines += ['', f'After / before, {stem}: round 2 vs reference path {vs_ref}, round 2 vs round 1 {vs_r1} '
+              f'(batch-{b} throughput).']
     return lines
 
 
@@ -277,17 +282,54 @@ def _table_levers(task: str, res: Dict) -> List[str]:
     return lines
 
 
+BACKENDS = ['eager', 'compile', 'onnxruntime', 'openvino']
+DTYPES = ['fp32', 'bf16', 'int8']
+
+
 def part_backends(args) -> Dict:
-    from mednext_zoo.benchmark import BenchConfig, run_benchmark, to_markdown
+    """``mednext-zoo bench``'s harness, every backend x dtype, wall clock (the harness's own interleaving)."""
+    from mednext_zoo.benchmark import BenchConfig, run_benchmark
     out = {}
-    for task, models in (('cls', ['mednext_base', 'resnet18']), ('seg', ['medunext_base', 'unet_resnet34'])):
-        cfg = BenchConfig(models=models, task=task, batch_size=args.batch, threads=args.threads,
-                          backend=['eager', 'compile', 'onnxruntime', 'openvino'], dtype=['fp32', 'bf16', 'int8'],
-                          rounds=max(2, args.rounds // 2), latency_iters=2, warmup=1, measure_memory=False,
-                          progress=False, clock=args.clock, note='benchmarks/speed/round2.py')
+    backends = [b for b in BACKENDS if not (args.quick and b == 'compile')]  # inductor builds take minutes per model
+    models = {'cls': ['mednext_base', 'resnet18'], 'seg': ['medunext_base', 'unet_resnet34']}
+    for task in args.tasks:
+        print(f'[{task}] backends {backends} x dtypes {DTYPES}', file=sys.stderr)
+        cfg = BenchConfig(models=models[task], task=task, batch_size=args.batch, threads=args.threads,
+                          backends=backends, dtypes=DTYPES, rounds=max(2, args.rounds // 2), latency_iters=2,
+                          warmup=1, measure_memory=False, progress=False, note='benchmarks/speed/round2.py')
         result = run_benchmark(cfg)
-        out[task] = {'markdown': to_markdown(result), 'rows': result.rows, 'meta': result.meta}
+        out[task] = {'rows': result.rows, 'meta': result.meta, 'backends': backends}
     return out
+
+
+def _table_backends(task: str, res: Dict) -> List[str]:
+    """backend x dtype: throughput, speed-up over eager fp32, ratio to the baseline, drift; skipped rows say why."""
+    rows = res['rows']
+    ours = rows[0]['name']
+    agree = 'label-map Dice' if task == 'seg' else 'top-1 agreement'
+    lines = [f'| model | backend | dtype | batch-{rows[0]["batch_size"]} img/s | x eager fp32 | batch-1 ms | '
+             f'max abs Δlogit | {agree} |', '| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |']
+    for r in rows:
+        head = f"| {r['name']} | {r['backend']} | {r['dtype']} |"
+        why = r.get('skipped') or r.get('error')
+        if why:
+            lines.append(f"{head} {'skipped' if r.get('skipped') else 'error'}: {why.split(': ', 1)[-1]} | | | | |")
+            continue
+        a = r['dice_vs_fp32'] if task == 'seg' else r['top1_agreement']
+        lines.append(f"{head} {r['throughput_ips']:.1f} | {_num(r['speedup_vs_eager_fp32'], '.2f')}x | "
+                     f"{r['latency_ms_median']:.1f} | {r['max_abs_dlogit']:.2g} | {_num(a, '.3f')} |")
+    base = [r for r in rows if r['name'] != ours and r.get('throughput_ips')]
+    if base:
+        lines += ['', f'{ours} throughput / {base[0]["name"]} throughput under the same backend and dtype '
+                  '(per-round median):', '']
+        for r in rows:
+            if r['name'] != ours and r.get('throughput_ratio'):
+                lines.append(f"- {r['backend']} {r['dtype']}: {1 / r['throughput_ratio']:.2f}x")
+    return lines
+
+
+def _num(v, spec: str) -> str:
+    return '-' if v is None else format(v, spec)
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -302,8 +344,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--clock', choices=['cpu', 'wall'], default=None,
                    help='cpu: thread CPU time (1 thread only); wall: perf_counter (default: cpu on a busy machine)')
     p.add_argument('--note', default='', help='free text recorded with the results')
-    p.add_argument('--out', default=os.path.join(HERE, 'round2.md'), help='markdown file (and .json beside it)')
+    p.add_argument('--out', default=None, help='markdown file, .json beside it (default benchmarks/speed/round2.md, '
+                                               'with --quick round2_quick.md)')
+    p.add_argument('--quick', action='store_true',
+                   help='a rough look (about 10-15 min on 2 busy cores): 2 rounds, the backends part without '
+                        'torch.compile; results marked as quick')
     args = p.parse_args(argv)
+    if args.quick:
+        args.rounds = min(args.rounds, 2)
+        args.note = ('QUICK MODE (2 rounds, no torch.compile row): a rough look, not the measurement. '
+                     + args.note).strip()
+    args.out = args.out or os.path.join(HERE, 'round2_quick.md' if args.quick else 'round2.md')
     load0 = os.getloadavg()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     busy = load0[0] > 0.5 * cores
@@ -339,7 +390,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             lines += ['### Levers', ''] + lever_lines + ['']
     if 'backends' in results:
         for task, res in results['backends'].items():
-            lines += [f'## Backends x dtypes ({task})', '', res['markdown'].split('\n', 2)[2], '']
+            lines += [f'## Backends x dtypes ({task})', '', *_table_backends(task, res), '']
+        lines += ['Backends part: `mednext-zoo bench` harness, wall clock, '
+                  f'{max(2, args.rounds // 2)} interleaved rounds, batch {args.batch}; drift against eager fp32 on '
+                  '8 packaged sample images (pydicom CT / MR, scikit-image), int8 calibrated on 32 others; random '
+                  'weights (drift is a numerical check, not accuracy).', '']
     text = '\n'.join(lines).rstrip() + '\n'
     print(text)
     meta = {'args': vars(args), 'load_avg_start': load0, 'load_avg_end': load1, 'cores': cores,
