@@ -184,3 +184,8 @@ def test_finetune_cli_takes_the_recipe_options(tmp_path):
                                                                              0.3, True)
     assert main(['finetune', '--task', 'seg', '--model', 'medunext_tiny', '--data', data, '--out', run + '2',
                  '--oversample-fg', '2', '--no-progress']) == 2
+
+
+def test_replace_takes_a_command_line_none_for_a_text_field():
+    # `--recipe class_weighting=none` parses 'none' to None; the field spells it 'none'
+    assert SegRecipe().replace(class_weighting=None).class_weighting == 'none'

@@ -83,6 +83,8 @@ class BenchConfig:
     note: str = ''  # free text recorded with the result (e.g. what else ran on the machine)
 
     def resolved(self) -> BenchConfig:
+        """A copy with every ``None`` replaced by its default for the device and ``quick``; raises UserInputError for
+        counts below 1 or a negative ``warmup``."""
         cuda = self.device.startswith('cuda')
         out = BenchConfig(**asdict(self))
         if out.batch_size is None:
@@ -128,7 +130,8 @@ class BenchResult:
     rows: List[Dict[str, Any]] = field(default_factory=list)
 
     def row(self, name: str, backend: Optional[str] = None, dtype: Optional[str] = None) -> Dict[str, Any]:
-        """The row of ``name`` (the first one, or the one of ``backend`` / ``dtype`` when given)."""
+        """The row of the model named ``name`` (the first one, or the one of ``backend`` / ``dtype`` when given);
+        raises KeyError if the run has none."""
         for r in self.rows:
             if r['name'] == name and backend in (None, r.get('backend')) and dtype in (None, r.get('dtype')):
                 return r

@@ -43,6 +43,7 @@ class ModelSpec:
 
     @property
     def input_size(self) -> tuple:
+        """``(in_chans, img_size, img_size)``: one input without the batch dimension."""
         return (self.in_chans, self.img_size, self.img_size)
 
 
@@ -73,6 +74,7 @@ _LABELS = {
 
 
 def smp_available() -> bool:
+    """Whether ``segmentation_models_pytorch`` can be imported (the segmentation baselines need it)."""
     try:
         import segmentation_models_pytorch  # noqa: F401
     except ImportError:

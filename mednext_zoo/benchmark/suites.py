@@ -172,6 +172,8 @@ def _header(title: str, info: Dict[str, Any]) -> List[str]:
 
 
 def paper_table_markdown(data: Dict[str, Any], info: Dict[str, Any]) -> str:
+    """Markdown report of :func:`paper_table`'s result (``info``: :func:`machine_info`): params / GFLOPs beside the
+    paper's, the MedUNeXt row and the SDFFN parameter claim."""
     lines = _header("Paper Table 2 efficiency figures vs ours (2-class heads, as in the paper's CT task)", info)
     rows = [{**r, 'params_diff_pct': _pct(r['params_diff_pct']), 'gflops_diff_pct': _pct(r['gflops_diff_pct']),
              'model': f"`{r['model']}`"} for r in data['classification']]
@@ -200,6 +202,8 @@ def paper_table_markdown(data: Dict[str, Any], info: Dict[str, Any]) -> str:
 
 
 def ablation_markdown(data: Dict[str, Any], info: Dict[str, Any]) -> str:
+    """Markdown report of :func:`ablation`'s result (``info``: :func:`machine_info`): the variant table with our and the
+    paper's deltas, and what does and does not depend on the plain token mixer."""
     lines = _header("Paper Table 7 ablation variants, counted (mednext_base, 224x224, 2 classes)", info)
     rows = [{**r, 'params_delta_pct': _pct(r['params_delta_pct']), 'gflops_delta_pct': _pct(r['gflops_delta_pct']),
              'paper_params_delta_pct': _pct(r['paper_params_delta_pct']),

@@ -132,6 +132,7 @@ class TrainRow:
 
     @classmethod
     def of(cls, item: Union[str, TrainRow]) -> TrainRow:
+        """``item`` itself if it is a TrainRow, else :meth:`parse` of its text."""
         return item if isinstance(item, TrainRow) else cls.parse(str(item))
 
     @classmethod
@@ -175,6 +176,7 @@ def parse_value(raw: str) -> Any:
 
 
 def default_rows(task: str) -> List[TrainRow]:
+    """The default rows of ``task`` (``'seg'``: :data:`SEG_DEFAULT_ROWS`, else :data:`CLS_DEFAULT_ROWS`)."""
     return [TrainRow.of(n) for n in (SEG_DEFAULT_ROWS if task == 'seg' else CLS_DEFAULT_ROWS)]
 
 
@@ -213,9 +215,12 @@ class TrainSuiteConfig:
     note: str = ''
 
     def seed_list(self) -> List[int]:
+        """The training seeds: ``0 .. seeds - 1`` for a count, else the seeds given."""
         return list(range(int(self.seeds))) if isinstance(self.seeds, int) else [int(s) for s in self.seeds]
 
     def check(self) -> TrainSuiteConfig:
+        """Validate the settings and return ``self``; raises UserInputError for an unknown task or clock, counts below
+        1, no seeds, negative ``workers`` or ``batch_size`` below 2."""
         if self.task not in ('seg', 'cls'):
             raise UserInputError(f'--task must be seg or cls, got {self.task!r}.')
         for name in ('steps', 'batch_size', 'eval_every', 'img_size'):
@@ -251,6 +256,7 @@ class TaskData:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (background included for segmentation)."""
         return len(self.classes)
 
     @property
@@ -263,6 +269,8 @@ class TaskData:
         return min(fg, key=lambda k: float(freq[k])) if fg else None
 
     def summary(self) -> Dict[str, Any]:
+        """JSON-ready description: name, kind, classes, case and image counts, image size; the training pixel fraction
+        per class and the smallest class (segmentation) or the training images per class (classification)."""
         out: Dict[str, Any] = {'name': self.name, 'kind': self.kind, 'classes': list(self.classes),
                                'description': self.description, 'train_cases': len(self.train_case_ids),
                                'test_cases': len(self.test_case_ids), 'train_images': int(self.train_x.shape[0]),
@@ -359,6 +367,9 @@ def _user_cls_data(path: str, img_size: int) -> TaskData:
 
 
 def load_task_data(cfg: TrainSuiteConfig) -> List[TaskData]:
+    """The tasks the suite trains on: the user's ``cfg.data`` (one task, resized to ``cfg.img_size``), else each of
+    ``cfg.phantoms`` (default :data:`DEFAULT_PHANTOMS` / :data:`DEFAULT_CLS_TASKS`) generated from ``cfg.data_seed``;
+    raises UserInputError for an unknown phantom or task name."""
     if cfg.data:
         return [(_user_seg_data if cfg.task == 'seg' else _user_cls_data)(cfg.data, cfg.img_size)]
     registry = syn.SEG_PHANTOMS if cfg.task == 'seg' else syn.CLS_TASKS

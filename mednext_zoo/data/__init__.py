@@ -6,10 +6,7 @@
 * :mod:`.labels`    -- label maps (Synapse, BTCV, ACDC), label checks, patient ids, ``dataset.json``;
 * :mod:`.synthetic` -- CT-like segmentation phantoms and a classification task generated on the fly from a seed,
   with fixed held-out splits (tests, demos, the training-efficiency benchmark).
-<<<<<<< HEAD
 * :mod:`.releases`  -- the paper's five public releases as downloaded: recognise a copy, check its contents.
-=======
->>>>>>> lead11
 """
 from .images import (
     SPLITS,

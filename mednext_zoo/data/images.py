@@ -45,6 +45,7 @@ class Sample:
 
     @property
     def name(self) -> str:
+        """``path``, or ``path#slice_index`` for one slice of a NIfTI volume."""
         return self.path if self.slice_index is None else f'{self.path}#{self.slice_index}'
 
 
@@ -59,9 +60,11 @@ class DataSource:
 
     @property
     def class_to_idx(self) -> Dict[str, int]:
+        """Class name -> label index (position in the sorted ``classes``)."""
         return {c: i for i, c in enumerate(self.classes)}
 
     def subset(self, split: str) -> List[Sample]:
+        """The samples assigned to ``split`` (``'train'``, ``'val'`` or ``'test'``), in order."""
         return [s for s in self.samples if s.split == split]
 
 
@@ -375,6 +378,9 @@ class ImageClassificationDataset(Dataset):
         return len(self.samples)
 
     def load(self, i: int) -> torch.Tensor:
+        """Sample ``i`` as ``C, H, W`` float32 in ``[0, 1]`` before the transform (see :func:`load_image`);
+        grayscale is repeated to 3 channels when ``in_chans == 3``. Raises UserInputError for a colour image with
+        ``in_chans == 1``."""
         s = self.samples[i]
         arr = load_image(s.path, s.slice_index, self.window)
         x = torch.from_numpy(np.ascontiguousarray(arr))
@@ -412,6 +418,7 @@ class EpochSampler(Sampler):
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Draw the order of ``epoch`` next, skipping its first ``start`` indices of this rank (mid-epoch resume)."""
         self.epoch, self.start = epoch, start
 
     def _indices(self) -> List[int]:

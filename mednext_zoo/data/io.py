@@ -45,6 +45,7 @@ class Window:
     width: float
 
     def apply(self, x: np.ndarray) -> np.ndarray:
+        """Map ``x`` (e.g. HU) to float32 in ``[0, 1]``, clipping values outside the window; same shape as ``x``."""
         lo = self.level - self.width / 2.0
         return np.clip((x - lo) / self.width, 0.0, 1.0).astype(np.float32)
 

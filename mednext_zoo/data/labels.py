@@ -28,17 +28,21 @@ class LabelMap:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes, background included."""
         return len(self.classes)
 
     @property
     def foreground(self) -> Tuple[str, ...]:
+        """The class names without the background (label values 1, 2, ...)."""
         return self.classes[1:]
 
     def as_dict(self) -> Dict[str, str]:
+        """``{'0': 'background', '1': ...}``: label value (as text, the ``dataset.json`` convention) -> class name."""
         return {str(i): c for i, c in enumerate(self.classes)}
 
     @classmethod
     def from_names(cls, names: Sequence[str], name: str = 'custom') -> LabelMap:
+        """A label map from class names in label-value order (the first is the background)."""
         return cls(name, tuple(str(n) for n in names))
 
 

@@ -215,6 +215,7 @@ RELEASES: Dict[str, Release] = {
 
 
 def get_release(key: str) -> Release:
+    """The :class:`Release` of ``key`` (a key of :data:`RELEASES`); raises UserInputError naming the known ones."""
     if key not in RELEASES:
         raise UserInputError(f'Unknown release {key!r}; choose one of {", ".join(RELEASES)}.')
     return RELEASES[key]

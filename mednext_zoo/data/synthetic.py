@@ -180,6 +180,7 @@ class SegPhantom:
 
     @property
     def n_cases(self) -> int:
+        """Train plus held-out cases."""
         return self.n_train + self.n_test
 
 

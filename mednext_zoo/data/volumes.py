@@ -82,6 +82,7 @@ class Volume:
 
     @property
     def shape(self) -> Tuple[int, int, int]:
+        """``(D, H, W)`` in voxels."""
         return tuple(self.image.shape[:3])
 
     def to_native(self, arr: np.ndarray) -> np.ndarray:
@@ -91,6 +92,8 @@ class Volume:
         return np.moveaxis(arr, 0, self.slice_axis)
 
     def native_spacing(self) -> Tuple[float, ...]:
+        """The voxel spacing in the source file's axis order (``spacing`` is in the slices-first ``D, H, W`` order); mm
+        as the header records it, ones when it records none (``spacing_known`` False)."""
         sp = list(self.spacing[1:])
         sp.insert(self.slice_axis, self.spacing[0])
         return tuple(sp)
@@ -109,10 +112,12 @@ class SegDataset:
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (file, reason) left out by on_bad_file='skip'
 
     def split(self, name: str) -> List[VolumeRecord]:
+        """The records assigned to split ``name`` (``'train'``, ``'val'``, ``'test'``), in order."""
         return [r for r in self.records if r.split == name]
 
     @property
     def case_ids(self) -> List[str]:
+        """The case ids of every record, in order."""
         return [r.case_id for r in self.records]
 
 

@@ -49,6 +49,8 @@ __all__ = [
 
 # ---------------------------------------------------------------- small utilities
 def atomic_write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically; numpy scalars / arrays and tuples become numbers / lists, any other
+    unknown type its ``str``."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + '\n').encode())
 
 
@@ -81,12 +83,15 @@ def read_metrics_log(path: str) -> List[Dict[str, Any]]:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (numpy with ``seed % 2**32``)."""
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
 
 
 def resolve_device(device: str = 'auto', local_rank: int = 0) -> torch.device:
+    """``'auto'``: ``cuda:{local_rank}`` when a GPU is available, else CPU; anything else as ``torch.device``. Raises
+    UserInputError when CUDA is asked for and none is available."""
     if device in ('auto', '', None):
         return torch.device(f'cuda:{local_rank}') if torch.cuda.is_available() else torch.device('cpu')
     dev = torch.device(device)
@@ -96,22 +101,26 @@ def resolve_device(device: str = 'auto', local_rank: int = 0) -> torch.device:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper, or ``model`` itself."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 # ---------------------------------------------------------------- distributed
 @dataclass
 class DistInfo:
+    """This process's place in a ``torchrun`` launch (``rank`` 0 of ``world_size`` 1 when not distributed)."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
+        """Whether more than one process takes part."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (the process that writes files and logs)."""
         return self.rank == 0
 
 
@@ -140,6 +149,7 @@ def setup_distributed(device: str = 'auto') -> DistInfo:
 
 
 def cleanup_distributed() -> None:
+    """Undo one :func:`setup_distributed`; the process group is destroyed when the last caller has cleaned up."""
     global _GROUP_USERS
     _GROUP_USERS = max(0, _GROUP_USERS - 1)
     if _GROUP_USERS == 0 and dist.is_available() and dist.is_initialized():
@@ -235,6 +245,7 @@ class RunDirGuard:
         self.run_dir, self.is_main, self._created = run_dir, is_main, False
 
     def created(self) -> None:
+        """Record that this start created the run folder (so a failure before the first checkpoint removes it)."""
         self._created = True
 
     def __enter__(self) -> RunDirGuard:
@@ -426,6 +437,7 @@ class Engine:
         return self.ema.module if self.ema is not None else self.model
 
     def autocast(self):
+        """The autocast context of the run's AMP dtype on its device, or a no-op context when AMP is off."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -514,6 +526,7 @@ class Engine:
                     os.unlink(os.path.join(self.ckpt_dir, t + ext))
 
     def has_checkpoint(self) -> bool:
+        """Whether the run folder holds a checkpoint to resume from."""
         return bool(self._tags())
 
     def _read_checkpoint(self, tag: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -633,6 +646,8 @@ class Engine:
         atomic_write_json(path, run)
 
     def save_weights(self, path: str, model: Optional[nn.Module] = None) -> None:
+        """Write the weights of ``model`` (default :attr:`eval_model`: the EMA if enabled) as safetensors, atomically;
+        only the main process writes."""
         if not self.dist.is_main:
             return
         from safetensors.torch import save_file

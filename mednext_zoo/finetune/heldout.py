@@ -63,12 +63,15 @@ class Overlap(Generic[T]):
 
     @property
     def held_out(self) -> List[int]:
+        """Indices of the items the run neither trained nor validated on."""
         return [i for i in range(len(self.items)) if i not in self.used]
 
     def counts(self) -> Dict[str, int]:
+        """Number of items found in the run's ``train`` and in its ``val`` split."""
         return {s: sum(v == s for v in self.used.values()) for s in TRAINING_SPLITS}
 
     def describe(self) -> str:
+        """One line for logs, e.g. ``'3 train, 1 val; matched by sha256 of the file contents'``."""
         c = self.counts()
         return ', '.join(f'{n} {s}' for s, n in c.items() if n) + f'; matched by {self.matched_by}'
 

@@ -263,6 +263,7 @@ class LAFFN(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)  # W3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, H, W, C`` -> ``B, H, W, C`` (fused path; :meth:`forward_reference` under jit tracing)."""
         if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
             return self.forward_reference(x)
         if not torch.jit.is_scripting() and fused_inference_ok(x):
@@ -360,6 +361,7 @@ class SEM(nn.Module):
         self.feat_size = feat_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, H, W, C`` -> ``B, H, W, C``; raises UserInputError unless ``(H, W) == feat_size``."""
         if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
             return self.forward_reference(x)
         if not torch.jit.is_scripting() and fused_inference_ok(x):
@@ -482,6 +484,7 @@ class DwConvMixer(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, H, W, C`` -> ``B, H, W, C``."""
         return self.proj(self.conv_dw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
@@ -497,6 +500,7 @@ class SDFFN(nn.Module):
         self.fc2 = nn.Linear(dim, dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, H, W, C`` -> ``B, H, W, C``."""
         if not torch.jit.is_scripting() and fused_inference_ok(x):
             return self.forward_fused(x)
         x = self.fc1(x)
@@ -529,6 +533,7 @@ class ConvFFN(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, H, W, C`` -> ``B, H, W, C``."""
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -574,6 +579,7 @@ class MedBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, H, W, C`` -> ``B, H, W, C``."""
         if not torch.jit.is_scripting() and fused_inference_ok(x) and self._fusable():
             return self._forward_fused(x)
         if self.laffn is not None:
@@ -641,11 +647,14 @@ class MedStage(nn.Module):
         ])
 
     def set_feat_size(self, feat_size: Tuple[int, int]) -> None:
+        """Resize every SEM's axial mixing matrices to ``feat_size`` (h, w) (weights resampled)."""
         for block in self.blocks:
             if hasattr(block.token_mixer, 'set_feat_size'):
                 block.token_mixer.set_feat_size(feat_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, C, H, W`` -> ``B, C', H', W'`` (a channels-last view); SEM blocks raise UserInputError if ``H', W'`` is
+        not the stage's feature size."""
         # Channels-last end to end: a channels-last NCHW input is a free view as (B, H, W, C), and the
         # (B, C, H, W) output is a channels-last view, so the next stage's conv runs in NHWC too.
         if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
@@ -778,6 +787,7 @@ class MedNeXt(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
+        """Parameter-name patterns of the stem and each stage (or each block), for timm's layer-wise lr decay."""
         return dict(
             stem=r'^stem',
             blocks=r'^stages\.(\d+)' if coarse else [
@@ -788,19 +798,23 @@ class MedNeXt(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
+        """Empty: timm's optimizer factory already exempts the 1-D parameters (biases, norms)."""
         # 1-D parameters (biases, norms) are excluded by timm's optimizer factory already.
         return set()
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every stage's blocks in the backward pass instead of storing activations (saves memory)."""
         for s in self.stages:
             s.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm API)."""
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False) -> None:
+        """A new head for ``num_classes`` (0: no linear layer, pooled features out); ``global_pool`` as in timm."""
         dd = get_device_dtype(self)
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool, reset_other=reset_other, in_features=self.num_features, **dd)
@@ -894,9 +908,13 @@ class MedNeXt(nn.Module):
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Features ``B, num_features, h, w`` -> logits ``B, num_classes``; with ``pre_logits`` the pooled, normed
+        features before the final linear layer."""
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``B, in_chans, H, W`` (``(H, W) == img_size``) -> logits ``B, num_classes``; raises UserInputError for
+        another rank, channel count or size."""
         return self.forward_head(self.forward_features(x))
 
 

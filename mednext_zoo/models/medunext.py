@@ -198,6 +198,7 @@ class ConvStage(nn.Module):
         """Conv levels work at any size (kept for a uniform stage interface)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, C, H, W`` -> ``B, C', H', W'``."""
         x = self.downsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
@@ -228,6 +229,7 @@ class UpBlock(nn.Module):
         self.bn = get_norm_act_layer(norm_layer, nn.ReLU)(out_chs, apply_act=apply_act, **dd)  # norm (+ ReLU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, C, H, W`` -> ``B, C', 2H, 2W``."""
         if self.mode == 'bilinear':
             x = F.interpolate(self.conv(x), scale_factor=2., mode='bilinear', align_corners=False)
         elif self.mode == 'bilinear_conv3':
@@ -253,6 +255,7 @@ class DecoderLevel(nn.Module):
         self.stage = stage
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``x`` ``B, C_deep, h, w`` and ``skip`` ``B, C, 2h, 2w`` -> ``B, C, 2h, 2w``."""
         x = self.up(x)
         if self.concat:
             return self.stage(self.fuse(torch.cat([x, skip], dim=1)))
@@ -461,10 +464,12 @@ class MedUNeXt(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
+        """Empty: timm's optimizer factory already exempts the 1-D parameters (biases, norms)."""
         return set()
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the blocks of every encoder and decoder stage in the backward pass (saves memory)."""
         stages = list(self.stages) + [level.stage for level in self.decoder]
         stages += [m for m in self.modules() if isinstance(m, ConvStage) and m not in stages]
         for s in stages:
@@ -472,6 +477,7 @@ class MedUNeXt(nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
+        """The 1x1 segmentation head (timm API)."""
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:

@@ -53,10 +53,12 @@ class TagProtocol:
 
     @property
     def arch(self) -> str:
+        """The architecture of the tag (``'mednext_base'`` of ``'mednext_base.sarscov2_ct'``)."""
         return self.tag.split('.', 1)[0]
 
     @property
     def dataset(self) -> Dict[str, object]:
+        """The weight registry's ``DATASETS`` entry of the tag's release."""
         return DATASETS[self.release]
 
     @property
@@ -138,6 +140,8 @@ assert set(PROTOCOLS) == set(PRETRAINED_TAGS)  # every tag has a protocol
 
 
 def get_protocol(tag: str) -> TagProtocol:
+    """The :class:`TagProtocol` of ``tag`` (e.g. ``'mednext_base.sarscov2_ct'``); raises UserInputError naming the known
+    tags."""
     if tag not in PROTOCOLS:
         raise UserInputError(f'Unknown tag {tag!r}; choose one of {", ".join(PROTOCOLS)}.')
     return PROTOCOLS[tag]

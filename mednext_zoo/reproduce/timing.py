@@ -45,15 +45,18 @@ class Estimate:
 
     @property
     def steps(self) -> float:
+        """Training-step equivalents of the whole run, all seeds (evaluation batches count 1/3)."""
         per_seed = (self.train_steps_per_epoch + self.eval_batches_per_epoch / 3) * self.epochs \
             + self.final_eval_batches / 3
         return per_seed * self.seeds  # the step counts are per process already
 
     @property
     def total_s(self) -> Optional[float]:
+        """Projected seconds for the whole run, or None when nothing was measured."""
         return None if self.sec_per_step is None else self.sec_per_step * self.steps
 
     def describe(self) -> str:
+        """One line for the plan: the projected total time with what it was measured on, or what to pass to measure."""
         work = (f'{self.train_steps_per_epoch} steps/epoch x {self.epochs} epochs x {self.seeds} seed(s)'
                 f'{f" / {self.world_size} processes" if self.world_size > 1 else ""}, plus evaluation')
         if self.sec_per_step is None:
@@ -64,6 +67,7 @@ class Estimate:
 
 
 class StepTime(NamedTuple):
+    """Seconds per training step: ``wall_s`` on the clock, ``cpu_s`` of this process's CPU time (all threads)."""
     wall_s: float  # seconds per step on the clock
     cpu_s: float  # CPU seconds per step of this process, all threads (less sensitive to other jobs than wall_s)
 
@@ -112,5 +116,7 @@ def measure_step_time(tag: str, task: str, batch_size: int, img_size: int, devic
 
 
 def steps_per_epoch(n: int, batch_size: int, world_size: int = 1, drop_last: bool = True) -> int:
+    """Optimiser steps per epoch and process for ``n`` items at ``batch_size`` per process: whole batches with
+    ``drop_last`` (unless ``n`` is below one global batch), else rounded up; at least 1."""
     per = batch_size * world_size
     return max(1, n // per if drop_last and n >= per else math.ceil(n / per))

@@ -60,6 +60,7 @@ class GradCAM:
         self._grads = grad
 
     def close(self) -> None:
+        """Remove the forward hook from the model; call when done (the object cannot be used afterwards)."""
         for h in self._handles:
             h.remove()
         self._handles = []

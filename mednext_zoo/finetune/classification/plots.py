@@ -45,6 +45,7 @@ def plot_curves(jsonl_path: str, out_path: str) -> None:
 
 
 def plot_roc(report: Dict[str, Any], out_path: str, title: str = '') -> None:
+    """One-vs-rest ROC curves with their AUC, from a :func:`classification_report`, as a PNG at ``out_path``."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))
     for cls, r in report.get('roc', {}).items():
@@ -60,6 +61,7 @@ def plot_roc(report: Dict[str, Any], out_path: str, title: str = '') -> None:
 
 
 def plot_confusion(report: Dict[str, Any], out_path: str, title: str = '') -> None:
+    """Confusion matrix (rows true, columns predicted) of a :func:`classification_report` as a PNG at ``out_path``."""
     import numpy as np
     plt = _plt()
     cm = np.asarray(report['confusion_matrix'])

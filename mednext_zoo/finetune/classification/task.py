@@ -112,6 +112,7 @@ class FinetuneConfig:
     export: bool = True
 
     def to_dict(self) -> Dict[str, Any]:
+        """The settings as a plain dict (what ``config.json`` records)."""
         return dataclasses.asdict(self)
 
 
@@ -212,6 +213,8 @@ class ClassificationTask(Task):
         self._frozen: Optional[bool] = None
 
     def loss(self, model, inputs, targets):
+        """Cross-entropy of ``model(inputs)`` (logits ``B, K``) against labels ``B``; raises UserInputError when the
+        model does not return ``B, K`` logits (e.g. a segmentation model)."""
         logits = model(inputs)
         if logits.ndim != 2 or logits.shape[1] != len(self.classes):
             raise UserInputError(
@@ -223,6 +226,8 @@ class ClassificationTask(Task):
         return crit(logits.float(), targets)
 
     def evaluate(self, outputs, targets):
+        """Split metrics from logits ``N, K`` and labels ``N``: accuracy, precision / recall / F1 / AUC (macro, or of
+        the positive class) and the unweighted cross-entropy ``loss``."""
         out = point_metrics(targets.numpy(), torch.softmax(outputs.float(), 1).numpy(), len(self.classes),
                             self.positive)
         out = {k: v for k, v in out.items() if k != 'per_class'}
@@ -230,6 +235,8 @@ class ClassificationTask(Task):
         return out
 
     def on_epoch_start(self, epoch, model):
+        """Freeze everything but the classifier while linear-probing or during the first ``freeze_epochs``, unfreeze
+        after; returns True when that changed the trainable parameters."""
         frozen = self.linear_probe or epoch < self.freeze_epochs
         if frozen == self._frozen:
             return False
@@ -241,6 +248,7 @@ class ClassificationTask(Task):
         return changed
 
     def on_train_mode(self, model):
+        """While the backbone is frozen, keep its BatchNorm layers in eval mode (their running statistics fixed)."""
         if self._frozen:  # a frozen backbone keeps its BatchNorm statistics too
             head = {id(m) for m in model.get_classifier().modules()}
             for m in model.modules():

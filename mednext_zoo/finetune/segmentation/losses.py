@@ -33,6 +33,7 @@ class SoftDiceLoss(nn.Module):
         self.mode, self.include_background = mode, include_background
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``1 - mean Dice`` (a scalar) of logits ``B, K, H, W`` against class indices ``B, H, W``."""
         prob = logits.float().softmax(dim=1)
         onehot = F.one_hot(target.long(), self.num_classes).permute(0, 3, 1, 2).float()
         dims = (0, 2, 3) if self.mode == 'batch' else (2, 3)
@@ -61,6 +62,7 @@ class DiceCELoss(nn.Module):
                              else torch.as_tensor(class_weights, dtype=torch.float32), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of logits ``B, K, H, W`` against class indices ``B, H, W``."""
         target = target.long()
         weight = None if self.class_weights is None else self.class_weights.to(logits.device)
         ce = F.cross_entropy(logits.float(), target, weight=weight)
@@ -88,10 +90,13 @@ class DeepSupervisionLoss(nn.Module):
 
     @staticmethod
     def weights(n: int) -> torch.Tensor:
+        """Weights ``2**-i`` of ``n`` outputs, normalised to sum to 1 (float64, shape ``n``)."""
         w = torch.tensor([0.5 ** i for i in range(n)], dtype=torch.float64)
         return w / w.sum()
 
     def forward(self, logits: Union[torch.Tensor, Sequence[torch.Tensor]], target: torch.Tensor) -> torch.Tensor:
+        """The loss of logits ``B, K, H, W`` against ``target`` ``B, H, W``; for a list of outputs, the weighted sum
+        of each against the target resized to its size (only the first output with ``enabled=False``); a scalar."""
         if isinstance(logits, torch.Tensor):
             return self.loss(logits, target)
         outs = list(logits) if self.enabled else [logits[0]]

@@ -122,6 +122,7 @@ class CaseMetrics:
     hd95_unit: str
 
     def rows(self) -> List[Dict[str, object]]:
+        """One dict per class: ``case``, ``mode``, ``class``, ``dice``, ``hd95``, ``hd95_unit`` (NaN: excluded)."""
         return [{'case': self.case_id, 'mode': self.mode, 'class': c, 'dice': d, 'hd95': h, 'hd95_unit': self.hd95_unit}
                 for c, d, h in zip(self.classes, self.dice, self.hd95)]
 

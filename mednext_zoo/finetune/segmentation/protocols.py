@@ -69,6 +69,8 @@ PROTOCOLS: Dict[str, Protocol] = {'synapse': SYNAPSE, 'acdc': ACDC}
 
 
 def get_protocol(name: str) -> Protocol:
+    """The :class:`Protocol` named ``name`` (case-insensitive; ``synapse`` or ``acdc``); raises UserInputError
+    otherwise."""
     if name.lower() not in PROTOCOLS:
         raise UserInputError(f'Unknown protocol {name!r}; choose one of {", ".join(PROTOCOLS)}.')
     return PROTOCOLS[name.lower()]

@@ -111,9 +111,13 @@ class SegRecipe:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise UserInputError(f'Unknown recipe field(s) {unknown}; the fields are {sorted(names)}.')
+        # a command line's 'none' arrives as None; the text-valued fields spell it 'none'
+        text_fields = {f.name for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), str)}
+        overrides = {k: ('none' if v is None and k in text_fields else v) for k, v in overrides.items()}
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> Dict[str, Any]:
+        """The recipe as a plain dict (what ``config.json`` and the benchmark records store)."""
         return dataclasses.asdict(self)
 
     def warmup_for(self, total_steps: int) -> int:

@@ -45,6 +45,7 @@ def markdown_table(summary: Dict[str, object], title: Optional[str] = None) -> s
 
 
 def format_summaries(summaries: Sequence[Dict[str, object]], title: Optional[str] = None) -> str:
+    """The :func:`markdown_table` of each metric summary (one per mode), joined."""
     return '\n'.join(markdown_table(s, title) for s in summaries)
 
 

@@ -141,6 +141,7 @@ class SegConfig:
     on_bad_file: str = 'error'  # 'skip': leave out cases whose files are unreadable, and count them
 
     def to_dict(self) -> Dict[str, Any]:
+        """The settings as a plain dict (what ``config.json`` records)."""
         return dataclasses.asdict(self)
 
 
@@ -350,9 +351,13 @@ class SegmentationTask(Task):
         self.loss_fn = loss_fn if loss_fn is not None else DiceCELoss(label_map.num_classes, ce_weight, dice_weight)
 
     def loss(self, model, inputs, targets):
+        """The recipe's loss of ``model(inputs)`` (logits ``B, K, H, W``, or a deep-supervision list) against
+        ``targets`` ``B, H, W``."""
         return self.loss_fn(model(inputs), targets)
 
     def evaluate(self, outputs, targets):
+        """Split metrics from logits ``N, K, H, W`` and labels ``N, H, W``: ``loss``, 2D Dice per foreground class
+        pooled over all slices (``dice_<class>``, NaN when absent from both) and their mean ``dice``."""
         loss = float(self.loss_fn(outputs, targets)) if outputs.numel() else float('nan')
         pred = outputs.argmax(1)
         out: Dict[str, float] = {'loss': loss}
