@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .errors import BackendUnavailable
+from ._errors import BackendUnavailable
 
 OPSET = 17
 INPUT, OUTPUT = 'x', 'logits'

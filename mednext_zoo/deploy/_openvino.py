@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .errors import BackendUnavailable
+from ._errors import BackendUnavailable
 
 
 def require_openvino():

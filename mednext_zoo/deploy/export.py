@@ -43,6 +43,7 @@ class ExportReport:
     parity: Dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
+        """What was written, the parity figures and the batch-1 times, as the command prints them."""
         p = self.parity
         figures = [f"max |Δlogit| {p['max_abs_dlogit']:.3g}"]
         if p.get('top1_agreement') is not None:

@@ -70,10 +70,12 @@ class Preprocessing:
         return (images - mean) / std
 
     def to_json(self) -> str:
+        """The record as written to ``preprocessing.json``."""
         return json.dumps(asdict(self), indent=2) + '\n'
 
     @classmethod
     def from_json(cls, text: str) -> Preprocessing:
+        """Read a ``preprocessing.json`` text back."""
         data = json.loads(text)
         data['input_size'] = tuple(data['input_size'])
         data['mean'], data['std'] = tuple(data['mean']), tuple(data['std'])

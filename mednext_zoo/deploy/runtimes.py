@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .errors import BackendUnavailable
+from ._errors import BackendUnavailable
 
 __all__ = ['BACKENDS', 'DTYPES', 'prepare_runner', 'BackendUnavailable']
 
