@@ -55,7 +55,8 @@ def ort_runner(path: os.PathLike, threads: Optional[int] = None) -> Callable[[to
 
 def quantize_int8(fp32_path: os.PathLike, out_path: os.PathLike, calibration: torch.Tensor) -> Path:
     """Static int8 quantisation (QDQ; per-channel int8 weights, uint8 activations; MinMax calibration over
-    ``calibration`` ``(N, C, H, W)``, one image at a time) of an fp32 ONNX file."""
+    ``calibration`` ``(N, C, H, W)``, one image at a time) of an fp32 ONNX file. Only the ops that carry the
+    arithmetic are quantised (Conv, MatMul, Gemm); normalisation, softmax and elementwise ops stay fp32."""
     require_onnxruntime()
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -71,5 +72,6 @@ def quantize_int8(fp32_path: os.PathLike, out_path: os.PathLike, calibration: to
         prepared = Path(tmp) / 'prepared.onnx'
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=['Conv', 'MatMul', 'Gemm'])
     return Path(out_path)
