@@ -188,6 +188,11 @@ def test_bench_cli_backend_flags(tmp_path, capsys):
     assert main(['bench', '--backend', 'tensorrt', '--no-progress', '--out', str(tmp_path)]) == 2
     assert 'unknown --backend' in capsys.readouterr().err
     assert main(['bench', '--backend', 'eager', '--compile', '--no-progress', '--out', str(tmp_path)]) == 2
+    capsys.readouterr()
+    assert main(['bench', '--models', 'mednext_tiny@64', '--dtype', 'int8', '--reference', '', '--no-memory',
+                 '--no-plot', '--no-progress', '--out', str(tmp_path / 'all_skipped')]) == 2  # nothing measured
+    err = capsys.readouterr().err
+    assert 'skipped: eager int8' in err and 'no model could be measured' in err
 
 
 def test_bench_segmentation_drift_is_label_map_dice():

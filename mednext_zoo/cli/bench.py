@@ -86,8 +86,8 @@ def _run(args: argparse.Namespace) -> int:
     for r in errors:
         print(f"{r['name']} [{r['backend']} {r['dtype']}]: {r['error']}", file=sys.stderr)
     print(f"wrote {', '.join(str(p) for p in written.values())}", file=sys.stderr)
-    if errors and all(r.get('error') or r.get('skipped') for r in result.rows):
-        raise UserInputError('no model could be measured (see the errors above).')
+    if all(r.get('error') or r.get('skipped') for r in result.rows):
+        raise UserInputError('no model could be measured (see the errors and skipped reasons above).')
     return 0
 
 
