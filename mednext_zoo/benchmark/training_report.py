@@ -94,20 +94,25 @@ def training_markdown(result: Dict[str, Any]) -> str:
         tgt = f"Dice {info.get('smallest')} >= {meta['settings']['target']}" if seg else \
             f"AUC >= {meta['settings']['target']}"
         clock = meta['settings']['clock']
-        out.append('| row | params (M) | ' + ' | '.join(cols) + f' | steps to {tgt} | {clock} seconds to {tgt} | '
-                   'wall s / step | CPU s / step |')
-        out.append('| --- | ---: | ' + ' | '.join('---:' for _ in cols) + ' | ---: | ---: | ---: | ---: |')
+        early = _early_steps(result, name)
+        focus = info.get('smallest') if seg else 'auc'
+        early_cols = [f"{'Dice ' + focus if seg else 'AUC'} @ step {s}" for s in early]
+        out.append('| row | params (M) | ' + ' | '.join(early_cols + cols) + f' | steps to {tgt} | {clock} seconds '
+                   f'to {tgt} | wall s / step | CPU s / step |')
+        out.append('| --- | ---: | ' + ' | '.join('---:' for _ in early_cols + cols) + ' | ---: | ---: | ---: | ---: |')
         for r in result['rows']:
             name_cell = f"`{r['label']}`" + (f" ({r['model']})" if r['model'] != r['label'] else '')
             if r['status'] != 'ok':
-                out.append(f"| {name_cell} | {r['reason']} |" + ' |' * (len(cols) + 4))
+                out.append(f"| {name_cell} | {r['reason']} |" + ' |' * (len(early_cols + cols) + 4))
                 continue
             sm = r['summary'].get(name) or {}
             if not sm:
-                out.append(f"| {name_cell} | no result |" + ' |' * (len(cols) + 4))
+                out.append(f"| {name_cell} | no result |" + ' |' * (len(early_cols + cols) + 4))
                 continue
             fin = sm['final']
             vals = [_pm(fin.get(c)) for c in classes] + ([_pm(fin.get('mean_dice'))] if seg else [])
+            at = {c['step']: c['metrics'].get(focus) for c in sm.get('curve', [])}
+            vals = [_pm(at.get(s)) for s in early] + vals
             out.append(f"| {name_cell} | {_f(r.get('params_m'), 2)} | " + ' | '.join(vals)
                        + f" | {_reach(sm)} | {_reach(sm, 'seconds_to_target', 1)} | "
                        f"{_f(sm['wall_per_step']['mean'], 3)} | {_f(sm['cpu_per_step']['mean'], 3)} |")
@@ -116,9 +121,22 @@ def training_markdown(result: Dict[str, Any]) -> str:
         for label, seed, err in bad:
             out.append(f'\n_{label}, seed {seed}: {err}_')
         out.append('')
-    out.append('Cells: mean ± sample std [min-max] over seeds. "steps to": the first evaluation step where the '
+    out.append('Cells: mean ± sample std [min-max] over seeds. "@ step N": the smallest structure (seg) or AUC (cls) '
+               'at the evaluation step nearest a third and two thirds of the budget, what a row learns per step; '
+               'the other metric columns are at the last step. "steps to": the first evaluation step where the '
                'mean curve over seeds reaches the target, then the per-seed range and how many seeds reached it.')
     return '\n'.join(out) + '\n'
+
+
+def _early_steps(result: Dict[str, Any], task: str) -> List[int]:
+    """The evaluation steps nearest a third and two thirds of the budget (distinct, before the last)."""
+    steps = sorted({c['step'] for r in result['rows'] if r['status'] == 'ok'
+                    for c in (r['summary'].get(task) or {}).get('curve', [])})
+    if len(steps) < 3:
+        return []
+    total = steps[-1]
+    picks = [min(steps[:-1], key=lambda s: abs(s - total * f)) for f in (1 / 3, 2 / 3)]
+    return sorted(set(picks))
 
 
 def _csv_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
