@@ -264,7 +264,27 @@ def _check_command(argv: List[str], where: str, tmp_path: Path, monkeypatch, inl
             return _exec_python(args[1], where, tmp_path, monkeypatch)
         if args and args[0].endswith('.py'):
             return _check_script(args[0], args[1:], where)
+    if prog == 'bash' and args and args[0].endswith('.sh'):
+        prog, args = args[0], args[1:]
+    if prog.endswith('.sh'):
+        return _check_shell_script(prog, args, where)
     pytest.fail(f'{where}: tests/test_docs.py does not know how to check `{" ".join(argv)}`; teach it')
+
+
+def _check_shell_script(script: str, args: List[str], where: str) -> None:
+    """A repository shell script: its syntax is checked, and with ``--dry-run`` it is run (it prints a plan)."""
+    import shutil
+    import subprocess
+    path = ROOT / script
+    assert path.is_file(), f'{where}: {script} does not exist'
+    if shutil.which('bash') is None:
+        pytest.skip('no bash here')
+    res = subprocess.run(['bash', '-n', str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, f'{where}: {script} has a syntax error:\n{res.stderr}'
+    if '--dry-run' in args:
+        env = {**__import__('os').environ, 'PYTHON': sys.executable}
+        res = subprocess.run(['bash', str(path), *args], capture_output=True, text=True, env=env, timeout=60)
+        assert res.returncode == 0, f'{where}: `{script} {" ".join(args)}` failed (rc {res.returncode}):\n{res.stderr}'
 
 
 # ---------------------------------------------------------------- tests

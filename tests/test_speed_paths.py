@@ -241,3 +241,83 @@ def test_inductor_compiled_block_matches_eager():
     x = torch.randn(2, 16, 16, 32)
     with torch.no_grad():
         assert _max_diff(torch.compile(block)(x), block(x)) <= TOL
+
+
+# ------------------------------------------------------------------ round 2: fused fp32 inference kernels (oneDNN)
+def test_stage_batch_slices_match_reference(monkeypatch):
+    """Fused inference runs a stage's blocks on slices of the batch: same output as the whole batch."""
+    from mednext_zoo.models import mednext as mx
+    torch.manual_seed(0)
+    stage = _perturb(MedStage(8, 16, feat_size=(6, 5), depth=2)).eval()
+    x = torch.randn(5, 8, 12, 10)
+    calls = []
+    monkeypatch.setattr(mx, '_CHUNK_BYTES', 2 * 6 * 5 * 16 * 4)  # two images per slice: 3 slices of 5 images
+    monkeypatch.setattr(stage.blocks, 'forward', lambda t, f=stage.blocks.forward: calls.append(len(t)) or f(t))
+    with torch.no_grad():
+        out, ref = stage(x), stage.forward_reference(x)
+    assert sorted(calls[:3]) == [1, 2, 2]
+    assert _max_diff(out, ref) <= TOL
+
+
+@pytest.mark.parametrize('lever', ['onednn', 'gelu', 'residual', 'chunk'])
+def test_each_inference_lever_off_matches_reference(lever, monkeypatch):
+    """round2.py times the fused path with each lever off: every such setting computes the same outputs."""
+    from mednext_zoo.models import mednext as mx
+    monkeypatch.setitem(mx._INFERENCE_KERNELS, lever, False)
+    model = _small()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+        ref = set_reference_paths(model)(x)
+    assert _max_diff(out, ref) <= TOL
+
+
+def test_cached_folds_follow_weight_changes():
+    """Folded conv-BN and SEM weights are cached for fused inference; new weights (load_state_dict, in-place
+    updates such as an EMA's foreach lerp) must never be served from a stale cache."""
+    model, other = _small(), _perturb(_small(), seed=1)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        model.load_state_dict(other.state_dict())
+        loaded = model(x)
+        assert _max_diff(loaded, other(x)) <= TOL and _max_diff(loaded, before) > 1e-3
+        torch._foreach_mul_(list(model.parameters()), 1.01)  # in place: the version counters move
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.mul_(1.5)
+        scaled = model(x)
+        ref = set_reference_paths(model)(x)
+    assert _max_diff(scaled, ref) <= TOL and _max_diff(scaled, loaded) > 1e-3
+
+
+def test_fused_kernels_are_inference_only(monkeypatch):
+    """Training (autograd on), autocast and train-mode BatchNorm never reach a fused kernel; no_grad eval does."""
+    from mednext_zoo.models import mednext as mx
+    calls = []
+
+    def spy(fn):
+        def wrapped(*args, **kwargs):
+            calls.append(fn.__name__)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(mx, '_linear', spy(mx._linear))
+    monkeypatch.setattr(mx, '_forward_conv_bn_fused', spy(mx._forward_conv_bn_fused))
+    model = _small().train()
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()  # training step
+    model.eval()
+    model(x).sum().backward()  # eval with autograd (e.g. Grad-CAM)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        model(x)
+    assert calls == []
+    model.train()
+    with torch.no_grad():
+        model(x)  # train mode without autograd: BatchNorm normalises with batch statistics, so it is not folded
+    assert '_forward_conv_bn_fused' not in calls
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    if mx._ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available():
+        assert '_linear' in calls and '_forward_conv_bn_fused' in calls

@@ -25,8 +25,18 @@ CONVENTIONS = [
     'Peak memory: CPU, growth of the process resident set (RSS) during one batch-N forward over its level '
     'just before (freed heap returned to the OS first, RSS sampled every 0.5 ms; allocator caching can hide '
     'some growth, so read it as approximate); CUDA, torch.cuda.max_memory_allocated during the forward minus '
-    'the memory allocated before it (weights and inputs excluded on both).',
-    'Ratios ("x ref"): a model\'s figure divided by the reference model\'s, measured in the same run. Timed '
+    'the memory allocated before it (weights and inputs excluded on both). Not measured for onnxruntime / '
+    'openvino rows: their memory arenas are allocated at session creation, so the forward shows no growth.',
+    'Backends and dtypes: eager PyTorch, torch.compile, ONNX Runtime (CPU provider) and OpenVINO (CPU), in fp32, '
+    'bf16 (PyTorch autocast / OpenVINO inference precision) or int8 (onnxruntime static QDQ / NNCF post-training '
+    'quantisation, calibrated on sample images). A combination that cannot run here is a row marked "skipped" '
+    'with the reason. "x eager fp32": throughput over the same model\'s eager fp32 row, per round.',
+    'Drift: each row\'s outputs against the same model\'s eager fp32 outputs on a fixed, seeded set of packaged '
+    'medical sample images (pydicom CT / MR, scikit-image histology / retina; random crops): max |Δlogit| and, for '
+    'classification, top-1 agreement, for segmentation the mean per-class Dice between the two label maps. The '
+    'weights are random (nothing is downloaded), so read the drift as a numerical check, not as accuracy.',
+    'Ratios ("x ref"): a model\'s figure divided by the reference model\'s (same backend and dtype), measured in '
+    'the same run. Timed '
     'figures are interleaved: in every round each model runs in turn (rotating start), a ratio is taken per '
     'round from the per-round medians, and the median over rounds is reported. On a shared or busy machine '
     'the absolute times drift; the ratios are the figures to compare across machines.',
@@ -53,8 +63,10 @@ def to_markdown(result: BenchResult) -> str:
     meta, m = result.meta, result.meta['machine']
     s = meta['settings']
     ref = meta.get('reference') or s.get('reference')
-    flags = [f for f, on in (('AMP ' + str(meta.get('amp_dtype')), s['amp']), ('channels_last', s['channels_last']),
-                             ('torch.compile', s['compile'])) if on]
+    flags = [f for f, on in (('channels_last', s['channels_last']),) if on]
+    combos = [f'backends {", ".join(s.get("backends") or ["compile" if s.get("compile") else "eager"])}',
+              f'dtypes {", ".join(s.get("dtypes") or ["bf16" if s.get("amp") else "fp32"])}']
+    seg = meta['task'] == 'seg'
     lines = [
         f"# {meta['title']} ({'segmentation' if meta['task'] == 'seg' else 'classification'})",
         '',
@@ -65,34 +77,43 @@ def to_markdown(result: BenchResult) -> str:
         f"Run: {meta['started_utc']}, {meta['wall_s']} s; batch-1 latency {s['rounds']} rounds x "
         f"{s['latency_iters']} runs, batch-{s['batch_size']} throughput {s['rounds']} rounds x "
         f"{s['throughput_iters']} runs, {s['warmup']} warm-up runs; "
-        f"{', '.join(flags) if flags else 'fp32, contiguous (NCHW)'}{'; quick mode' if s['quick'] else ''}.",
+        f"{'; '.join(combos + (flags or ['contiguous (NCHW)']))}{'; quick mode' if s['quick'] else ''}.",
         *_load_lines(meta),
         f"Reference for the x-ratios: `{ref}`." if meta.get('reference') else
         (f"Reference `{ref}` was not measured in this run: no ratios." if ref else 'No reference model: no ratios.'),
         '',
-        '| model | img | classes | params (M) | GFLOPs | acts (M) | latency b1 ms (median / p90) | '
+        '| model | backend | dtype | img | classes | params (M) | GFLOPs | acts (M) | latency b1 ms (median / p90) | '
         f"throughput img/s (b{s['batch_size']}) | peak mem MB | params x ref | GFLOPs x ref | latency x ref | "
-        'throughput x ref | mem x ref |',
-        '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+        f"throughput x ref | mem x ref | x eager fp32 | max abs Δlogit | {'label Dice' if seg else 'top-1 agree'} |",
+        '| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: '
+        '| ---: | ---: | ---: |',
     ]
     for r in result.rows:
         name = f"`{r['name']}`" + (f" ({r['label']})" if r.get('label') else '')
-        if r.get('error'):
-            lines.append(f"| {name} | {r['img_size']} | {r['num_classes']} | {_fmt(r['params_m'])} | "
-                         f"{_fmt(r['gflops'])} | error: {r['error'].replace('|', '/')} | | | | | | | | |")
+        head = f"| {name} | {r.get('backend') or 'eager'} | {r.get('dtype') or 'fp32'} | {r['img_size']} | " \
+               f"{r['num_classes']} | {_fmt(r['params_m'])} | {_fmt(r['gflops'])} |"
+        why = ('skipped: ' + r['skipped']) if r.get('skipped') else ('error: ' + r['error']) if r.get('error') else ''
+        if why:
+            lines.append(f"{head} {why.replace('|', '/')} |" + ' |' * 11)
             continue
         lat = f"{_fmt(r['latency_ms_median'], 1)} / {_fmt(r['latency_ms_p90'], 1)}"
+        agree = r.get('dice_vs_fp32') if seg else r.get('top1_agreement')
         lines.append(
-            f"| {name} | {r['img_size']} | {r['num_classes']} | {_fmt(r['params_m'])} | {_fmt(r['gflops'])} | "
-            f"{_fmt(r['activations_m'])} | {lat} | {_fmt(r['throughput_ips'], 1)} | {_fmt(r['peak_mem_mb'], 0)} | "
-            f"{_fmt(r['params_ratio'])} | {_fmt(r['gflops_ratio'])} | {_fmt(r['latency_ratio'])} | "
-            f"{_fmt(r['throughput_ratio'])} | {_fmt(r['peak_mem_ratio'])} |"
+            f"{head} {_fmt(r['activations_m'])} | {lat} | {_fmt(r['throughput_ips'], 1)} | "
+            f"{_fmt(r['peak_mem_mb'], 0)} | {_fmt(r['params_ratio'])} | {_fmt(r['gflops_ratio'])} | "
+            f"{_fmt(r['latency_ratio'])} | {_fmt(r['throughput_ratio'])} | {_fmt(r['peak_mem_ratio'])} | "
+            f"{_fmt(r.get('speedup_vs_eager_fp32'))} | {_fmt_drift(r.get('max_abs_dlogit'))} | "
+            f"{_fmt(agree, 3)} |"
         )
-    skipped = [f"`{r['name']}`: {r['skipped_ops']}" for r in result.rows if r.get('skipped_ops')]
+    skipped = list(dict.fromkeys(f"`{r['name']}`: {r['skipped_ops']}" for r in result.rows if r.get('skipped_ops')))
     lines += ['', 'Conventions:', ''] + [f'- {c}' for c in CONVENTIONS]
     if skipped:
         lines += ['', 'Op types fvcore skipped (op:calls):', ''] + [f'- {s}' for s in skipped]
     return '\n'.join(lines) + '\n'
+
+
+def _fmt_drift(value: Optional[float]) -> str:
+    return '-' if value is None else f'{value:.2g}'
 
 
 def _load_lines(meta: Dict[str, Any]) -> List[str]:
@@ -120,11 +141,12 @@ LABEL_GID = 'bench-label'  # the gid of every model label on the chart (the test
 
 def _precision(meta: Dict[str, Any]) -> str:
     s = meta['settings']
-    parts = [f"AMP {meta.get('amp_dtype') or 'autocast'}" if s.get('amp') else 'fp32']
+    parts = [', '.join(s.get('dtypes') or [f"AMP {meta.get('amp_dtype') or 'autocast'}" if s.get('amp') else 'fp32'])]
     if s.get('channels_last'):
         parts.append('channels-last')
-    if s.get('compile'):
-        parts.append('torch.compile')
+    backends = s.get('backends') or (['torch.compile'] if s.get('compile') else [])
+    if backends and backends != ['eager']:
+        parts.append(', '.join(backends))
     return ', '.join(parts)
 
 
@@ -201,6 +223,11 @@ def _place_labels(fig, ax, points: List[Dict[str, Any]], fontsize: float = 7.5) 
         placed.append(best[2])
 
 
+def _combo(row: Dict[str, Any]) -> str:
+    backend, dtype = row.get('backend') or 'eager', row.get('dtype') or 'fp32'
+    return '' if (backend, dtype) == ('eager', 'fp32') else f' [{backend} {dtype}]'
+
+
 def bench_figure(result: BenchResult):
     """The results chart: throughput against GFLOPs, marker area by params, labels that do not overlap."""
     import matplotlib
@@ -222,7 +249,7 @@ def bench_figure(result: BenchResult):
                    color='tab:red' if family else 'tab:blue',
                    edgecolors='black' if is_ref else 'none', linewidths=1.6 if is_ref else 0)
         points.append({'x': r['gflops'], 'y': r['throughput_ips'], 'r': (area / 3.14159) ** 0.5,
-                       'text': f"{r['name']} ({r['params_m']:.1f} M)"})
+                       'text': f"{r['name']}{_combo(r)} ({r['params_m']:.1f} M)"})
     if rows:
         ax.set_xlim(0, max(r['gflops'] for r in rows) * 1.3)
         ax.set_ylim(0, max(r['throughput_ips'] for r in rows) * 1.15)

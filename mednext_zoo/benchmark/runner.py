@@ -12,6 +12,12 @@ Timing protocol (the same on CPU and GPU):
 4. Peak memory: one batch-N forward per model; CPU: growth of the process's resident set (RSS)
    over its level before the forward, sampled every 0.5 ms after returning freed heap to the OS;
    CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated before the forward.
+
+Backends and dtypes (``backends`` x ``dtypes``, see ``mednext_zoo.deploy.runtimes``): every model gets one row
+per combination, timed in the same interleaved rounds. Each row's drift columns compare its outputs with the
+model's eager fp32 outputs on a fixed, seeded set of packaged medical sample images (``mednext_zoo.deploy``);
+int8 is calibrated on a second, disjoint seeded set. A combination that cannot run here (not installed, no
+hardware support, not offered) is a row with ``skipped`` set to the reason, never a missing row.
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from ..deploy import BACKENDS, DTYPES, BackendUnavailable, drift, prepare_runner, sample_images
+from ..deploy.preprocessing import Preprocessing
 from ..errors import UserInputError
 from .counting import count_model
 from .machine import machine_info, machine_label
@@ -37,11 +45,12 @@ from .specs import REFERENCE, SEG_REFERENCE, ModelSpec, build_model, resolve_mod
 __all__ = ['BenchConfig', 'BenchResult', 'run_benchmark', 'ROW_FIELDS']
 
 ROW_FIELDS = [
-    'name', 'label', 'arch', 'task', 'img_size', 'in_chans', 'num_classes',
+    'name', 'label', 'arch', 'task', 'img_size', 'in_chans', 'num_classes', 'backend', 'dtype',
     'params_m', 'gflops', 'activations_m',
     'latency_ms_median', 'latency_ms_p90', 'throughput_ips', 'batch_size', 'peak_mem_mb',
     'params_ratio', 'gflops_ratio', 'latency_ratio', 'throughput_ratio', 'peak_mem_ratio',
-    'skipped_ops', 'error',
+    'speedup_vs_eager_fp32', 'max_abs_dlogit', 'top1_agreement', 'dice_vs_fp32',
+    'skipped_ops', 'skipped', 'error',
 ]
 
 
@@ -54,9 +63,13 @@ class BenchConfig:
     img_size: Optional[int] = None
     batch_size: Optional[int] = None  # 8 on CPU, 256 on CUDA (4 / 64 with quick)
     device: str = 'cpu'
-    amp: bool = False
+    amp: bool = False  # = dtypes ['bf16'] on CPU, ['fp16'] on CUDA
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False  # = backends ['compile']
+    backends: Optional[List[str]] = None  # eager / compile / onnxruntime / openvino (default: eager)
+    dtypes: Optional[List[str]] = None  # fp32 / bf16 / fp16 / int8 (default: fp32)
+    drift_images: int = 8  # sample images the drift columns compare on
+    calibration_images: int = 32  # int8 calibration images (a disjoint seeded set)
     quick: bool = False
     rounds: Optional[int] = None  # 5 (quick: 2)
     latency_iters: Optional[int] = None  # per model per round: 3 (quick: 2)
@@ -84,7 +97,13 @@ class BenchConfig:
             out.warmup = 1 if self.quick else 2
         if out.reference is None:
             out.reference = SEG_REFERENCE if self.task == 'seg' else REFERENCE
-        for key in ('batch_size', 'rounds', 'latency_iters', 'throughput_iters'):
+        out.backends = _choices(out.backends or (['compile'] if self.compile else ['eager']), BACKENDS, 'backend')
+        out.dtypes = _choices(out.dtypes or ([('fp16' if cuda else 'bf16')] if self.amp else ['fp32']), DTYPES,
+                              'dtype')
+        out.compile = out.backends == ['compile']
+        out.amp = all(d in ('bf16', 'fp16') for d in out.dtypes)
+        for key in ('batch_size', 'rounds', 'latency_iters', 'throughput_iters', 'drift_images',
+                    'calibration_images'):
             if getattr(out, key) < 1:
                 raise UserInputError(f'--{key.replace("_", "-")} must be at least 1, got {getattr(out, key)}.')
         if out.warmup < 0:
@@ -92,25 +111,39 @@ class BenchConfig:
         return out
 
 
+def _choices(values: List[str], allowed: tuple, what: str) -> List[str]:
+    out = []
+    for v in values:
+        v = v.strip().lower()
+        if v not in allowed:
+            raise UserInputError(f'unknown --{what} {v!r}: choose from {", ".join(allowed)} (comma-separated).')
+        if v not in out:
+            out.append(v)
+    return out
+
+
 @dataclass
 class BenchResult:
-    """``meta``: settings, machine, conventions; ``rows``: one dict per model (keys ``ROW_FIELDS``)."""
+    """``meta``: settings, machine, conventions; ``rows``: one dict per model x backend x dtype (``ROW_FIELDS``)."""
 
     meta: Dict[str, Any]
     rows: List[Dict[str, Any]] = field(default_factory=list)
 
-    def row(self, name: str) -> Dict[str, Any]:
-        """The row of the model named ``name``; raises KeyError if the run has none."""
+    def row(self, name: str, backend: Optional[str] = None, dtype: Optional[str] = None) -> Dict[str, Any]:
+        """The row of the model named ``name`` (the first one, or the one of ``backend`` / ``dtype`` when given);
+        raises KeyError if the run has none."""
         for r in self.rows:
-            if r['name'] == name:
+            if r['name'] == name and backend in (None, r.get('backend')) and dtype in (None, r.get('dtype')):
                 return r
-        raise KeyError(name)
+        raise KeyError((name, backend, dtype))
 
 
 @dataclass
 class _Entry:
     spec: ModelSpec
-    model: Optional[nn.Module] = None
+    backend: str = 'eager'
+    dtype: str = 'fp32'
+    model: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # the runner: x -> logits
     x1: Optional[torch.Tensor] = None
     xn: Optional[torch.Tensor] = None
     row: Dict[str, Any] = field(default_factory=dict)
@@ -221,83 +254,103 @@ def run_benchmark(config: Optional[BenchConfig] = None, **overrides: Any) -> Ben
         if cfg.threads < 1:
             raise UserInputError(f'--threads must be at least 1, got {cfg.threads}.')
         torch.set_num_threads(cfg.threads)
-    amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    combos = [(b, d) for b in cfg.backends for d in cfg.dtypes]
 
-    entries = [_Entry(spec) for spec in specs]
+    entries = [_Entry(spec, b, d) for spec in specs for b, d in combos]
     for e in entries:
         e.row = {k: None for k in ROW_FIELDS}
         e.row.update(name=e.spec.name, label=e.spec.label, arch=e.spec.arch, task=e.spec.task,
                      img_size=e.spec.img_size, in_chans=e.spec.in_chans, num_classes=e.spec.num_classes,
-                     batch_size=cfg.batch_size)
+                     batch_size=cfg.batch_size, backend=e.backend, dtype=e.dtype)
 
-    steps = len(entries) * (cfg.rounds + 2 + int(cfg.measure_memory))
+    steps = len(specs) + len(entries) * (cfg.rounds + 2 + int(cfg.measure_memory))
     bar = _progress(steps, cfg.progress)
     started = time.time()
     load_start = _loadavg()
 
-    def forward(e: _Entry, x: torch.Tensor) -> None:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
-            e.model(x)
+    def forward(e: _Entry, x: torch.Tensor) -> torch.Tensor:
+        out = e.model(x)
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
+        return out
 
     def fail(e: _Entry, exc: BaseException, what: str, batch: Optional[int] = None) -> None:
-        e.row['error'] = _explain(exc, what, e.spec, batch or cfg.batch_size, device)
+        if isinstance(exc, BackendUnavailable):
+            e.row['skipped'] = f'{e.backend} {e.dtype}: {exc}'
+        else:
+            e.row['error'] = _explain(exc, what, e.spec, batch or cfg.batch_size, device)
         e.model = e.x1 = e.xn = None
         gc.collect()
         if device.type == 'cuda':
             torch.cuda.empty_cache()
 
-    # 1. build and count
-    for e in entries:
-        bar.set_description(f'build+count {e.spec.name}')
+    # 1. build and count once per model, then one runner per backend x dtype
+    for spec in specs:
+        group = [e for e in entries if e.spec is spec]
+        bar.set_description(f'build+count {spec.name}')
+        bar.update(1)
         try:
-            _check_fits(e.spec, 1, torch.device('cpu'))  # the fvcore trace runs batch 1 on the CPU
+            _check_fits(spec, 1, torch.device('cpu'))  # the fvcore trace runs batch 1 on the CPU
             torch.manual_seed(0)
-            model = build_model(e.spec)
-        except Exception as exc:  # noqa: BLE001  (reported in the row)
-            fail(e, exc, 'build', batch=1)
-            bar.update(1)
+            model = build_model(spec)
+        except Exception as exc:  # noqa: BLE001  (reported in the rows)
+            for e in group:
+                fail(e, exc, 'build', batch=1)
+            bar.update(len(group))
             continue
         try:
-            counts = count_model(model, e.spec.input_size)
+            counts = count_model(model, spec.input_size)
+        except Exception as exc:  # noqa: BLE001
+            for e in group:
+                fail(e, exc, 'run', batch=1)
+            bar.update(len(group))
+            continue
+        for e in group:
             e.row.update(params_m=counts.params / 1e6, gflops=counts.flops / 1e9,
                          activations_m=counts.activations / 1e6,
                          skipped_ops=' '.join(f'{k.replace("aten::", "")}:{v}' for k, v in counts.skipped_ops.items()))
-        except Exception as exc:  # noqa: BLE001
-            fail(e, exc, 'run', batch=1)
-            bar.update(1)
-            continue
         try:
-            _check_fits(e.spec, cfg.batch_size, device)
+            _check_fits(spec, cfg.batch_size, device)
             model = model.to(device, memory_format=memory_format)
-            if cfg.compile:
-                model = torch.compile(model)
-            e.model = model
-            e.x1 = torch.randn(1, *e.spec.input_size, device=device).to(memory_format=memory_format)
-            e.xn = torch.randn(cfg.batch_size, *e.spec.input_size, device=device).to(memory_format=memory_format)
+            x1 = torch.randn(1, *spec.input_size, device=device).to(memory_format=memory_format)
+            xn = torch.randn(cfg.batch_size, *spec.input_size, device=device).to(memory_format=memory_format)
+            drift_x, calib = _drift_inputs(model, spec, cfg, device, memory_format)
+            with torch.inference_mode():
+                reference_out = model(drift_x).float()
         except Exception as exc:  # noqa: BLE001
-            fail(e, exc, 'allocate')
-        bar.update(1)
+            for e in group:
+                fail(e, exc, 'allocate')
+            bar.update(len(group))
+            continue
+        for e in group:
+            bar.set_description(f'prepare {spec.name} {e.backend} {e.dtype}')
+            try:
+                e.model = prepare_runner(model, e.backend, e.dtype, x1,
+                                         calibration=calib if e.dtype == 'int8' else None, threads=cfg.threads)
+                e.x1, e.xn = x1, xn
+                e.row.update(drift(reference_out, forward(e, drift_x), spec.task))  # compiles / warms up too
+            except Exception as exc:  # noqa: BLE001
+                fail(e, exc, 'prepare' if e.backend == 'eager' else f'run under {e.backend} {e.dtype}')
+            bar.update(1)
 
     # 2. warm-up
     for e in entries:
-        bar.set_description(f'warm-up {e.spec.name}')
+        bar.set_description(f'warm-up {e.spec.name} {e.backend} {e.dtype}')
         if e.ok:
             try:
                 for _ in range(cfg.warmup):
                     forward(e, e.x1)
                 forward(e, e.xn)
             except Exception as exc:  # noqa: BLE001
-                fail(e, exc, 'run' if not cfg.compile else 'compile/run')
+                fail(e, exc, 'run' if e.backend == 'eager' else f'run under {e.backend} {e.dtype}')
         bar.update(1)
 
     # 3. interleaved timed rounds
     for r in range(cfg.rounds):
         order = entries[r % len(entries):] + entries[:r % len(entries)]
         for e in order:
-            bar.set_description(f'round {r + 1}/{cfg.rounds} {e.spec.name}')
+            bar.set_description(f'round {r + 1}/{cfg.rounds} {e.spec.name} {e.backend} {e.dtype}')
             if e.ok:
                 try:
                     lat = []
@@ -321,7 +374,7 @@ def run_benchmark(config: Optional[BenchConfig] = None, **overrides: Any) -> Ben
         read_rss = _rss_reader() if device.type == 'cpu' else None
         for e in entries:
             bar.set_description(f'memory {e.spec.name}')
-            if e.ok:
+            if e.ok and e.backend in ('eager', 'compile'):  # runtimes with their own arenas show no growth
                 try:
                     e.row['peak_mem_mb'] = _peak_memory(lambda e=e: forward(e, e.xn), device, read_rss)
                 except Exception as exc:  # noqa: BLE001
@@ -336,6 +389,7 @@ def run_benchmark(config: Optional[BenchConfig] = None, **overrides: Any) -> Ben
             e.row['latency_ms_p90'] = _p90(flat) * 1e3
             e.row['throughput_ips'] = statistics.median([v for rnd in e.throughput for v in rnd])
     _ratios(entries, cfg.reference)
+    _speedups(entries)
 
     info = machine_info(str(device))
     meta = {
@@ -344,9 +398,11 @@ def run_benchmark(config: Optional[BenchConfig] = None, **overrides: Any) -> Ben
         'machine': info,
         'machine_label': machine_label(info),
         'settings': {k: v for k, v in asdict(cfg).items() if k not in ('progress', 'models')},
-        'models': [e.spec.name for e in entries],
+        'models': [spec.name for spec in specs],
         'reference': cfg.reference if any(e.spec.name == cfg.reference and e.ok for e in entries) else None,
-        'amp_dtype': str(amp_dtype).replace('torch.', '') if cfg.amp else None,
+        'amp_dtype': ('float16' if 'fp16' in cfg.dtypes else 'bfloat16') if cfg.amp else None,
+        'drift_inputs': f'{cfg.drift_images} packaged sample images (pydicom CT / MR, scikit-image), seeded crops; '
+                        f'int8 calibrated on {cfg.calibration_images} others',
         'started_utc': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started)),
         'wall_s': round(time.time() - started, 1),
         'load_avg_1min': [load_start, _loadavg()],  # at start and end: other processes competing for the CPU
@@ -400,21 +456,45 @@ def _peak_memory(
     return max(peak - before, 0) / 2 ** 20
 
 
+def _per_round_ratio(a: List[List[float]], b: List[List[float]]) -> Optional[float]:
+    """Median over rounds of the ratio of per-round medians (``None`` unless both ran every round)."""
+    if not a or len(a) != len(b):
+        return None
+    return statistics.median(statistics.median(x) / statistics.median(y) for x, y in zip(a, b, strict=True))
+
+
 def _ratios(entries: List[_Entry], reference: str) -> None:
-    ref = next((e for e in entries if e.spec.name == reference and e.row.get('params_m')), None)
-    if ref is None:
-        return
+    """x-ratios to ``reference`` under the same backend and dtype."""
     for e in entries:
+        ref = next((f for f in entries if f.spec.name == reference and f.backend == e.backend
+                    and f.dtype == e.dtype and f.row.get('params_m')), None)
+        if ref is None:
+            continue
         r = e.row
         for key, src in (('params_ratio', 'params_m'), ('gflops_ratio', 'gflops'), ('peak_mem_ratio', 'peak_mem_mb')):
             if r.get(src) is not None and ref.row.get(src):
                 r[key] = r[src] / ref.row[src]
-        # per-round ratios of per-round medians, then the median over the rounds both models ran
-        pairs = list(zip(e.latency, ref.latency, strict=False)) if len(e.latency) == len(ref.latency) else []
-        if pairs:
-            r['latency_ratio'] = statistics.median(statistics.median(a) / statistics.median(b) for a, b in pairs)
-            r['throughput_ratio'] = statistics.median(
-                statistics.median(a) / statistics.median(b) for a, b in zip(e.throughput, ref.throughput, strict=False))
+        r['latency_ratio'] = _per_round_ratio(e.latency, ref.latency)
+        r['throughput_ratio'] = _per_round_ratio(e.throughput, ref.throughput)
+
+
+def _speedups(entries: List[_Entry]) -> None:
+    """Throughput of each backend x dtype over the same model's eager fp32 row, per round (> 1: faster)."""
+    for e in entries:
+        base = next((f for f in entries if f.spec is e.spec and f.backend == 'eager' and f.dtype == 'fp32'), None)
+        if base is not None:
+            e.row['speedup_vs_eager_fp32'] = _per_round_ratio(e.throughput, base.throughput)
+
+
+def _drift_inputs(model: nn.Module, spec: ModelSpec, cfg: BenchConfig, device: torch.device,
+                  memory_format: torch.memory_format) -> tuple:
+    """The drift inputs and the int8 calibration inputs (disjoint seeds), normalised as the model expects."""
+    pre = Preprocessing.from_model(model, input_size=spec.input_size)  # smp U-Nets carry no in_chans / img_size
+    size = spec.input_size[1:]
+    drift_x = pre.normalise(sample_images(cfg.drift_images, spec.in_chans, size, seed=0))
+    calib = pre.normalise(sample_images(cfg.calibration_images, spec.in_chans, size, seed=1)) \
+        if 'int8' in cfg.dtypes else None
+    return drift_x.to(device).contiguous(memory_format=memory_format), calib
 
 
 def _progress(total: int, enabled: bool):

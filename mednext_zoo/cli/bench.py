@@ -67,19 +67,27 @@ def _run(args: argparse.Namespace) -> int:
         amp=args.amp, channels_last=args.channels_last, compile=args.compile, quick=args.quick, rounds=args.rounds,
         latency_iters=args.latency_iters, warmup=args.warmup, threads=args.threads, num_classes=args.num_classes,
         reference=args.reference, measure_memory=not args.no_memory, progress=not args.no_progress, note=args.note,
+        backends=args.backend, dtypes=args.dtype,
     )
+    if args.backend and args.compile:
+        raise UserInputError('--compile is the same as --backend compile: give one of them.')
+    if args.dtype and args.amp:
+        raise UserInputError('--amp is the same as --dtype bf16 (CPU) / fp16 (CUDA): give one of them.')
     result = run_benchmark(cfg)
     written = write_results(result, args.out, plot=not args.no_plot)
     print(to_markdown(result))
     if not args.no_plot and 'png' not in written:
         print("results.png not written: matplotlib is not installed (pip install 'mednext-zoo[bench]').",
               file=sys.stderr)
+    for r in result.rows:
+        if r.get('skipped'):
+            print(f"{r['name']} skipped: {r['skipped']}", file=sys.stderr)
     errors = [r for r in result.rows if r.get('error')]
     for r in errors:
-        print(f"{r['name']}: {r['error']}", file=sys.stderr)
+        print(f"{r['name']} [{r['backend']} {r['dtype']}]: {r['error']}", file=sys.stderr)
     print(f"wrote {', '.join(str(p) for p in written.values())}", file=sys.stderr)
-    if errors and len(errors) == len(result.rows):
-        raise UserInputError('no model could be measured (see the errors above).')
+    if all(r.get('error') or r.get('skipped') for r in result.rows):
+        raise UserInputError('no model could be measured (see the errors and skipped reasons above).')
     return 0
 
 
@@ -100,7 +108,14 @@ def register(subparsers) -> None:
     p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu', help='device to measure on')
     p.add_argument('--amp', action='store_true', help='autocast (float16 on CUDA, bfloat16 on CPU)')
     p.add_argument('--channels-last', action='store_true', help='channels_last memory format')
-    p.add_argument('--compile', action='store_true', help='torch.compile every model (warm-up compiles)')
+    p.add_argument('--compile', action='store_true', help='torch.compile every model (= --backend compile)')
+    p.add_argument('--backend', type=_names, default=None, metavar='LIST',
+                   help='comma-separated inference backends: eager, compile, onnxruntime, openvino (default eager); '
+                        'every model gets one row per backend x dtype, with drift against eager fp32')
+    p.add_argument('--dtype', type=_names, default=None, metavar='LIST',
+                   help='comma-separated precisions: fp32, bf16, fp16 (CUDA), int8 (onnxruntime / openvino, '
+                        'calibrated on sample images); default fp32. A combination that cannot run here is a '
+                        'skipped row with its reason')
     p.add_argument('--out', default='bench_results', help='output folder (default ./bench_results)')
     p.add_argument('--quick', action='store_true', help='fewer rounds and a smaller batch: a fast, rougher run')
     p.add_argument('--rounds', type=int, default=None, help='interleaved timing rounds (default 5, quick 2)')

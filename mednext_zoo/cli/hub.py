@@ -87,17 +87,88 @@ def _run_fix_config(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    import timm
-
-    from ..hub import DATASETS, load_state_dict, save_pretrained, seed_hf_cache
-    from ..models._pretrained import PRETRAINED_TAGS
-
+    deploy_flags = [f for f, on in (('--int8', args.int8), ('--calibration', args.calibration),
+                                    ('--window', args.window)) if on]
     if args.fix_config:
+        if args.format != 'hub' or deploy_flags:
+            raise UserInputError('--fix-config repairs a Hub folder: drop --format / --int8 / --calibration.')
         return _run_fix_config(args)
+    if args.format != 'hub':
+        return _run_deploy_export(args)
+    if deploy_flags:
+        raise UserInputError(f'{", ".join(deploy_flags)} apply to --format onnx / openvino, not to a Hub folder.')
     missing = [k for k, v in _export_inputs(args).items() if not v]
     if missing:
         raise UserInputError(f'export needs {", ".join(missing)}: mednext-zoo export MODEL OUT_DIR --checkpoint FILE '
                              '(or mednext-zoo export --fix-config FOLDER to repair an older folder).')
+    from ..hub import DATASETS, save_pretrained, seed_hf_cache
+
+    model, dataset = _model_with_checkpoint(args)
+    arch = args.model.split('.', 1)[0]
+    metrics = _read_metrics(args.metrics) if args.metrics else None
+    out = save_pretrained(model, args.out_dir, dataset=dataset, metrics=metrics, split=args.split,
+                          training=args.training, repo_id=args.repo_id, flops=not args.no_flops)
+    print(f'Wrote {out}/config.json, model.safetensors, README.md')
+    print(f'Check it: python -c "import mednext_zoo, timm; timm.create_model(\'local-dir:{out}\', pretrained=True)"')
+    if args.seed_cache:
+        from ..models._pretrained import hub_id
+
+        repo = args.repo_id or (hub_id(arch, dataset) if dataset in DATASETS else None)
+        if repo is None:
+            raise UserInputError('--seed-cache needs --repo-id OWNER/NAME for a model without a paper dataset tag.')
+        snap = seed_hf_cache(out, repo)
+        print(f'Seeded the Hugging Face cache: {snap}')
+    return 0
+
+
+def _run_deploy_export(args: argparse.Namespace) -> int:
+    """``--format onnx|openvino``: MODEL is a Hub folder (written by ``export``), or an architecture / arch.tag
+    with ``--checkpoint``."""
+    import timm
+
+    from ..deploy import export_model
+    from ..deploy.export import check_export_request
+    from ..hub import DATASETS
+
+    check_export_request(args.format, args.int8, args.calibration)
+    hub_only = [f for f, on in (('--metrics', args.metrics), ('--split', args.split), ('--training', args.training),
+                                ('--repo-id', args.repo_id), ('--seed-cache', args.seed_cache)) if on]
+    if hub_only:
+        raise UserInputError(f'{", ".join(hub_only)} describe a Hub folder: drop them with --format {args.format}.')
+    if not args.model or not args.out_dir:
+        raise UserInputError(f'export --format {args.format} needs MODEL OUT_DIR: MODEL is a Hub folder written by '
+                             '`mednext-zoo export`, or an architecture with --checkpoint FILE.')
+    folder = Path(args.model)
+    if folder.is_dir():
+        if args.checkpoint:
+            raise UserInputError(f'{folder} is a Hub folder with its own weights: drop --checkpoint.')
+        if not (folder / 'config.json').is_file():
+            raise UserInputError(f'{folder} is a folder without config.json: give a folder written by '
+                                 '`mednext-zoo export`, or an architecture name with --checkpoint FILE.')
+        config = json.loads((folder / 'config.json').read_text())
+        kwargs = {k: v for k, v in dict(num_classes=args.num_classes, in_chans=args.in_chans,
+                                        img_size=args.img_size).items() if v is not None}
+        model = timm.create_model(f'local-dir:{folder.resolve()}', pretrained=True, **kwargs)
+        labels = config.get('label_names')
+    else:
+        if not args.checkpoint:
+            raise UserInputError(f'export --format {args.format} needs trained weights: --checkpoint FILE, or give a '
+                                 'Hub folder written by `mednext-zoo export` as MODEL.')
+        model, dataset = _model_with_checkpoint(args)
+        labels = DATASETS[dataset]['label_names'] if dataset in DATASETS else None
+    report = export_model(model, args.out_dir, fmt=args.format, int8=args.int8, calibration=args.calibration,
+                          window=args.window, label_names=labels, calibration_limit=args.calibration_limit)
+    print(report.summary())
+    return 0
+
+
+def _model_with_checkpoint(args: argparse.Namespace):
+    """MODEL built with ``--checkpoint``'s weights as they are (no head / input adaptation), and its dataset."""
+    import timm
+
+    from ..hub import DATASETS, load_state_dict
+    from ..models._pretrained import PRETRAINED_TAGS
+
     name = args.model
     arch = name.split('.', 1)[0]
     if not timm.is_model(arch):
@@ -116,20 +187,7 @@ def _run_export(args: argparse.Namespace) -> int:
     probe = timm.create_model(name, pretrained=False, **kwargs)
     overlay = dict(state_dict=state_dict, num_classes=probe.num_classes, input_size=(probe.in_chans, *probe.img_size))
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    metrics = _read_metrics(args.metrics) if args.metrics else None
-    out = save_pretrained(model, args.out_dir, dataset=dataset, metrics=metrics, split=args.split,
-                          training=args.training, repo_id=args.repo_id, flops=not args.no_flops)
-    print(f'Wrote {out}/config.json, model.safetensors, README.md')
-    print(f'Check it: python -c "import mednext_zoo, timm; timm.create_model(\'local-dir:{out}\', pretrained=True)"')
-    if args.seed_cache:
-        from ..models._pretrained import hub_id
-
-        repo = args.repo_id or (hub_id(arch, dataset) if dataset in DATASETS else None)
-        if repo is None:
-            raise UserInputError('--seed-cache needs --repo-id OWNER/NAME for a model without a paper dataset tag.')
-        snap = seed_hf_cache(out, repo)
-        print(f'Seeded the Hugging Face cache: {snap}')
-    return 0
+    return model, dataset
 
 
 def _run_push(args: argparse.Namespace) -> int:
@@ -156,12 +214,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run_list)
 
     p = subparsers.add_parser(
-        'export', help='write a Hub folder (config.json, model.safetensors, README.md model card)',
+        'export', help='write a Hub folder (default), or a deployable ONNX / OpenVINO artefact (--format)',
         description='Build MODEL, load --checkpoint into it (safetensors, or .pth/.bin with weights_only=True), '
                     'and write the folder timm reads with local-dir: / hf-hub: (classifiers also load in '
                     'Hugging Face transformers), with a model card. --fix-config FOLDER instead repairs the '
-                    'config.json of a folder written by an older version so that transformers loads it.')
-    p.add_argument('model', nargs='?', help='architecture or arch.tag, e.g. mednext_base.sarscov2_ct')
+                    'config.json of a folder written by an older version so that transformers loads it. '
+                    '--format onnx / openvino writes a deployable model (fp32, or int8 with --int8 --calibration '
+                    'DIR) with preprocessing.json beside it, and prints its parity with PyTorch on sample images; '
+                    'MODEL may then also be a Hub folder written by this command.')
+    p.add_argument('model', nargs='?', help='architecture or arch.tag, e.g. mednext_base.sarscov2_ct (with '
+                                            '--format onnx / openvino also a Hub folder)')
     p.add_argument('out_dir', nargs='?', help='output folder')
     p.add_argument('--checkpoint', help='trained weights to export (.safetensors, .pth, .bin); required')
     p.add_argument('--fix-config', metavar='FOLDER',
@@ -180,6 +242,18 @@ def register(subparsers) -> None:
     p.add_argument('--repo-id', help='Hub repo the card points to (default <org>/<arch>.<tag>)')
     p.add_argument('--no-flops', action='store_true', help='skip the fvcore FLOP count')
     p.add_argument('--seed-cache', action='store_true', help='also place the folder in the local Hugging Face cache')
+    d = p.add_argument_group('deployable artefact (--format onnx / openvino; see docs/deploy.md)')
+    d.add_argument('--format', choices=('hub', 'onnx', 'openvino'), default='hub',
+                   help='hub: a Hub folder (default); onnx: model.onnx (ONNX Runtime); openvino: model.xml + .bin')
+    d.add_argument('--int8', action='store_true',
+                   help="int8 post-training quantisation by the backend's own tool (onnxruntime static QDQ / NNCF); "
+                        'needs --calibration')
+    d.add_argument('--calibration', metavar='DIR',
+                   help='folder of calibration images (PNG / JPEG / DICOM / NIfTI) like the deployment inputs')
+    d.add_argument('--calibration-limit', type=int, default=64,
+                   help='at most this many calibration images (a seeded choice; default 64)')
+    d.add_argument('--window', help='CT window for DICOM / NIfTI inputs, recorded in preprocessing.json and used '
+                                    'to read the calibration images (preset or "LEVEL,WIDTH" in HU)')
     p.set_defaults(func=_run_export)
 
     p = subparsers.add_parser('push', help='upload an exported folder to the Hugging Face Hub',

@@ -100,6 +100,8 @@ def _forward_conv_bn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     if not _foldable_conv_bn(module):
         return module(x)
+    if fused_inference_ok(x):
+        return _forward_conv_bn_fused(module, x)
     conv, bn = module.conv, module.bn
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
     shift = bn.running_mean if conv.bias is None else bn.running_mean - conv.bias
@@ -112,6 +114,109 @@ def _forward_conv_bn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if aa is not None:
         x = aa(x)
     return x
+
+
+def _forward_conv_bn_fused(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """fp32 inference: the folded conv (weights cached, channels-last) with its ReLU as a oneDNN post-op."""
+    conv, bn = module.conv, module.bn
+
+    def fold() -> Tuple[torch.Tensor, torch.Tensor]:
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        shift = bn.running_mean if conv.bias is None else bn.running_mean - conv.bias
+        # channels-last weights: oneDNN then skips a reorder of the weights on every call (2x at batch 1)
+        weight = torch.empty_like(conv.weight, memory_format=torch.channels_last)
+        torch.mul(conv.weight, scale.reshape(-1, 1, 1, 1), out=weight)
+        return weight, bn.bias - shift * scale
+
+    sources = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    weight, bias = _derived(module, 'conv_bn', sources, fold)
+    act, aa = bn.act, getattr(module, 'aa', None)
+    post_op = {nn.ReLU: 'relu', nn.Identity: 'none'}.get(type(act))
+    if (_ONEDNN_CONV is not None and post_op is not None and isinstance(bn.drop, nn.Identity) and aa is None
+            and not isinstance(conv.padding, str)):
+        return _ONEDNN_CONV(x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+                            conv.groups, post_op, [], '')
+    x = bn.act(bn.drop(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)))
+    return x if aa is None else aa(x)
+
+
+def _derived(module: nn.Module, name: str, sources: Tuple[Optional[torch.Tensor], ...], build: Callable[[], Any],
+             ) -> Any:
+    """``build()`` (weights derived from ``module``'s parameters: folds, slices), cached on ``module`` for fused
+    inference until a tensor in ``sources`` changes: replaced, or updated in place (its version counter moves)."""
+    key = tuple(None if t is None else (id(t), t.data_ptr(), t._version, t.dtype, t.shape) for t in sources)
+    cache = module.__dict__.setdefault('_derived_weights', {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        hit = cache[name] = (key, build())
+    return hit[1]
+
+
+# oneDNN's fused inference kernels (the ops torch.compile's CPU backend emits): a GEMM with its bias, a GELU
+# and / or a residual add applied as it writes its output, instead of one more pass over memory each. fp32 GEMMs
+# of MedNeXt's shapes also run faster in oneDNN than in MKL (e.g. (50176 x 64) @ (64 x 64): 1.3-1.8x on Zen 4).
+# No autograd formula: used only where autograd is off (see ``fused_inference_ok``). The switches below exist for
+# ``benchmarks/speed/round2.py`` (each lever's share); they are not a public API.
+_INFERENCE_KERNELS = {'onednn': True, 'residual': True, 'gelu': True, 'chunk': True}
+# Fused inference runs a stage's blocks on slices of the batch whose activations (one ``B, H, W, C`` tensor)
+# stay under this size, so a block's ~20 passes over them hit the caches instead of memory (MED blocks mix
+# tokens within an image only: slicing the batch changes nothing).
+_CHUNK_BYTES = 4 * 2 ** 20
+
+
+def _onednn_op(name: str) -> Optional[Any]:
+    try:
+        return getattr(torch.ops.mkldnn, name)
+    except (AttributeError, RuntimeError):  # a build without oneDNN (mkldnn)
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_op('_linear_pointwise')
+_ONEDNN_CONV = _onednn_op('_convolution_pointwise')
+
+
+@torch.jit.unused
+def fused_inference_ok(x: torch.Tensor) -> bool:
+    """True where MedNeXt's fused fp32 inference kernels apply to ``x``.
+
+    That is: an fp32 CPU tensor, autograd off (``torch.no_grad`` / ``inference_mode``), no autocast, eager
+    execution (not jit scripting / tracing, not ``torch.compile``, which fuses on its own), and a PyTorch built
+    with oneDNN with ``torch.backends.mkldnn.enabled``. Everywhere else the modules take their autograd paths.
+    """
+    return (
+        _INFERENCE_KERNELS['onednn'] and _ONEDNN_LINEAR is not None
+        and isinstance(x, torch.Tensor) and x.device.type == 'cpu' and x.dtype == torch.float32
+        and not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu')
+        and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+        and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    )
+
+
+def _linear(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor] = None,
+        gelu: bool = False,
+        add: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``x @ weight.T + bias`` then GELU (exact) or ``+ add``, one oneDNN kernel: ``..., C_in`` -> ``..., C_out``.
+
+    For fused inference only (``fused_inference_ok``). ``add`` has the output's shape or broadcasts to it.
+    """
+    weight = weight.contiguous()  # a strided weight (a column slice) sends oneDNN to a reference kernel, ~500x slower
+    if add is not None:
+        if not _INFERENCE_KERNELS['residual']:
+            return _ONEDNN_LINEAR(x, weight, bias, 'none', [], '') + add
+        return _ONEDNN_LINEAR.binary(x, add, weight, bias, 'add')
+    if gelu:
+        if not _INFERENCE_KERNELS['gelu']:
+            return F.gelu(_ONEDNN_LINEAR(x, weight, bias, 'none', [], ''))
+        return _ONEDNN_LINEAR(x, weight, bias, 'gelu', [], 'none')
+    return _ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
+
+
+def _is_exact_gelu(act: nn.Module) -> bool:
+    return type(act) is nn.GELU and act.approximate == 'none'
 
 
 def check_rank_and_channels(x: torch.Tensor, in_chans: int, model_name: str) -> None:
@@ -161,6 +266,8 @@ class LAFFN(nn.Module):
         """``B, H, W, C`` -> ``B, H, W, C`` (fused path; :meth:`forward_reference` under jit tracing)."""
         if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
             return self.forward_reference(x)
+        if not torch.jit.is_scripting() and fused_inference_ok(x):
+            return self.forward_fused(x)
         B, H, W, C = x.shape
         n = H * W
         attn_c = self.fc_channel(x).softmax(dim=-1, dtype=torch.float32)
@@ -177,6 +284,19 @@ class LAFFN(nn.Module):
         out = out.float()  # addcmul, not add(alpha=1/n): inductor (torch 2.14) miscompiles that after a mm
         out = torch.addcmul(self.proj.bias.float(), out, out.new_full((), 1.0 / n))
         return out.view(B, H, W, C).to(x.dtype)
+
+    @torch.jit.unused
+    def forward_fused(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """fp32 inference on oneDNN kernels (``fused_inference_ok``): ``shortcut + LAFFN(x)`` (``shortcut`` optional).
+
+        In fp32 the product ``softmax_C * softmax_N`` (~1/(N C)) is an ordinary number, so the ``N`` scaling
+        that keeps fp16 safe is left out, and ``b3`` and the residual are added by the last GEMM as it writes.
+        """
+        B, H, W, C = x.shape
+        attn = _linear(x, self.fc_channel.weight, self.fc_channel.bias).softmax(dim=-1)
+        logits_n = _linear(x, self.fc_token.weight)  # W2's bias cancels in the softmax over tokens
+        attn.mul_(logits_n.view(B, H * W, C).softmax(dim=1).view(B, H, W, C))
+        return _linear(attn, self.proj.weight, self.proj.bias, add=shortcut)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Plain reference path (same maths and weights as ``forward``), kept for equivalence tests."""
@@ -244,6 +364,8 @@ class SEM(nn.Module):
         """``B, H, W, C`` -> ``B, H, W, C``; raises UserInputError unless ``(H, W) == feat_size``."""
         if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
             return self.forward_reference(x)
+        if not torch.jit.is_scripting() and fused_inference_ok(x):
+            return self.forward_fused(x)
         B, H, W, C = x.shape
         self._check_size(H, W)
         # Wa and Wv read the same input: one GEMM for both.
@@ -275,6 +397,43 @@ class SEM(nn.Module):
             attn.addmm_(z2, wg[:, 2 * C:].t())
         attn = attn.view(B, H * W, C).add_(self._agg_bias(C).to(dt))
         return self.proj(attn.view(B, H, W, C) * v)
+
+    @torch.jit.unused
+    def forward_fused(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """fp32 inference on oneDNN kernels (``fused_inference_ok``): ``shortcut + SEM(x)`` (``shortcut`` optional).
+
+        The same sums as ``forward``, with GELU applied by the ``Wa`` GEMM, the position bias added by the first
+        ``Wagg`` GEMM, each further projection accumulated by its GEMM, and the residual added by ``Wo``'s.
+        """
+        B, H, W, C = x.shape
+        self._check_size(H, W)
+        if _is_exact_gelu(self.act):
+            u = _linear(x, self.fc_in.weight, self.fc_in.bias, gelu=True)
+        else:
+            u = self.act(_linear(x, self.fc_in.weight, self.fc_in.bias))
+        v = _linear(x, self.fc_value.weight, self.fc_value.bias)
+        u_2d = u.permute(0, 3, 1, 2)  # channels-last view: the depth-wise convs run in NHWC
+        z0 = self.dw0_v(self.dw0_h(u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        z1 = self.dw1_v(self.dw1_h(u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        mix_h = torch.bmm(self.mix_h.weight.expand(B, H, H), u.view(B, H, W * C)).view(B, H * W, C)
+        mix_w = torch.bmm(self.mix_w.weight.expand(B * H, W, W), u.view(B * H, W, C)).view(B, H * W, C)
+        wg0, wg1, wh, ww, bias = _derived(self, 'agg', self._agg_sources(), lambda: self._agg_weights(C))
+        attn = _linear(z0, wg0, add=bias.expand(B, H * W, C))
+        attn = _linear(z1, wg1, add=attn)
+        attn = _linear(mix_w, ww, add=_linear(mix_h, wh, add=attn))
+        return _linear(attn.mul_(v.view(B, H * W, C)).view(B, H, W, C), self.proj.weight, self.proj.bias, add=shortcut)
+
+    def _agg_sources(self) -> Tuple[torch.Tensor, ...]:
+        return (self.fc_agg.weight, self.fc_agg.bias, self.fc_mix.weight, self.fc_mix.bias, self.mix_h.bias,
+                self.mix_w.bias)
+
+    def _agg_weights(self, C: int) -> Tuple[torch.Tensor, ...]:
+        """``Wagg``'s per-path blocks for ``z0``, ``z1``, with ``Wg2 Wf`` folded (cached: 2 C^3 MACs once) for the
+        two axial mixes, and the position bias ``(H W, C)``."""
+        wg = self.fc_agg.weight
+        wf = wg[:, 2 * C:] @ self.fc_mix.weight
+        blocks = (wg[:, :C], wg[:, C:2 * C], wf[:, :C], wf[:, C:])
+        return tuple(w.contiguous() for w in blocks) + (self._agg_bias(C),)
 
     def _check_size(self, H: int, W: int) -> None:
         if H != self.feat_size[0] or W != self.feat_size[1]:
@@ -342,9 +501,24 @@ class SDFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B, H, W, C`` -> ``B, H, W, C``."""
+        if not torch.jit.is_scripting() and fused_inference_ok(x):
+            return self.forward_fused(x)
         x = self.fc1(x)
         x = self.conv_dw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.fc2(self.act(x))
+
+    @torch.jit.unused
+    def forward_fused(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """fp32 inference on oneDNN kernels: ``shortcut + SDFFN(x)``; GELU applied by the depth-wise conv."""
+        x = _linear(x, self.fc1.weight, self.fc1.bias).permute(0, 3, 1, 2)  # channels-last B, C, H, W view
+        conv = self.conv_dw
+        if _ONEDNN_CONV is not None and _INFERENCE_KERNELS['gelu'] and _is_exact_gelu(self.act) \
+                and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str):
+            x = _ONEDNN_CONV(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+                             conv.groups, 'gelu', [], 'none')
+        else:
+            x = self.act(conv(x))
+        return _linear(x.permute(0, 2, 3, 1), self.fc2.weight, self.fc2.bias, add=shortcut)
 
 
 class ConvFFN(nn.Module):
@@ -406,11 +580,41 @@ class MedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B, H, W, C`` -> ``B, H, W, C``."""
+        if not torch.jit.is_scripting() and fused_inference_ok(x) and self._fusable():
+            return self._forward_fused(x)
         if self.laffn is not None:
             x = x + self.drop_path(self.laffn(self.norm1(x)))
         x = x + self.drop_path(self.token_mixer(self.norm2(x)))
         x = x + self.drop_path(self.ffn(self.norm3(x)))
         return x
+
+    @torch.jit.unused
+    def _fusable(self) -> bool:
+        return not self.training or not isinstance(self.drop_path, DropPath)  # stochastic depth is per sample
+
+    @torch.jit.unused
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 inference: each sub-block adds its residual in its last GEMM (no separate add pass)."""
+        if self.laffn is not None:
+            x = _residual(self.laffn, self.norm1(x), x)
+        x = _residual(self.token_mixer, self.norm2(x), x)
+        return _residual(self.ffn, self.norm3(x), x)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain reference path, kept for equivalence tests."""
+        if self.laffn is not None:
+            x = x + self.drop_path(self.laffn(self.norm1(x)))
+        x = x + self.drop_path(self.token_mixer(self.norm2(x)))
+        x = x + self.drop_path(self.ffn(self.norm3(x)))
+        return x
+
+
+def _residual(module: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``shortcut + module(x)``: fused into the module's last GEMM where it has a ``forward_fused``."""
+    fused = getattr(module, 'forward_fused', None)
+    if fused is None or 'forward' in module.__dict__:  # no fused kernel, or switched to its reference path
+        return shortcut + module(x)
+    return fused(x, shortcut)
 
 
 class MedStage(nn.Module):
@@ -458,9 +662,20 @@ class MedStage(nn.Module):
         x = self._downsample(x).permute(0, 2, 3, 1).contiguous()
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
+        elif not torch.jit.is_scripting() and fused_inference_ok(x):
+            x = self._blocks_chunked(x)
         else:
             x = self.blocks(x)
         return x.permute(0, 3, 1, 2)
+
+    @torch.jit.unused
+    def _blocks_chunked(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks on near-equal slices of the batch, each under ``_CHUNK_BYTES`` of activations."""
+        per_image = x[0].numel() * x.element_size()
+        chunks = -(-x.shape[0] * per_image // _CHUNK_BYTES) if _INFERENCE_KERNELS['chunk'] else 1
+        if chunks <= 1 or x.shape[0] == 1:
+            return self.blocks(x)
+        return torch.cat([self.blocks(c) for c in x.tensor_split(min(chunks, x.shape[0]))])
 
     def _downsample(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():

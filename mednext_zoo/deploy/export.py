@@ -1,0 +1,181 @@
+"""``export_model``: a deployable ONNX / OpenVINO artefact (fp32 or int8) with ``preprocessing.json`` beside it,
+checked against eager fp32 PyTorch on sample images (``parity.json``).
+
+Folder layout: ``model.onnx`` (ONNX) or ``model.xml`` + ``model.bin`` (OpenVINO IR), ``preprocessing.json``
+(:class:`~mednext_zoo.deploy.Preprocessing`: size, mean / std, window, labels, input / output names) and
+``parity.json`` (the drift figures printed by the command). Every file is written atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .._atomic import atomic_path, atomic_write_text
+from ..errors import UserInputError
+from .drift import drift
+from .preprocessing import Preprocessing, load_calibration_images
+from .samples import sample_images
+
+__all__ = ['ARTEFACT_FORMATS', 'ExportReport', 'check_export_request', 'export_model', 'load_artefact']
+
+ARTEFACT_FORMATS = ('onnx', 'openvino')
+PREPROCESSING_FILE, PARITY_FILE = 'preprocessing.json', 'parity.json'
+# int8 drift at which the summary warns: a different top-1 for 1 image in 20, or label maps that agree < 90%
+WARN_TOP1, WARN_DICE = 0.95, 0.90
+
+
+@dataclass
+class ExportReport:
+    """What ``export_model`` wrote and how the artefact compares with eager fp32 PyTorch."""
+
+    out_dir: str
+    format: str
+    precision: str
+    files: list
+    parity: Dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """What was written, the parity figures and the batch-1 times, as the command prints them."""
+        p = self.parity
+        figures = [f"max |Δlogit| {p['max_abs_dlogit']:.3g}"]
+        if p.get('top1_agreement') is not None:
+            figures.append(f"top-1 agreement {p['top1_agreement']:.1%}")
+        if p.get('dice_vs_fp32') is not None:
+            figures.append(f"label-map Dice {p['dice_vs_fp32']:.4f}")
+        lines = [f"Wrote {self.format} {self.precision} to {self.out_dir}: {', '.join(self.files)}",
+                 f"Parity against eager fp32 PyTorch on {p['images']} sample images ({p['inputs']}): "
+                 + ', '.join(figures) + '.',
+                 f"Speed here, batch 1 (best of {p['rounds']}): PyTorch fp32 {p['torch_ms']:.1f} ms, "
+                 f"{self.format} {self.precision} {p['artefact_ms']:.1f} ms ({p['torch_ms'] / p['artefact_ms']:.2f}x)."]
+        low = (p.get('top1_agreement') is not None and p['top1_agreement'] < WARN_TOP1) or \
+            (p.get('dice_vs_fp32') is not None and p['dice_vs_fp32'] < WARN_DICE)
+        if low:
+            lines.append('Warning: the outputs drift noticeably from fp32: validate this artefact on labelled data '
+                         'before deploying it' + (' (or calibrate on more / more typical images).'
+                                                 if self.precision == 'int8' else '.'))
+        return '\n'.join(lines)
+
+
+def check_export_request(fmt: str, int8: bool, calibration: Optional[Union[str, os.PathLike]]) -> None:
+    """Raise ``UserInputError`` for a request that cannot succeed, before any model is built."""
+    if fmt not in ARTEFACT_FORMATS:
+        raise UserInputError(f'unknown --format {fmt!r}: choose {", ".join(ARTEFACT_FORMATS)} (or hub for a Hub '
+                             'folder).')
+    if int8 and calibration is None:
+        raise UserInputError('--int8 needs --calibration DIR: a folder of images like the ones the model will see '
+                             '(post-training quantisation sets its int8 ranges from them).')
+    if calibration is not None and not int8:
+        raise UserInputError('--calibration is used by --int8 only: add --int8, or drop --calibration.')
+    if calibration is not None and not Path(calibration).is_dir():
+        raise UserInputError(f'--calibration {calibration}: no such folder. Give a folder of images like the ones '
+                             'the model will see (PNG / JPEG / DICOM / NIfTI), e.g. 32-300 from the training set.')
+    from ._onnx import require_onnxruntime
+    require_onnxruntime()  # the ONNX file is the source of both formats
+    if fmt == 'openvino':
+        from ._openvino import require_openvino
+        require_openvino()
+        if int8:
+            try:
+                import nncf  # noqa: F401
+            except ImportError:
+                raise UserInputError("--format openvino --int8 needs NNCF (OpenVINO's quantiser): "
+                                     "pip install 'mednext-zoo[openvino]'") from None
+
+
+def export_model(
+        model: nn.Module,
+        out_dir: Union[str, os.PathLike],
+        fmt: str = 'onnx',
+        int8: bool = False,
+        calibration: Optional[Union[str, os.PathLike]] = None,
+        window: Optional[str] = None,
+        label_names: Optional[Sequence[str]] = None,
+        calibration_limit: int = 64,
+        parity_images: int = 8,
+        threads: Optional[int] = None,
+) -> ExportReport:
+    """Write ``model`` (eval, fp32) to ``out_dir`` as ``fmt`` (``onnx`` / ``openvino``), int8 if asked (then
+    ``calibration`` is a folder of images read with ``preprocessing.json``'s recipe), check parity and speed
+    against eager fp32 PyTorch on ``parity_images`` packaged sample images, and return the report."""
+    check_export_request(fmt, int8, calibration)
+    model = model.eval().float().cpu()
+    pre = Preprocessing.from_model(model, window=window, label_names=label_names)
+    calib = load_calibration_images(calibration, pre, limit=calibration_limit) if int8 else None
+    c, h, w = pre.input_size
+    inputs = pre.normalise(sample_images(parity_images, c, (h, w), seed=0))
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f'{out} exists and is not a folder: name a folder for the artefact.')
+    out.mkdir(parents=True, exist_ok=True)
+    precision = 'int8' if int8 else 'fp32'
+    with tempfile.TemporaryDirectory(prefix='mednext-zoo-export-') as tmp:
+        from ._onnx import export_onnx
+        onnx_path = export_onnx(model, Path(tmp) / 'model.onnx', inputs)
+        if fmt == 'onnx':
+            from ._onnx import quantize_int8
+            src = quantize_int8(onnx_path, Path(tmp) / 'model.int8.onnx', calib) if int8 else onnx_path
+            with atomic_path(out / 'model.onnx') as dst:
+                os.replace(src, dst)
+            files = ['model.onnx']
+        else:
+            from ._openvino import quantize_int8, read_onnx, save_ir
+            ov_model = read_onnx(onnx_path)
+            if int8:
+                ov_model = quantize_int8(ov_model, calib)
+            save_ir(ov_model, Path(tmp) / 'model.xml')
+            for name in ('model.bin', 'model.xml'):  # the weights first: a reader that finds the xml finds its bin
+                with atomic_path(out / name) as dst:
+                    os.replace(Path(tmp) / name, dst)
+            files = ['model.xml', 'model.bin']
+    pre.extra = {'format': fmt, 'precision': precision, 'files': files,
+                 'calibration_images': None if calib is None else int(calib.shape[0])}
+    atomic_write_text(out / PREPROCESSING_FILE, pre.to_json())
+    run = load_artefact(out, threads=threads)
+    with torch.inference_mode():
+        reference = model(inputs)
+    parity = drift(reference, run(inputs), pre.task)
+    parity.update(images=int(inputs.shape[0]), inputs='packaged pydicom / scikit-image samples, seeded crops',
+                  **_speed(lambda x: model(x), run, inputs[:1]))
+    atomic_write_text(out / PARITY_FILE, json.dumps(parity, indent=2) + '\n')
+    return ExportReport(str(out), fmt, precision, files + [PREPROCESSING_FILE, PARITY_FILE], parity)
+
+
+def _speed(torch_fn: Callable, run: Callable, x: torch.Tensor, rounds: int = 5) -> Dict[str, Any]:
+    """Best-of-``rounds`` batch-1 times, interleaved, in ms (a first look; the benchmark is the measurement)."""
+    best = {'torch_ms': float('inf'), 'artefact_ms': float('inf')}
+    with torch.inference_mode():
+        torch_fn(x), run(x)
+        for _ in range(rounds):
+            for key, fn in (('torch_ms', torch_fn), ('artefact_ms', run)):
+                t0 = time.perf_counter()
+                fn(x)
+                best[key] = min(best[key], (time.perf_counter() - t0) * 1e3)
+    return {**best, 'rounds': rounds}
+
+
+def load_artefact(folder: Union[str, os.PathLike], threads: Optional[int] = None,
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A folder written by ``export_model`` as ``x (N, C, H, W) -> logits`` (the input already preprocessed as
+    its ``preprocessing.json`` says)."""
+    folder = Path(folder)
+    try:
+        pre = Preprocessing.from_json((folder / PREPROCESSING_FILE).read_text())
+    except FileNotFoundError:
+        raise UserInputError(f'{folder} holds no {PREPROCESSING_FILE}: not a folder written by '
+                             '`mednext-zoo export --format onnx|openvino`.') from None
+    fmt = pre.extra.get('format')
+    if fmt == 'onnx':
+        from ._onnx import ort_runner
+        return ort_runner(folder / 'model.onnx', threads)
+    if fmt == 'openvino':
+        from ._openvino import ov_runner
+        return ov_runner(folder / 'model.xml', 'f32', threads)
+    raise UserInputError(f'{folder / PREPROCESSING_FILE} names no known format ({fmt!r}).')

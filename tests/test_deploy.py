@@ -1,0 +1,202 @@
+"""Deployable artefacts and inference backends: ONNX / OpenVINO export with parity, int8 with calibration images,
+preprocessing.json, drift figures, skipped backend rows, and the errors bad requests get."""
+from __future__ import annotations
+
+import builtins
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import mednext_zoo  # noqa: F401  (registers the models)
+from mednext_zoo.benchmark import run_benchmark
+from mednext_zoo.cli import main
+from mednext_zoo.deploy import (
+    BackendUnavailable,
+    Preprocessing,
+    drift,
+    export_model,
+    load_artefact,
+    prepare_runner,
+    sample_images,
+)
+from mednext_zoo.deploy.drift import label_map_dice
+from mednext_zoo.errors import UserInputError
+
+ort = pytest.importorskip('onnxruntime')
+FAST = dict(progress=False, threads=1, rounds=1, latency_iters=1, warmup=0, batch_size=2, measure_memory=False,
+            drift_images=2, calibration_images=4)
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    torch.manual_seed(0)
+    return timm.create_model('mednext_tiny', img_size=64, num_classes=3).eval()
+
+
+@pytest.fixture
+def calib_dir(tmp_path):
+    from PIL import Image
+    folder = tmp_path / 'calib'
+    folder.mkdir()
+    for i, img in enumerate(sample_images(6, 3, (80, 72), seed=5)):
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(folder / f'{i}.png')
+    return folder
+
+
+def test_sample_images_are_fixed_and_real():
+    a, b = sample_images(4, 1, (32, 40), seed=0), sample_images(4, 1, (32, 40), seed=0)
+    assert a.shape == (4, 1, 32, 40) and torch.equal(a, b)
+    assert not torch.equal(a, sample_images(4, 1, (32, 40), seed=1))
+    assert 0 <= a.min() and a.max() <= 1 and a.std() > 0.05  # images, not a constant
+
+
+def test_drift_figures():
+    ref = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+    out = ref + torch.tensor([[0.0, 1.5, 0.0], [0.0, 0.0, -0.25]])
+    d = drift(ref, out, 'cls')
+    assert d['max_abs_dlogit'] == pytest.approx(1.5) and d['top1_agreement'] == 0.5 and d['dice_vs_fp32'] is None
+    a = torch.tensor([[0, 0, 1, 1]])
+    assert label_map_dice(a, a, 3) == 1.0
+    assert label_map_dice(a, torch.tensor([[0, 1, 1, 1]]), 3) == pytest.approx((2 / 3 + 4 / 5) / 2)
+    seg = drift(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4), 'seg')
+    assert 0 <= seg['dice_vs_fp32'] <= 1 and seg['top1_agreement'] is None
+
+
+@pytest.mark.parametrize('fmt', ['onnx', 'openvino'])
+def test_export_fp32_loads_back_with_parity(tiny, tmp_path, fmt):
+    if fmt == 'openvino':
+        pytest.importorskip('openvino')
+    report = export_model(tiny, tmp_path / fmt, fmt=fmt, window='abdomen', parity_images=3)
+    assert report.parity['max_abs_dlogit'] < 1e-4 and report.parity['top1_agreement'] == 1.0
+    assert 'Parity against eager fp32' in report.summary() and 'top-1 agreement 100.0%' in report.summary()
+    pre = Preprocessing.from_json((tmp_path / fmt / 'preprocessing.json').read_text())
+    assert pre.input_size == (3, 64, 64) and pre.window == 'abdomen' and pre.extra['format'] == fmt
+    assert pre.mean == pytest.approx(timm.data.IMAGENET_DEFAULT_MEAN) and pre.task == 'cls'
+    x = pre.normalise(sample_images(2, 3, (64, 64), seed=3))
+    with torch.no_grad():
+        assert (load_artefact(tmp_path / fmt)(x) - tiny(x)).abs().max() < 1e-4
+    assert json.loads((tmp_path / fmt / 'parity.json').read_text())['images'] == 3
+
+
+def test_export_int8_onnx_with_calibration(tiny, tmp_path, calib_dir):
+    report = export_model(tiny, tmp_path / 'q', fmt='onnx', int8=True, calibration=calib_dir, parity_images=4)
+    assert report.precision == 'int8'
+    graph = __import__('onnx').load(str(tmp_path / 'q' / 'model.onnx')).graph
+    assert any(n.op_type == 'QuantizeLinear' for n in graph.node)  # really quantised
+    assert 0 < report.parity['max_abs_dlogit'] < 1.0  # int8 changes the outputs, but not wildly
+    assert json.loads((tmp_path / 'q' / 'preprocessing.json').read_text())['extra']['calibration_images'] == 6
+
+
+@pytest.mark.slow
+def test_export_int8_openvino_with_calibration(tiny, tmp_path, calib_dir):
+    pytest.importorskip('nncf')
+    report = export_model(tiny, tmp_path / 'q', fmt='openvino', int8=True, calibration=calib_dir, parity_images=4)
+    assert report.precision == 'int8' and 0 < report.parity['max_abs_dlogit'] < 1.0
+    assert 'FakeQuantize' in (tmp_path / 'q' / 'model.xml').read_text()
+
+
+def test_export_bad_requests_raise_clear_errors(tiny, tmp_path, calib_dir):
+    with pytest.raises(UserInputError, match='--int8 needs --calibration'):
+        export_model(tiny, tmp_path / 'a', fmt='onnx', int8=True)
+    with pytest.raises(UserInputError, match='no such folder'):
+        export_model(tiny, tmp_path / 'a', fmt='onnx', int8=True, calibration=tmp_path / 'missing')
+    with pytest.raises(UserInputError, match='holds no image'):
+        empty = tmp_path / 'empty'
+        empty.mkdir()
+        export_model(tiny, tmp_path / 'a', fmt='onnx', int8=True, calibration=empty)
+    with pytest.raises(UserInputError, match='--int8 only'):
+        export_model(tiny, tmp_path / 'a', fmt='onnx', calibration=calib_dir)
+    with pytest.raises(UserInputError, match='unknown --format'):
+        export_model(tiny, tmp_path / 'a', fmt='tflite')
+    with pytest.raises(UserInputError, match='Unknown window'):
+        export_model(tiny, tmp_path / 'a', fmt='onnx', window='kidney')
+    assert not (tmp_path / 'a').exists()
+
+
+def test_cli_export_onnx_from_checkpoint_and_hub_folder(tiny, tmp_path, capsys, offline_hf):
+    import safetensors.torch
+    ckpt = tmp_path / 'w.safetensors'
+    safetensors.torch.save_file(tiny.state_dict(), str(ckpt))
+    args = ['export', 'mednext_tiny', str(tmp_path / 'onnx'), '--checkpoint', str(ckpt), '--num-classes', '3',
+            '--img-size', '64', '--format', 'onnx']
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert 'max |Δlogit|' in out and 'top-1 agreement 100.0%' in out and (tmp_path / 'onnx' / 'model.onnx').is_file()
+    assert main(['export', 'mednext_tiny', str(tmp_path / 'hub'), '--checkpoint', str(ckpt), '--num-classes', '3',
+                 '--img-size', '64', '--no-flops']) == 0  # the Hub folder export is unchanged
+    capsys.readouterr()
+    assert main(['export', str(tmp_path / 'hub'), str(tmp_path / 'from_hub'), '--format', 'onnx']) == 0
+    assert 'top-1 agreement 100.0%' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--format', 'onnx', '--int8'], '--int8 needs --calibration'),
+    (['--format', 'onnx', '--int8', '--calibration', 'no/such/dir'], 'no such folder'),
+    (['--int8', '--calibration', '.'], 'apply to --format onnx / openvino'),
+    (['--format', 'onnx', '--repo-id', 'a/b'], 'describe a Hub folder'),
+    (['--format', 'onnx'], 'needs trained weights'),
+])
+def test_cli_export_bad_inputs(extra, message, tmp_path, capsys):
+    assert main(['export', 'mednext_tiny', str(tmp_path / 'o'), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err
+
+
+def test_unsupported_combinations_say_why(tiny):
+    x = torch.randn(1, 3, 64, 64)
+    for backend, dtype, why in (('eager', 'int8', 'onnxruntime or openvino'), ('onnxruntime', 'bf16', 'no bf16'),
+                                ('eager', 'fp16', 'GPU precision'), ('onnxruntime', 'int8', 'calibration')):
+        with pytest.raises(BackendUnavailable, match=why):
+            prepare_runner(tiny, backend, dtype, x)
+
+
+def test_bench_rows_per_backend_with_drift_and_skipped_reasons(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == 'openvino' or name.startswith('openvino.'):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, '__import__', no_openvino)
+    result = run_benchmark(models=['mednext_tiny@64'], backends=['eager', 'onnxruntime', 'openvino'],
+                           dtypes=['fp32', 'bf16', 'int8'], reference='', **FAST)
+    rows = {(r['backend'], r['dtype']): r for r in result.rows}
+    assert len(rows) == 9  # every combination has a row
+    eager, onnx = rows['eager', 'fp32'], rows['onnxruntime', 'fp32']
+    assert eager['max_abs_dlogit'] == 0 and eager['top1_agreement'] == 1 and eager['throughput_ips'] > 0
+    assert onnx['max_abs_dlogit'] < 1e-4 and onnx['speedup_vs_eager_fp32'] > 0
+    assert rows['onnxruntime', 'int8']['max_abs_dlogit'] > 0 and not rows['onnxruntime', 'int8']['skipped']
+    assert 'no bf16' in rows['onnxruntime', 'bf16']['skipped']
+    assert 'onnxruntime or openvino' in rows['eager', 'int8']['skipped']
+    for dtype in ('fp32', 'bf16', 'int8'):
+        assert 'openvino not installed' in rows['openvino', dtype]['skipped']
+        assert rows['openvino', dtype]['throughput_ips'] is None
+
+
+def test_bench_cli_backend_flags(tmp_path, capsys):
+    assert main(['bench', '--models', 'mednext_tiny@64', '--backend', 'eager', '--dtype', 'fp32,int8',
+                 '--batch-size', '2', '--rounds', '1', '--latency-iters', '1', '--warmup', '0', '--threads', '1',
+                 '--no-memory', '--no-plot', '--no-progress', '--reference', '', '--out', str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert '| eager | int8 |' in captured.out and 'skipped: eager int8' in captured.out
+    assert 'top-1 agree' in captured.out
+    rows = json.loads((tmp_path / 'results.json').read_text())['rows']
+    assert [(r['backend'], r['dtype']) for r in rows] == [('eager', 'fp32'), ('eager', 'int8')]
+    assert main(['bench', '--backend', 'tensorrt', '--no-progress', '--out', str(tmp_path)]) == 2
+    assert 'unknown --backend' in capsys.readouterr().err
+    assert main(['bench', '--backend', 'eager', '--compile', '--no-progress', '--out', str(tmp_path)]) == 2
+    capsys.readouterr()
+    assert main(['bench', '--models', 'mednext_tiny@64', '--dtype', 'int8', '--reference', '', '--no-memory',
+                 '--no-plot', '--no-progress', '--out', str(tmp_path / 'all_skipped')]) == 2  # nothing measured
+    err = capsys.readouterr().err
+    assert 'skipped: eager int8' in err and 'no model could be measured' in err
+
+
+def test_bench_segmentation_drift_is_label_map_dice():
+    result = run_benchmark(task='seg', models=['medunext_tiny@64'], backends=['eager', 'onnxruntime'],
+                           dtypes=['fp32'], reference='', **FAST)
+    onnx = result.row('medunext_tiny@64', backend='onnxruntime', dtype='fp32')
+    assert onnx['dice_vs_fp32'] > 0.999 and onnx['top1_agreement'] is None and onnx['max_abs_dlogit'] < 1e-3
