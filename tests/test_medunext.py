@@ -344,3 +344,12 @@ def test_pretrained_file_adapts_channels_and_classes(tmp_path, tiny):
     torch.testing.assert_close(model.state_dict()['stages.3.blocks.0.laffn.proj.weight'],
                                tiny.state_dict()['stages.3.blocks.0.laffn.proj.weight'])
     assert model(torch.randn(1, 3, SMALL, SMALL)).shape == (1, 4, SMALL, SMALL)
+
+
+def test_hr_variant_card_says_it_is_ours_and_not_roy_et_al():
+    from mednext_zoo.hub.card import render_model_card
+    kw = dict(repo_id=None, task='segmentation', input_size=(1, 64, 64), mean=(0.,), std=(1.,),
+              interpolation='bilinear', label_names=['background', 'liver'], num_params=10, gflops=None)
+    hr, paper = render_model_card(arch='medunext_tiny_hr', **kw), render_model_card(arch='medunext_tiny', **kw)
+    assert 'Not Roy et al.' in hr and 'Not Roy et al.' in paper
+    assert "A variant of ours, not the paper's" in hr and "A variant of ours" not in paper

@@ -182,6 +182,13 @@ def render_model_card(
         'Weights, code and reported results of the two are not interchangeable.',
         '',
     ]
+    if arch.endswith('_hr'):
+        L += [
+            f'> **A variant of ours, not the paper\'s.** `{arch}` is the paper\'s MedUNeXt plus a full-resolution skip '
+            'and bilinear upsampling (`full_res=\'skip\'`, `upsample=\'bilinear\'`), added because the paper\'s '
+            'structure trains several times slower on small structures; see docs/medunext.md, "Trainability".',
+            '',
+        ]
     if not published and repo_id:
         L += [
             f'> **Status: not yet published.** This card was generated locally with `mednext_zoo.hub.save_pretrained`; '
