@@ -46,7 +46,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -173,7 +173,7 @@ class _Context:
         return self.create(pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
 
 
-def _first_conv(model: nn.Module) -> str:
+def _first_conv(model: nn.Module) -> Union[str, Sequence[str]]:
     return model.pretrained_cfg['first_conv']
 
 
@@ -229,10 +229,11 @@ def _check_in_chans(ctx: _Context) -> Cell:
     path = ctx.save(src, 'rgb')
     with _quiet():
         dst = ctx.load(path, src, in_chans=1)
-    conv = _first_conv(src)
-    want = src.state_dict()[f'{conv}.weight'].sum(dim=1, keepdim=True)
-    got = dst.state_dict()[f'{conv}.weight']
-    _expect(got.shape == want.shape and _max_diff(got, want) < 1e-6, f'{conv} was not summed over channels')
+    first = _first_conv(src)
+    for conv in (first,) if isinstance(first, str) else first:  # a model may read the input with several convs
+        want = src.state_dict()[f'{conv}.weight'].sum(dim=1, keepdim=True)
+        got = dst.state_dict()[f'{conv}.weight']
+        _expect(got.shape == want.shape and _max_diff(got, want) < 1e-6, f'{conv} was not summed over channels')
     with torch.no_grad():
         dst(ctx.input(dst))
     return Cell(YES, '3 -> 1 summed')
