@@ -22,7 +22,7 @@ def test_cli_finetune_evaluate_predict(tmp_path, capsys):
     assert rc == 0
     cfg = json.load(open(os.path.join(run, 'config.json')))
     # options left at their defaults take the segmentation recipe; given ones are kept
-    assert (cfg['epochs'], cfg['batch_size'], cfg['lr'], cfg['opt']) == (1, 4, 1e-3, 'adam')
+    assert (cfg['epochs'], cfg['batch_size'], cfg['lr'], cfg['opt']) == (1, 4, 3e-3, 'adam')
     assert cfg['task'] == 'segmentation' and cfg['classes'][1:] == ['liver', 'kidney', 'spleen']
     out = capsys.readouterr().out
     assert 'mode `legacy`' in out and 'mode `strict`' in out and 'HD95 (mm)' in out

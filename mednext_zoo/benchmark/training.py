@@ -58,7 +58,8 @@ __all__ = ['TrainRow', 'TrainSuiteConfig', 'TaskData', 'run_training_suite', 'de
            'SEG_DEFAULT_ROWS', 'CLS_DEFAULT_ROWS', 'DEFAULT_PHANTOMS', 'DEFAULT_CLS_TASKS', 'NAMED_BASELINES',
            'per_volume_dice', 'first_reach', 'cls_recipe']
 
-SEG_DEFAULT_ROWS = ('medunext_tiny', 'medunext_base', 'unet_resnet18', 'unet_resnet34', 'monai_basicunet')
+SEG_DEFAULT_ROWS = ('medunext_tiny', 'medunext_tiny_hr', 'medunext_base', 'medunext_base_hr', 'unet_resnet18',
+                    'unet_resnet34', 'monai_basicunet')
 # Swin-v2 at 64 x 64: timm's "cr" variant takes any img_size; window 8 (16 x 16 and 8 x 8 tokens in the first
 # two stages, clamped to 4 and 2 in the last two) instead of the 2 x 2 windows it picks by itself at 64
 CLS_DEFAULT_ROWS = ('mednext_tiny', 'mednext_base', 'resnet18', 'convnext_atto',
