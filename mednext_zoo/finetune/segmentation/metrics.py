@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy import ndimage
 
 from ...errors import UserInputError
 
@@ -60,6 +59,7 @@ def _crop_to_union(a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray
 
 
 def _border(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage  # the finetune extra; imported here so the CLI parser builds without it
     footprint = ndimage.generate_binary_structure(mask.ndim, 1)
     return mask ^ ndimage.binary_erosion(mask, structure=footprint, iterations=1)
 
@@ -71,6 +71,7 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Optional[Sequence[f
         raise ValueError('surface_distances needs two non-empty masks')
     a, b = _crop_to_union(a, b)
     sampling = None if spacing is None else np.asarray(spacing, dtype=np.float64)
+    from scipy import ndimage
     dt = ndimage.distance_transform_edt(~_border(b), sampling=sampling)
     return dt[_border(a)]
 
