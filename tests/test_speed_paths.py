@@ -357,9 +357,10 @@ def test_model_with_prepacked_weights_deepcopies_and_pickles():
         assert _max_diff(clone(x), out) == 0 and _max_diff(loaded(x), out) == 0
 
 
-def test_model_built_under_inference_mode_runs_fused():
-    """Parameters made under ``torch.inference_mode`` have no version counter; the fused path must not cache on it
-    (it builds its folds per call) and still match the reference path."""
+def test_model_built_under_inference_mode_runs():
+    """Parameters made under ``torch.inference_mode`` have no version counter, so weights derived from them cannot be
+    cached safely: such a model takes the unfused paths (it used to raise in the fused path) and matches the
+    reference path."""
     with torch.inference_mode():
         torch.manual_seed(0)
         model = _perturb(timm.create_model('mednext_tiny', img_size=64, num_classes=3)).eval()

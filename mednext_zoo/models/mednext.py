@@ -100,7 +100,7 @@ def _forward_conv_bn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     if not _foldable_conv_bn(module):
         return module(x)
-    if fused_inference_ok(x):
+    if fused_inference_ok(x) and _cacheable(module.conv.weight):
         return _forward_conv_bn_fused(module, x)
     conv, bn = module.conv, module.bn
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
@@ -151,8 +151,8 @@ def _derived(module: nn.Module, name: str, sources: Tuple[Optional[torch.Tensor]
              ) -> Any:
     """``build()`` (weights derived from ``module``'s parameters: folds, slices, prepacked layouts), cached on
     ``module`` for fused inference until a tensor in ``sources`` changes: replaced, or updated in place (its version
-    counter moves). Inference tensors (parameters made under ``torch.inference_mode``) have no version counter:
-    with one among ``sources`` nothing is cached, ``build()`` runs on every call."""
+    counter moves). Inference tensors have no version counter: with one among ``sources`` nothing is cached and
+    ``build()`` runs on every call (the modules check ``_cacheable`` first and take their unfused paths)."""
     if any(t is not None and t.is_inference() for t in sources):
         return build()
     key = tuple(None if t is None else (id(t), t.data_ptr(), t._version, t.dtype, t.shape) for t in sources)
@@ -253,6 +253,13 @@ def fused_inference_ok(x: torch.Tensor) -> bool:
     )
 
 
+@torch.jit.unused
+def _cacheable(param: Optional[torch.Tensor]) -> bool:
+    """False for an inference tensor (a parameter made under ``torch.inference_mode``): it has no version counter, so
+    weights derived from it could not follow in-place updates; such modules take their unfused paths."""
+    return param is None or not param.is_inference()
+
+
 def _linear(
         x: torch.Tensor,
         weight: torch.Tensor,
@@ -329,7 +336,7 @@ class LAFFN(nn.Module):
         """``B, H, W, C`` -> ``B, H, W, C`` (fused path; :meth:`forward_reference` under jit tracing)."""
         if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
             return self.forward_reference(x)
-        if not torch.jit.is_scripting() and fused_inference_ok(x):
+        if not torch.jit.is_scripting() and fused_inference_ok(x) and _cacheable(self.proj.weight):
             return self.forward_fused(x)
         B, H, W, C = x.shape
         n = H * W
@@ -427,7 +434,7 @@ class SEM(nn.Module):
         """``B, H, W, C`` -> ``B, H, W, C``; raises UserInputError unless ``(H, W) == feat_size``."""
         if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
             return self.forward_reference(x)
-        if not torch.jit.is_scripting() and fused_inference_ok(x):
+        if not torch.jit.is_scripting() and fused_inference_ok(x) and _cacheable(self.proj.weight):
             return self.forward_fused(x)
         B, H, W, C = x.shape
         self._check_size(H, W)
@@ -570,7 +577,7 @@ class SDFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B, H, W, C`` -> ``B, H, W, C``."""
-        if not torch.jit.is_scripting() and fused_inference_ok(x):
+        if not torch.jit.is_scripting() and fused_inference_ok(x) and _cacheable(self.fc2.weight):
             return self.forward_fused(x)
         x = self.fc1(x)
         x = self.conv_dw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -662,6 +669,8 @@ class MedBlock(nn.Module):
 
     @torch.jit.unused
     def _fusable(self) -> bool:
+        if not _cacheable(next(self.parameters(), None)):  # built under inference_mode: the unfused paths
+            return False
         return not self.training or not isinstance(self.drop_path, DropPath)  # stochastic depth is per sample
 
     @torch.jit.unused
