@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..',
 import timm  # noqa: E402
 
 import mednext_zoo.models  # noqa: E402,F401
+from mednext_zoo._atomic import atomic_write_text  # noqa: E402
 
 LINEAR = torch.ops.mkldnn._linear_pointwise
 CONV = torch.ops.mkldnn._convolution_pointwise
@@ -104,10 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     text = '\n'.join(lines[:2] + [head, ''] + lines[2:]) + '\n'
     print(text)
     if args.out:
-        tmp = args.out + '.tmp'
-        with open(tmp, 'w') as f:
-            f.write(text)
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, text)
     return 0
 
 

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..',
 import timm  # noqa: E402
 
 import mednext_zoo.models  # noqa: E402,F401
+from mednext_zoo._atomic import atomic_write_text  # noqa: E402
 from mednext_zoo.models.mednext import set_reference_paths  # noqa: E402
 
 
@@ -75,10 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     text = '\n\n'.join(parts) + '\n'
     print(text)
     if args.out:
-        tmp = args.out + '.tmp'
-        with open(tmp, 'w') as f:
-            f.write(text)
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, text)
     return 0
 
 

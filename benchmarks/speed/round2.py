@@ -94,7 +94,17 @@ class Variant:
 
 
 @contextlib.contextmanager
-def merged_laffn_gemm() -> Iterator[None]:
+def _patched(cls: type, name: str, fn: Callable) -> Iterator[None]:
+    """``cls.name`` replaced by ``fn`` inside the block (a lever we measured), restored after it."""
+    saved = getattr(cls, name)
+    setattr(cls, name, fn)
+    try:
+        yield
+    finally:
+        setattr(cls, name, saved)
+
+
+def merged_laffn_gemm() -> contextlib.AbstractContextManager:
     """Rejected lever: LAFFN's W1 and W2 read the same input, so one ``(C, 2C)`` GEMM; the two softmaxes then
     read strided halves, which PyTorch's CPU softmax copies to contiguous memory first."""
     def forward_fused(self, x, shortcut=None):
@@ -105,16 +115,10 @@ def merged_laffn_gemm() -> Iterator[None]:
         attn = logits[..., :C].softmax(dim=-1)
         attn.mul_(logits[..., C:].reshape(B, H * W, C).softmax(dim=1).view(B, H, W, C))
         return mx._linear(attn, self.proj.weight, self.proj.bias, add=shortcut)
-    saved = mx.LAFFN.forward_fused
-    mx.LAFFN.forward_fused = forward_fused
-    try:
-        yield
-    finally:
-        mx.LAFFN.forward_fused = saved
+    return _patched(mx.LAFFN, 'forward_fused', forward_fused)
 
 
-@contextlib.contextmanager
-def folded_layernorm_affine() -> Iterator[None]:
+def folded_layernorm_affine() -> contextlib.AbstractContextManager:
     """Rejected lever: LayerNorm without its affine, ``g`` and ``b`` folded into the next GEMMs
     (``W diag(g)``, ``b' = b + W b``), recomputed per call as the BatchNorm folds are."""
     def fold(linear: nn.Linear, g: torch.Tensor, b: torch.Tensor) -> SimpleNamespace:
@@ -132,16 +136,10 @@ def folded_layernorm_affine() -> Iterator[None]:
                 folded._modules[name] = fold(getattr(sub, name), norm.weight, norm.bias)
             x = mx._residual(folded, xn, x)
         return x
-    saved = mx.MedBlock._forward_fused
-    mx.MedBlock._forward_fused = block_fused
-    try:
-        yield
-    finally:
-        mx.MedBlock._forward_fused = saved
+    return _patched(mx.MedBlock, '_forward_fused', block_fused)
 
 
-@contextlib.contextmanager
-def sem_agg_one_gemm() -> Iterator[None]:
+def sem_agg_one_gemm() -> contextlib.AbstractContextManager:
     """Rejected lever (batch 1): SEM's four ``Wagg`` GEMMs (z0, z1 and the two axial mixes, accumulated) as one GEMM
     with ``K = 4 C`` over the concatenated paths; the concatenation costs what the fewer calls save."""
     def forward_fused(self, x, shortcut=None):
@@ -161,12 +159,7 @@ def sem_agg_one_gemm() -> Iterator[None]:
         attn = mx._linear(torch.cat([z0, z1, mix_h, mix_w], -1), weight, add=bias.expand(B, H * W, C))
         attn = attn.mul_(v.view(B, H * W, C)).view(B, H, W, C)
         return mx._linear(attn, mx._gemm_weight(self.proj), self.proj.bias, add=shortcut)
-    saved = mx.SEM.forward_fused
-    mx.SEM.forward_fused = forward_fused
-    try:
-        yield
-    finally:
-        mx.SEM.forward_fused = saved
+    return _patched(mx.SEM, 'forward_fused', forward_fused)
 
 
 def _build_timm(name: str, **kwargs) -> nn.Module:
