@@ -259,7 +259,7 @@ def test_stage_batch_slices_match_reference(monkeypatch):
     assert _max_diff(out, ref) <= TOL
 
 
-@pytest.mark.parametrize('lever', ['onednn', 'gelu', 'residual', 'chunk'])
+@pytest.mark.parametrize('lever', ['onednn', 'gelu', 'residual', 'chunk', 'packed'])
 def test_each_inference_lever_off_matches_reference(lever, monkeypatch):
     """round2.py times the fused path with each lever off: every such setting computes the same outputs."""
     from mednext_zoo.models import mednext as mx
@@ -321,3 +321,50 @@ def test_fused_kernels_are_inference_only(monkeypatch):
         model(x)
     if mx._ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available():
         assert '_linear' in calls and '_forward_conv_bn_fused' in calls
+
+
+@pytest.mark.parametrize('batch, size', [(1, 64), (3, 64), (1, (40, 56)), (2, (72, 40))])
+def test_prepacked_weights_match_reference_any_batch(batch, size):
+    """Prepacked oneDNN weights (GEMMs, conv-BN folds, depth-wise convs) are packed once and serve every batch size:
+    batch 1 and batch > 1, odd and non-square inputs, each against the reference path."""
+    model = _small(img_size=size)
+    h, w = (size, size) if isinstance(size, int) else size
+    with torch.no_grad():
+        for b in (batch, batch + 2, batch):  # the same cached packs serve another batch size, then the first again
+            x = torch.randn(b, 3, h, w)
+            out = model(x)
+            ref = set_reference_paths(copy.deepcopy(model))(x)
+            assert _max_diff(out, ref) <= TOL
+    cache = model.stages[0].blocks[0].laffn.proj.__dict__.get('_derived_weights', {})
+    from mednext_zoo.models import mednext as mx
+    if mx._ONEDNN_PACK_LINEAR is not None and torch.backends.mkldnn.is_available():
+        assert cache['packed'][1].is_mkldnn  # the fused path did run on a prepacked weight
+
+
+def test_model_with_prepacked_weights_deepcopies_and_pickles():
+    """Prepacked weights are opaque oneDNN tensors: deepcopy / pickling a model after a fused forward must still work
+    (the cache is dropped and rebuilt), and the copy computes the same outputs."""
+    import io
+    model = _small()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+        clone = copy.deepcopy(model)
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert _max_diff(clone(x), out) == 0 and _max_diff(loaded(x), out) == 0
+
+
+def test_model_built_under_inference_mode_runs():
+    """Parameters made under ``torch.inference_mode`` have no version counter, so weights derived from them cannot be
+    cached safely: such a model takes the unfused paths (it used to raise in the fused path) and matches the
+    reference path."""
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        model = _perturb(timm.create_model('mednext_tiny', img_size=64, num_classes=3)).eval()
+        x = torch.randn(2, 3, 64, 64)
+        out = model(x)
+        ref = set_reference_paths(copy.deepcopy(model))(x)
+    assert _max_diff(out, ref) <= TOL

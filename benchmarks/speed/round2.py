@@ -6,8 +6,9 @@ One script, one process, three parts (all on the CPU):
    ``resnet18``; ``medunext_base`` the same against smp ``Unet("resnet34")``. Batch-16 throughput and batch-1
    latency, fp32, eval, ``torch.inference_mode``.
 2. **Levers.** The round-2 levers switched on one after another (round 1 -> oneDNN GEMMs -> GELU post-ops ->
-   residual post-ops -> batch slices), each also switched off alone, and the two levers we measured and did
-   not keep (LAFFN's W1 / W2 as one GEMM; LayerNorm's affine folded into the next GEMM).
+   residual post-ops -> batch slices -> prepacked weights), each also switched off alone (at batch N and at
+   batch 1), and the levers we measured and did not keep (LAFFN's W1 / W2 as one GEMM; LayerNorm's affine folded
+   into the next GEMM; SEM's four ``Wagg`` GEMMs as one).
 3. **Backends.** ``mednext-zoo bench``'s harness for eager / torch.compile / ONNX Runtime / OpenVINO in fp32,
    bf16 and int8, with drift against eager fp32 on sample images.
 
@@ -54,15 +55,18 @@ from mednext_zoo.models import mednext as mx  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROUND1 = {'onednn': False}
-ROUND2 = {'onednn': True, 'gelu': True, 'residual': True, 'chunk': True}
+ROUND2 = {'onednn': True, 'gelu': True, 'residual': True, 'chunk': True, 'packed': True}
 LADDER = [  # cumulative: each step adds one lever to the one before
     ('round 1 fast path', ROUND1),
-    ('+ oneDNN GEMMs (bias only)', {'onednn': True, 'gelu': False, 'residual': False, 'chunk': False}),
-    ('+ GELU as a GEMM / conv post-op', {'onednn': True, 'gelu': True, 'residual': False, 'chunk': False}),
-    ('+ residual add as a GEMM post-op', {'onednn': True, 'gelu': True, 'residual': True, 'chunk': False}),
-    ('+ batch slices of <= 4 MiB (round 2)', ROUND2),
+    ('+ oneDNN GEMMs (bias only)', {'onednn': True, 'gelu': False, 'residual': False, 'chunk': False, 'packed': False}),
+    ('+ GELU as a GEMM / conv post-op', {'onednn': True, 'gelu': True, 'residual': False, 'chunk': False,
+                                        'packed': False}),
+    ('+ residual add as a GEMM post-op', {'onednn': True, 'gelu': True, 'residual': True, 'chunk': False,
+                                         'packed': False}),
+    ('+ batch slices of <= 4 MiB', {'onednn': True, 'gelu': True, 'residual': True, 'chunk': True, 'packed': False}),
+    ('+ prepacked oneDNN weights (round 2)', ROUND2),
 ]
-LEAVE_ONE_OUT = ['gelu', 'residual', 'chunk']
+LEAVE_ONE_OUT = ['gelu', 'residual', 'chunk', 'packed']
 
 
 # --------------------------------------------------------------------------------------------------- variants
@@ -90,7 +94,17 @@ class Variant:
 
 
 @contextlib.contextmanager
-def merged_laffn_gemm() -> Iterator[None]:
+def _patched(cls: type, name: str, fn: Callable) -> Iterator[None]:
+    """``cls.name`` replaced by ``fn`` inside the block (a lever we measured), restored after it."""
+    saved = getattr(cls, name)
+    setattr(cls, name, fn)
+    try:
+        yield
+    finally:
+        setattr(cls, name, saved)
+
+
+def merged_laffn_gemm() -> contextlib.AbstractContextManager:
     """Rejected lever: LAFFN's W1 and W2 read the same input, so one ``(C, 2C)`` GEMM; the two softmaxes then
     read strided halves, which PyTorch's CPU softmax copies to contiguous memory first."""
     def forward_fused(self, x, shortcut=None):
@@ -101,16 +115,10 @@ def merged_laffn_gemm() -> Iterator[None]:
         attn = logits[..., :C].softmax(dim=-1)
         attn.mul_(logits[..., C:].reshape(B, H * W, C).softmax(dim=1).view(B, H, W, C))
         return mx._linear(attn, self.proj.weight, self.proj.bias, add=shortcut)
-    saved = mx.LAFFN.forward_fused
-    mx.LAFFN.forward_fused = forward_fused
-    try:
-        yield
-    finally:
-        mx.LAFFN.forward_fused = saved
+    return _patched(mx.LAFFN, 'forward_fused', forward_fused)
 
 
-@contextlib.contextmanager
-def folded_layernorm_affine() -> Iterator[None]:
+def folded_layernorm_affine() -> contextlib.AbstractContextManager:
     """Rejected lever: LayerNorm without its affine, ``g`` and ``b`` folded into the next GEMMs
     (``W diag(g)``, ``b' = b + W b``), recomputed per call as the BatchNorm folds are."""
     def fold(linear: nn.Linear, g: torch.Tensor, b: torch.Tensor) -> SimpleNamespace:
@@ -128,12 +136,30 @@ def folded_layernorm_affine() -> Iterator[None]:
                 folded._modules[name] = fold(getattr(sub, name), norm.weight, norm.bias)
             x = mx._residual(folded, xn, x)
         return x
-    saved = mx.MedBlock._forward_fused
-    mx.MedBlock._forward_fused = block_fused
-    try:
-        yield
-    finally:
-        mx.MedBlock._forward_fused = saved
+    return _patched(mx.MedBlock, '_forward_fused', block_fused)
+
+
+def sem_agg_one_gemm() -> contextlib.AbstractContextManager:
+    """Rejected lever (batch 1): SEM's four ``Wagg`` GEMMs (z0, z1 and the two axial mixes, accumulated) as one GEMM
+    with ``K = 4 C`` over the concatenated paths; the concatenation costs what the fewer calls save."""
+    def forward_fused(self, x, shortcut=None):
+        B, H, W, C = x.shape
+        u = mx._linear(x, mx._gemm_weight(self.fc_in), self.fc_in.bias, gelu=True)
+        v = mx._linear(x, mx._gemm_weight(self.fc_value), self.fc_value.bias)
+        u_2d = u.permute(0, 3, 1, 2)
+        z0 = mx._conv_fused(self.dw0_v, mx._conv_fused(self.dw0_h, u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        z1 = mx._conv_fused(self.dw1_v, mx._conv_fused(self.dw1_h, u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        mix_h = torch.bmm(self.mix_h.weight.expand(B, H, H), u.view(B, H, W * C)).view(B, H * W, C)
+        mix_w = torch.bmm(self.mix_w.weight.expand(B * H, W, W), u.view(B * H, W, C)).view(B, H * W, C)
+
+        def build():
+            *blocks, bias = self._agg_weights(C)
+            return mx._pack_linear_weight(torch.cat(blocks, 1)), bias
+        weight, bias = mx._derived(self, 'agg_one_gemm', self._agg_sources(), build)
+        attn = mx._linear(torch.cat([z0, z1, mix_h, mix_w], -1), weight, add=bias.expand(B, H * W, C))
+        attn = attn.mul_(v.view(B, H * W, C)).view(B, H, W, C)
+        return mx._linear(attn, mx._gemm_weight(self.proj), self.proj.bias, add=shortcut)
+    return _patched(mx.SEM, 'forward_fused', forward_fused)
 
 
 def _build_timm(name: str, **kwargs) -> nn.Module:
@@ -178,6 +204,7 @@ def task_variants(task: str, levers: bool) -> List[Variant]:
         out += [
             Variant(f'{name}, round 2 + LAFFN W1/W2 as one GEMM', ours, ROUND2, merged_laffn_gemm, 'rejected'),
             Variant(f'{name}, round 2 + LayerNorm affine folded', ours, ROUND2, folded_layernorm_affine, 'rejected'),
+            Variant(f'{name}, round 2 + SEM Wagg as one GEMM', ours, ROUND2, sem_agg_one_gemm, 'rejected'),
         ]
     return out
 
@@ -226,8 +253,12 @@ def part_ratios_and_levers(task: str, args, clock) -> Dict:
     ratio_vs = [v for v in variants if v.group == 'ratios']
     print(f'[{task}] batch 1: {len(ratio_vs)} settings x {args.rounds * 3} rounds', file=sys.stderr)
     lat = time_rounds(ratio_vs, x1, args.rounds * 3, clock, warmup=2)
-    return {'throughput_s': thr, 'latency_s': lat, 'batch': args.batch,
-            'names': {v.name: v.group for v in variants}}
+    out = {'throughput_s': thr, 'latency_s': lat, 'batch': args.batch, 'names': {v.name: v.group for v in variants}}
+    lever_vs = [v for v in variants if v.group in ('leave-one-out', 'rejected')]
+    if lever_vs:  # the same switches at batch 1 (latency), in their own interleaved rounds with round 2
+        print(f'[{task}] batch 1, levers: {len(lever_vs) + 1} settings x {args.rounds * 3} rounds', file=sys.stderr)
+        out['latency_levers_s'] = time_rounds([ratio_vs[2]] + lever_vs, x1, args.rounds * 3, clock, warmup=2)
+    return out
 
 
 def _table_ratios(task: str, res: Dict) -> List[str]:
@@ -274,11 +305,13 @@ def _table_levers(task: str, res: Dict) -> List[str]:
         label = n.split(', ', 1)[1]
         lines.append(f'| {label} | {_fmt_ratio(ratio_stats(thr, n, r1))} | {step:.3f}x | {share:.0f}% |')
         prev = n
-    lines += ['', f'| {task}: round 2 with one lever off, or one more lever | speed vs round 2 (best rounds; median, '
-              'range) |', '| --- | --- |']
+    lat = res.get('latency_levers_s', {})
+    lines += ['', f'| {task}: round 2 with one lever off, or one more lever | batch-{b} speed vs round 2 (best rounds; '
+              'median, range) | batch-1 speed (1 / latency) vs round 2 |', '| --- | --- | --- |']
     for n, g in groups.items():
         if g in ('leave-one-out', 'rejected'):
-            lines.append(f'| {n.split(", ", 1)[1]} | {_fmt_ratio(ratio_stats(thr, n, r2))} |')
+            at1 = _fmt_ratio(ratio_stats(lat, n, r2)) if n in lat else ''
+            lines.append(f'| {n.split(", ", 1)[1]} | {_fmt_ratio(ratio_stats(thr, n, r2))} | {at1} |')
     return lines
 
 

@@ -100,7 +100,7 @@ def _forward_conv_bn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     if not _foldable_conv_bn(module):
         return module(x)
-    if fused_inference_ok(x):
+    if fused_inference_ok(x) and _cacheable(module.conv.weight):
         return _forward_conv_bn_fused(module, x)
     conv, bn = module.conv, module.bn
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
@@ -129,27 +129,51 @@ def _forward_conv_bn_fused(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return weight, bn.bias - shift * scale
 
     sources = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    weight, bias = _derived(module, 'conv_bn', sources, fold)
     act, aa = bn.act, getattr(module, 'aa', None)
     post_op = {nn.ReLU: 'relu', nn.Identity: 'none'}.get(type(act))
     if (_ONEDNN_CONV is not None and post_op is not None and isinstance(bn.drop, nn.Identity) and aa is None
             and not isinstance(conv.padding, str)):
+        if _INFERENCE_KERNELS['packed']:
+            def fold_packed() -> Tuple[torch.Tensor, torch.Tensor]:
+                weight, bias = fold()
+                return _pack_conv_weight(weight, conv), bias
+            weight, bias = _derived(module, 'conv_bn_packed', sources, fold_packed)
+        else:
+            weight, bias = _derived(module, 'conv_bn', sources, fold)
         return _ONEDNN_CONV(x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation),
                             conv.groups, post_op, [], '')
+    weight, bias = _derived(module, 'conv_bn', sources, fold)
     x = bn.act(bn.drop(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)))
     return x if aa is None else aa(x)
 
 
 def _derived(module: nn.Module, name: str, sources: Tuple[Optional[torch.Tensor], ...], build: Callable[[], Any],
              ) -> Any:
-    """``build()`` (weights derived from ``module``'s parameters: folds, slices), cached on ``module`` for fused
-    inference until a tensor in ``sources`` changes: replaced, or updated in place (its version counter moves)."""
+    """``build()`` (weights derived from ``module``'s parameters: folds, slices, prepacked layouts), cached on
+    ``module`` for fused inference until a tensor in ``sources`` changes: replaced, or updated in place (its version
+    counter moves). Inference tensors have no version counter: with one among ``sources`` nothing is cached and
+    ``build()`` runs on every call (the modules check ``_cacheable`` first and take their unfused paths)."""
+    if any(t is not None and t.is_inference() for t in sources):
+        return build()
     key = tuple(None if t is None else (id(t), t.data_ptr(), t._version, t.dtype, t.shape) for t in sources)
-    cache = module.__dict__.setdefault('_derived_weights', {})
+    cache = module.__dict__.get('_derived_weights')
+    if cache is None:
+        cache = module.__dict__['_derived_weights'] = _DerivedCache()
     hit = cache.get(name)
     if hit is None or hit[0] != key:
         hit = cache[name] = (key, build())
     return hit[1]
+
+
+class _DerivedCache(dict):
+    """``_derived``'s cache on a module: dropped by ``copy.deepcopy`` and pickling (it is rebuilt on the next fused
+    forward; prepacked oneDNN weights are opaque tensors that can be neither copied nor pickled)."""
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> '_DerivedCache':
+        return _DerivedCache()
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return _DerivedCache, ()
 
 
 # oneDNN's fused inference kernels (the ops torch.compile's CPU backend emits): a GEMM with its bias, a GELU
@@ -157,7 +181,7 @@ def _derived(module: nn.Module, name: str, sources: Tuple[Optional[torch.Tensor]
 # of MedNeXt's shapes also run faster in oneDNN than in MKL (e.g. (50176 x 64) @ (64 x 64): 1.3-1.8x on Zen 4).
 # No autograd formula: used only where autograd is off (see ``fused_inference_ok``). The switches below exist for
 # ``benchmarks/speed/round2.py`` (each lever's share); they are not a public API.
-_INFERENCE_KERNELS = {'onednn': True, 'residual': True, 'gelu': True, 'chunk': True}
+_INFERENCE_KERNELS = {'onednn': True, 'residual': True, 'gelu': True, 'chunk': True, 'packed': True}
 # Fused inference runs a stage's blocks on slices of the batch whose activations (one ``B, H, W, C`` tensor)
 # stay under this size, so a block's ~20 passes over them hit the caches instead of memory (MED blocks mix
 # tokens within an image only: slicing the batch changes nothing).
@@ -173,6 +197,43 @@ def _onednn_op(name: str) -> Optional[Any]:
 
 _ONEDNN_LINEAR = _onednn_op('_linear_pointwise')
 _ONEDNN_CONV = _onednn_op('_convolution_pointwise')
+# Weights prepacked once into oneDNN's blocked layout (what torch.compile's CPU backend does with constant weights):
+# the kernels then skip a reorder of every weight on every call, which matters most at batch 1 (e.g. 1.6x for the
+# 3x3 conv into stage 4, 1.1x for stage 4's 512 x 512 GEMMs).
+_ONEDNN_PACK_LINEAR = _onednn_op('_reorder_linear_weight')
+_ONEDNN_PACK_CONV = _onednn_op('_reorder_convolution_weight')
+
+
+def _pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (``C_out, C_in``) in oneDNN's blocked GEMM layout (an opaque tensor only ``_linear`` reads)."""
+    weight = weight.contiguous()  # a strided weight (a column slice) sends oneDNN to a reference kernel
+    return weight if _ONEDNN_PACK_LINEAR is None else _ONEDNN_PACK_LINEAR(weight)
+
+
+def _pack_conv_weight(weight: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A conv weight (``weight`` for ``conv``'s geometry) in oneDNN's blocked layout, for ``_ONEDNN_CONV`` only."""
+    if _ONEDNN_PACK_CONV is None:
+        return weight
+    return _ONEDNN_PACK_CONV(weight, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+
+
+def _gemm_weight(linear: nn.Linear) -> torch.Tensor:
+    """``linear.weight`` for ``_linear``: prepacked (cached on ``linear``) unless the ``packed`` lever is off."""
+    if not _INFERENCE_KERNELS['packed']:
+        return linear.weight
+    return _derived(linear, 'packed', (linear.weight,), lambda: _pack_linear_weight(linear.weight))
+
+
+def _conv_fused(conv: nn.Conv2d, x: torch.Tensor, post_op: str = 'none') -> torch.Tensor:
+    """``conv(x)`` (then an exact GELU with ``post_op='gelu'``) for fused inference, ``x`` channels-last: one oneDNN
+    kernel on the prepacked weight; the module's own forward where that kernel does not apply."""
+    if (_ONEDNN_CONV is None or not _INFERENCE_KERNELS['packed'] or conv.padding_mode != 'zeros'
+            or isinstance(conv.padding, str) or (post_op == 'gelu' and not _INFERENCE_KERNELS['gelu'])):
+        x = conv(x)
+        return F.gelu(x) if post_op == 'gelu' else x
+    weight = _derived(conv, 'packed', (conv.weight,), lambda: _pack_conv_weight(conv.weight, conv))
+    return _ONEDNN_CONV(x, weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+                        conv.groups, post_op, [], 'none' if post_op == 'gelu' else '')
 
 
 @torch.jit.unused
@@ -192,6 +253,13 @@ def fused_inference_ok(x: torch.Tensor) -> bool:
     )
 
 
+@torch.jit.unused
+def _cacheable(param: Optional[torch.Tensor]) -> bool:
+    """False for an inference tensor (a parameter made under ``torch.inference_mode``): it has no version counter, so
+    weights derived from it could not follow in-place updates; such modules take their unfused paths."""
+    return param is None or not param.is_inference()
+
+
 def _linear(
         x: torch.Tensor,
         weight: torch.Tensor,
@@ -201,9 +269,11 @@ def _linear(
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` then GELU (exact) or ``+ add``, one oneDNN kernel: ``..., C_in`` -> ``..., C_out``.
 
-    For fused inference only (``fused_inference_ok``). ``add`` has the output's shape or broadcasts to it.
+    For fused inference only (``fused_inference_ok``). ``weight`` dense or prepacked (``_pack_linear_weight``); ``add``
+    has the output's shape or broadcasts to it.
     """
-    weight = weight.contiguous()  # a strided weight (a column slice) sends oneDNN to a reference kernel, ~500x slower
+    if not weight.is_mkldnn:  # a prepacked weight (``_pack_linear_weight``) is in oneDNN's layout already
+        weight = weight.contiguous()  # strided (a column slice): oneDNN would take a reference kernel, ~500x slower
     if add is not None:
         if not _INFERENCE_KERNELS['residual']:
             return _ONEDNN_LINEAR(x, weight, bias, 'none', [], '') + add
@@ -266,7 +336,7 @@ class LAFFN(nn.Module):
         """``B, H, W, C`` -> ``B, H, W, C`` (fused path; :meth:`forward_reference` under jit tracing)."""
         if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
             return self.forward_reference(x)
-        if not torch.jit.is_scripting() and fused_inference_ok(x):
+        if not torch.jit.is_scripting() and fused_inference_ok(x) and _cacheable(self.proj.weight):
             return self.forward_fused(x)
         B, H, W, C = x.shape
         n = H * W
@@ -293,10 +363,10 @@ class LAFFN(nn.Module):
         that keeps fp16 safe is left out, and ``b3`` and the residual are added by the last GEMM as it writes.
         """
         B, H, W, C = x.shape
-        attn = _linear(x, self.fc_channel.weight, self.fc_channel.bias).softmax(dim=-1)
-        logits_n = _linear(x, self.fc_token.weight)  # W2's bias cancels in the softmax over tokens
+        attn = _linear(x, _gemm_weight(self.fc_channel), self.fc_channel.bias).softmax(dim=-1)
+        logits_n = _linear(x, _gemm_weight(self.fc_token))  # W2's bias cancels in the softmax over tokens
         attn.mul_(logits_n.view(B, H * W, C).softmax(dim=1).view(B, H, W, C))
-        return _linear(attn, self.proj.weight, self.proj.bias, add=shortcut)
+        return _linear(attn, _gemm_weight(self.proj), self.proj.bias, add=shortcut)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Plain reference path (same maths and weights as ``forward``), kept for equivalence tests."""
@@ -364,7 +434,7 @@ class SEM(nn.Module):
         """``B, H, W, C`` -> ``B, H, W, C``; raises UserInputError unless ``(H, W) == feat_size``."""
         if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
             return self.forward_reference(x)
-        if not torch.jit.is_scripting() and fused_inference_ok(x):
+        if not torch.jit.is_scripting() and fused_inference_ok(x) and _cacheable(self.proj.weight):
             return self.forward_fused(x)
         B, H, W, C = x.shape
         self._check_size(H, W)
@@ -408,32 +478,38 @@ class SEM(nn.Module):
         B, H, W, C = x.shape
         self._check_size(H, W)
         if _is_exact_gelu(self.act):
-            u = _linear(x, self.fc_in.weight, self.fc_in.bias, gelu=True)
+            u = _linear(x, _gemm_weight(self.fc_in), self.fc_in.bias, gelu=True)
         else:
-            u = self.act(_linear(x, self.fc_in.weight, self.fc_in.bias))
-        v = _linear(x, self.fc_value.weight, self.fc_value.bias)
+            u = self.act(_linear(x, _gemm_weight(self.fc_in), self.fc_in.bias))
+        v = _linear(x, _gemm_weight(self.fc_value), self.fc_value.bias)
         u_2d = u.permute(0, 3, 1, 2)  # channels-last view: the depth-wise convs run in NHWC
-        z0 = self.dw0_v(self.dw0_h(u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
-        z1 = self.dw1_v(self.dw1_h(u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        z0 = _conv_fused(self.dw0_v, _conv_fused(self.dw0_h, u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        z1 = _conv_fused(self.dw1_v, _conv_fused(self.dw1_h, u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
         mix_h = torch.bmm(self.mix_h.weight.expand(B, H, H), u.view(B, H, W * C)).view(B, H * W, C)
         mix_w = torch.bmm(self.mix_w.weight.expand(B * H, W, W), u.view(B * H, W, C)).view(B, H * W, C)
-        wg0, wg1, wh, ww, bias = _derived(self, 'agg', self._agg_sources(), lambda: self._agg_weights(C))
+        if _INFERENCE_KERNELS['packed']:
+            wg0, wg1, wh, ww, bias = _derived(self, 'agg_packed', self._agg_sources(), lambda: self._agg_weights(
+                C, pack=True))
+        else:
+            wg0, wg1, wh, ww, bias = _derived(self, 'agg', self._agg_sources(), lambda: self._agg_weights(C))
         attn = _linear(z0, wg0, add=bias.expand(B, H * W, C))
         attn = _linear(z1, wg1, add=attn)
         attn = _linear(mix_w, ww, add=_linear(mix_h, wh, add=attn))
-        return _linear(attn.mul_(v.view(B, H * W, C)).view(B, H, W, C), self.proj.weight, self.proj.bias, add=shortcut)
+        return _linear(attn.mul_(v.view(B, H * W, C)).view(B, H, W, C), _gemm_weight(self.proj), self.proj.bias,
+                       add=shortcut)
 
     def _agg_sources(self) -> Tuple[torch.Tensor, ...]:
         return (self.fc_agg.weight, self.fc_agg.bias, self.fc_mix.weight, self.fc_mix.bias, self.mix_h.bias,
                 self.mix_w.bias)
 
-    def _agg_weights(self, C: int) -> Tuple[torch.Tensor, ...]:
+    def _agg_weights(self, C: int, pack: bool = False) -> Tuple[torch.Tensor, ...]:
         """``Wagg``'s per-path blocks for ``z0``, ``z1``, with ``Wg2 Wf`` folded (cached: 2 C^3 MACs once) for the
-        two axial mixes, and the position bias ``(H W, C)``."""
+        two axial mixes (prepacked for oneDNN with ``pack``), and the position bias ``(H W, C)``."""
         wg = self.fc_agg.weight
         wf = wg[:, 2 * C:] @ self.fc_mix.weight
         blocks = (wg[:, :C], wg[:, C:2 * C], wf[:, :C], wf[:, C:])
-        return tuple(w.contiguous() for w in blocks) + (self._agg_bias(C),)
+        blocks = tuple(_pack_linear_weight(w) if pack else w.contiguous() for w in blocks)
+        return blocks + (self._agg_bias(C),)
 
     def _check_size(self, H: int, W: int) -> None:
         if H != self.feat_size[0] or W != self.feat_size[1]:
@@ -501,7 +577,7 @@ class SDFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B, H, W, C`` -> ``B, H, W, C``."""
-        if not torch.jit.is_scripting() and fused_inference_ok(x):
+        if not torch.jit.is_scripting() and fused_inference_ok(x) and _cacheable(self.fc2.weight):
             return self.forward_fused(x)
         x = self.fc1(x)
         x = self.conv_dw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -510,15 +586,18 @@ class SDFFN(nn.Module):
     @torch.jit.unused
     def forward_fused(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
         """fp32 inference on oneDNN kernels: ``shortcut + SDFFN(x)``; GELU applied by the depth-wise conv."""
-        x = _linear(x, self.fc1.weight, self.fc1.bias).permute(0, 3, 1, 2)  # channels-last B, C, H, W view
+        x = _linear(x, _gemm_weight(self.fc1), self.fc1.bias).permute(0, 3, 1, 2)  # channels-last B, C, H, W view
         conv = self.conv_dw
         if _ONEDNN_CONV is not None and _INFERENCE_KERNELS['gelu'] and _is_exact_gelu(self.act) \
                 and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str):
-            x = _ONEDNN_CONV(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-                             conv.groups, 'gelu', [], 'none')
+            if _INFERENCE_KERNELS['packed']:
+                x = _conv_fused(conv, x, 'gelu')
+            else:
+                x = _ONEDNN_CONV(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
+                                 list(conv.dilation), conv.groups, 'gelu', [], 'none')
         else:
             x = self.act(conv(x))
-        return _linear(x.permute(0, 2, 3, 1), self.fc2.weight, self.fc2.bias, add=shortcut)
+        return _linear(x.permute(0, 2, 3, 1), _gemm_weight(self.fc2), self.fc2.bias, add=shortcut)
 
 
 class ConvFFN(nn.Module):
@@ -590,6 +669,8 @@ class MedBlock(nn.Module):
 
     @torch.jit.unused
     def _fusable(self) -> bool:
+        if not _cacheable(next(self.parameters(), None)):  # built under inference_mode: the unfused paths
+            return False
         return not self.training or not isinstance(self.drop_path, DropPath)  # stochastic depth is per sample
 
     @torch.jit.unused
