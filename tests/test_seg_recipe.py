@@ -88,7 +88,7 @@ def test_foreground_oversampling_frequency_and_resume():
     s.set_epoch(7, start=50)
     assert list(s) == full[50:] and all(e == 7 for _, e in full)
     # no oversampling: the plain EpochSampler, same order
-    plain = build_sampler(SegRecipe(), presence, seed=3)
+    plain = build_sampler(SegRecipe(oversample_fg=0.0), presence, seed=3)
     assert type(plain) is EpochSampler
     plain.set_epoch(2)
     ref = EpochSampler(n, 3, True)
