@@ -877,4 +877,4 @@ def test_lr_and_clipping_defaults_depend_on_the_start():
     mine = FinetuneConfig(model='mednext_tiny', data='d', out='o', lr=1e-4, clip_grad=0.0)
     assert (mine.lr, mine.clip_grad) == (1e-4, 0.0)  # explicit values win; 0 keeps clipping off
     r = cls_recipe()  # the training-efficiency suite's classification rows train from random weights
-    assert (r.opt, r.lr, r.clip_grad) == ('adamw', scratch.lr, scratch.clip_grad)
+    assert (r.opt, r.lr, r.clip_grad, r.oversample_fg) == ('adamw', scratch.lr, scratch.clip_grad, 0.0)

@@ -182,6 +182,8 @@ def test_finetune_cli_takes_the_recipe_options(tmp_path):
     assert (cfg['oversample_fg'], cfg['dice_mode'], cfg['dice_background'], cfg['class_weighting'],
             cfg['schedule'], cfg['ce_weight'], cfg['deep_supervision']) == (0.5, 'image', False, 'inverse', 'poly',
                                                                              0.3, True)
+    # options shared with --task cls and not given take the seg recipe's values (cls resolves lr by the start)
+    assert (cfg['lr'], cfg['clip_grad'], cfg['weight_decay']) == (SegRecipe.lr, None, SegRecipe.weight_decay)
     assert main(['finetune', '--task', 'seg', '--model', 'medunext_tiny', '--data', data, '--out', run + '2',
                  '--oversample-fg', '2', '--no-progress']) == 2
 
