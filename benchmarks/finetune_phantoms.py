@@ -1,7 +1,7 @@
 """The default ``finetune --task seg`` recipe on the built-in phantoms: does it find every structure in the step
 budget docs/segmentation.md quotes? (issue 11)
 
-    python benchmarks/finetune_phantoms.py [--model medunext_tiny_hr] [--epochs small=8,lookalike=8,thick=20]
+    python benchmarks/finetune_phantoms.py [--model medunext_tiny_hr] [--epochs small=8,lookalike=8,thick=8]
 
 Writes each phantom as an nnU-Net folder (``write_phantom_dataset``), runs ``mednext-zoo finetune --task seg`` with
 the default recipe at ``--img-size 64`` (the phantoms' size), and copies each run's 3D report on its held-out
@@ -21,8 +21,8 @@ from _common import RESULTS
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', default='medunext_tiny_hr', help='segmentation model (default medunext_tiny_hr)')
-    p.add_argument('--epochs', default='small=8,lookalike=8,thick=20',
-                   help='PHANTOM=EPOCHS pairs, comma-separated (default small=8,lookalike=8,thick=20)')
+    p.add_argument('--epochs', default='small=8,lookalike=8,thick=8',
+                   help='PHANTOM=EPOCHS pairs, comma-separated (default small=8,lookalike=8,thick=8)')
     p.add_argument('--out', type=Path, default=RESULTS / 'finetune-phantoms', help='where the reports go')
     a = p.parse_args(argv)
     import json

@@ -12,8 +12,7 @@ seg=(python -m mednext_zoo.cli bench --suite train --task seg
 cls=(python -m mednext_zoo.cli bench --suite train --task cls
      --row mednext_tiny --row resnet18 --row mednext_base --row convnext_atto
      --row "swinv2_cr_tiny_w8=swinv2_cr_tiny_ns_224 window_size=8"
-     --row "mednext_tiny@lr2e-3=mednext_tiny recipe.lr=0.002" --row "resnet18@lr2e-3=resnet18 recipe.lr=0.002"
-     --seeds 3 --steps 300 --eval-every 25 --workers 2 --threads 1 --clock cpu --resume --out "$out/cls")
+     --seeds 3 --steps 300 --eval-every 25 --workers 1 --threads 1 --clock cpu --resume --out "$out/cls")
 if [[ "${1:-}" == "--dry-run" ]]; then
   printf '%q ' "${seg[@]}"; echo
   printf '%q ' "${cls[@]}"; echo

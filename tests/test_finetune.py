@@ -865,3 +865,16 @@ def test_resume_survives_a_torn_log_line_and_removes_temporary_files(tmp_path):
     assert eng2.fit(resume=resumed)['epochs_run'] == 3
     assert [json.loads(ln)['epoch'] for ln in open(tmp_path / 'r' / 'metrics.jsonl')] == [1, 2, 3]
     assert not tmp.exists()
+
+
+def test_lr_and_clipping_defaults_depend_on_the_start():
+    from mednext_zoo.benchmark.training import cls_recipe
+    from mednext_zoo.finetune.classification import task as T
+    scratch = FinetuneConfig(model='mednext_tiny', data='d', out='o')
+    assert (scratch.lr, scratch.clip_grad) == (T.SCRATCH_LR, T.SCRATCH_CLIP_GRAD) == (3e-3, 1.0)
+    tuned = FinetuneConfig(model='mednext_tiny', data='d', out='o', pretrained='w.safetensors')
+    assert (tuned.lr, tuned.clip_grad) == (T.FINETUNE_LR, None)
+    mine = FinetuneConfig(model='mednext_tiny', data='d', out='o', lr=1e-4, clip_grad=0.0)
+    assert (mine.lr, mine.clip_grad) == (1e-4, 0.0)  # explicit values win; 0 keeps clipping off
+    r = cls_recipe()  # the training-efficiency suite's classification rows train from random weights
+    assert (r.opt, r.lr, r.clip_grad, r.oversample_fg) == ('adamw', scratch.lr, scratch.clip_grad, 0.0)

@@ -88,7 +88,7 @@ def test_foreground_oversampling_frequency_and_resume():
     s.set_epoch(7, start=50)
     assert list(s) == full[50:] and all(e == 7 for _, e in full)
     # no oversampling: the plain EpochSampler, same order
-    plain = build_sampler(SegRecipe(), presence, seed=3)
+    plain = build_sampler(SegRecipe(oversample_fg=0.0), presence, seed=3)
     assert type(plain) is EpochSampler
     plain.set_epoch(2)
     ref = EpochSampler(n, 3, True)
@@ -182,6 +182,8 @@ def test_finetune_cli_takes_the_recipe_options(tmp_path):
     assert (cfg['oversample_fg'], cfg['dice_mode'], cfg['dice_background'], cfg['class_weighting'],
             cfg['schedule'], cfg['ce_weight'], cfg['deep_supervision']) == (0.5, 'image', False, 'inverse', 'poly',
                                                                              0.3, True)
+    # options shared with --task cls and not given take the seg recipe's values (cls resolves lr by the start)
+    assert (cfg['lr'], cfg['clip_grad'], cfg['weight_decay']) == (SegRecipe.lr, None, SegRecipe.weight_decay)
     assert main(['finetune', '--task', 'seg', '--model', 'medunext_tiny', '--data', data, '--out', run + '2',
                  '--oversample-fg', '2', '--no-progress']) == 2
 

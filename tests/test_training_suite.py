@@ -27,7 +27,7 @@ def test_seg_suite_end_to_end_writes_four_outputs(tmp_path):
     assert data['meta']['settings']['threads'] == 1 and data['meta']['settings']['dtype'] == 'float32'
     assert data['tasks']['thick']['smallest'] == 'nodule' and data['tasks']['thick']['test_cases'] == 12
     r0, r1 = res['rows']
-    assert r1['recipe_full']['oversample_fg'] == 0.5 and r0['recipe_full']['oversample_fg'] == 0.0
+    assert r1['recipe_full']['oversample_fg'] == 0.5 and r0['recipe_full']['oversample_fg'] == 0.33
     for r in res['rows']:
         assert r['status'] == 'ok' and r['params_m'] > 0
         runs = r['runs']['thick']

@@ -182,11 +182,15 @@ def default_rows(task: str) -> List[TrainRow]:
 
 
 def cls_recipe(**overrides: Any) -> SegRecipe:
-    """The classification fine-tune defaults as a recipe (only the optimiser fields are used): AdamW, lr, weight
-    decay and min lr of ``FinetuneConfig``, its warm-up share (warm-up epochs / epochs), cosine."""
-    from ..finetune.classification.task import FinetuneConfig as C
-    base = SegRecipe(opt='adamw', lr=C.lr, min_lr=C.min_lr, weight_decay=C.weight_decay,
-                     warmup_frac=C.warmup_epochs / C.epochs, augment=False)
+    """The classification fine-tune defaults from random weights as a recipe (only the optimiser fields are used):
+    AdamW, ``SCRATCH_LR``, gradient norm clipped to ``SCRATCH_CLIP_GRAD``, the weight decay and min lr of
+    ``FinetuneConfig``, its warm-up share (warm-up epochs / epochs), cosine; images drawn uniformly (the
+    segmentation recipe's foreground oversampling is off, as in ``finetune --task cls``)."""
+    from ..finetune.classification import task as T
+    C = T.FinetuneConfig
+    base = SegRecipe(opt='adamw', lr=T.SCRATCH_LR, min_lr=C.min_lr, weight_decay=C.weight_decay,
+                     warmup_frac=C.warmup_epochs / C.epochs, clip_grad=T.SCRATCH_CLIP_GRAD, oversample_fg=0.0,
+                     augment=False)
     return base.replace(**overrides)
 
 

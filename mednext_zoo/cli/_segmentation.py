@@ -106,7 +106,9 @@ def _window(text: str):
 
 def finetune(args: argparse.Namespace) -> int:
     from ..finetune.segmentation import SegConfig, fit
-    pick = lambda name: SEG_DEFAULTS[name] if is_default(getattr(args, name)) else getattr(args, name)  # noqa: E731
+    def pick(name: str) -> Any:  # the seg recipe's value where the user gave none (None: the start decides, cls)
+        value = getattr(args, name)
+        return SEG_DEFAULTS[name] if value is None or is_default(value) else value
     labels = args.labels
     if labels and ',' in labels:
         labels = [s.strip() for s in labels.split(',')]

@@ -100,7 +100,8 @@ def register(subparsers) -> None:
     o = p.add_argument_group('optimisation (defaults: the paper recipe, AdamW + cosine)')
     o.add_argument('--epochs', type=int, default=30, help='training epochs')
     o.add_argument('--batch-size', type=int, default=32, help='per process')
-    o.add_argument('--lr', type=float, default=5e-4, help='peak learning rate (after warm-up)')
+    o.add_argument('--lr', type=float, default=None,
+                   help='peak learning rate (after warm-up); default 5e-4 with --pretrained, 3e-3 from random weights')
     o.add_argument('--min-lr', type=float, default=1e-6, help='learning rate at the end of the cosine decay')
     o.add_argument('--weight-decay', type=float, default=0.05, help='AdamW weight decay (none on biases / norms)')
     o.add_argument('--warmup-epochs', type=float, default=2.0, help='linear warm-up length in epochs')
@@ -109,7 +110,8 @@ def register(subparsers) -> None:
     o.add_argument('--amp', choices=('auto', 'none', 'bf16', 'fp16'), default='auto',
                    help='mixed precision; auto: bf16/fp16 on CUDA, off on CPU')
     o.add_argument('--clip-grad', type=float, default=None,
-                   help='clip the gradient norm to this value (off when not given)')
+                   help='clip the gradient norm to this value; default 1.0 from random weights, off with '
+                        '--pretrained; 0 turns it off')
     o.add_argument('--label-smoothing', type=float, default=0.0, help='label smoothing of the cross-entropy')
     o.add_argument('--imbalance', choices=('none', 'weights', 'sampler'), default='none',
                    help='class-weighted loss or class-balanced sampling')

@@ -20,6 +20,7 @@ with ``img_size=...`` or call ``set_input_size``; weights loaded at another size
 matrices resampled by ``checkpoint_filter_fn``.
 """
 
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -806,6 +807,7 @@ class MedNeXt(nn.Module):
             ffn: str = 'sdffn',
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            block_init: str = 'trunc_normal',
             device=None,
             dtype=None,
     ):
@@ -821,11 +823,15 @@ class MedNeXt(nn.Module):
             laffn, token_mixer, ffn: Sub-block switches for ablations.
             drop_rate: Dropout before the classifier.
             drop_path_rate: Stochastic depth, linearly increasing over blocks.
+            block_init: How the linear and depth-wise conv layers start (the paper does not say):
+                'trunc_normal' (std 0.02, timm's ConvNeXt), 'xavier' or 'torch' (PyTorch's defaults).
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         if len(depths) != len(dims):
             raise UserInputError(f'depths {depths} and dims {dims} must have the same length.')
+        if block_init not in BLOCK_INITS:
+            raise UserInputError(f'MedNeXt block_init={block_init!r}: choose one of {", ".join(BLOCK_INITS)}.')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -863,7 +869,7 @@ class MedNeXt(nn.Module):
             **dd,
         )
         self.head_hidden_size = self.head.num_features
-        named_apply(_init_weights, self)
+        named_apply(partial(_init_weights, block_init=block_init), self)
         conv_weights_channels_last(self)  # the layout their gradients come in (DDP buckets)
 
     @torch.jit.ignore
@@ -1038,15 +1044,26 @@ def conv_weights_channels_last(module: nn.Module) -> nn.Module:
     return module
 
 
-def _init_weights(module: nn.Module, name: Optional[str] = None) -> None:
-    if isinstance(module, nn.Linear):
+BLOCK_INITS = ('trunc_normal', 'xavier', 'torch')
+
+
+def _init_weights(module: nn.Module, name: Optional[str] = None, block_init: str = 'trunc_normal') -> None:
+    """Initialise the linear and depth-wise conv layers (``block_init``, see :data:`BLOCK_INITS`).
+
+    'trunc_normal': truncated normal, std 0.02, zero bias (timm's ConvNeXt / ViT); 'xavier': Xavier-uniform
+    linear layers, zero bias, PyTorch's default depth-wise convs; 'torch': PyTorch's defaults (nothing changed).
+    """
+    is_linear = isinstance(module, nn.Linear)
+    if not is_linear and not (isinstance(module, nn.Conv2d) and module.groups > 1):
+        return
+    if block_init == 'trunc_normal':
         trunc_normal_(module.weight, std=.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d) and module.groups > 1:
-        trunc_normal_(module.weight, std=.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+    elif block_init == 'xavier' and is_linear:
+        nn.init.xavier_uniform_(module.weight)
+    else:
+        return
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:

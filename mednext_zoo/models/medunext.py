@@ -20,6 +20,7 @@ mixing matrices of the MED blocks fix the resolution). :func:`pad_to_valid_size`
 :func:`crop_to_size` pad an image and crop the prediction back.
 """
 import math
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -40,7 +41,7 @@ from timm.models._manipulate import checkpoint_seq, named_apply
 
 from ..errors import UserInputError
 from ._pretrained import build_model_with_pretrained, pretrained_cfg_kwargs
-from .mednext import MedStage, SizeLike, _init_weights, check_rank_and_channels, conv_weights_channels_last
+from .mednext import BLOCK_INITS, MedStage, SizeLike, _init_weights, check_rank_and_channels, conv_weights_channels_last
 from .mednext import checkpoint_filter_fn as _mednext_checkpoint_filter_fn
 
 __all__ = [
@@ -291,7 +292,8 @@ class MedUNeXt(nn.Module):
             full_res: str = 'none',
             norm: str = 'batchnorm',
             deep_supervision: bool = False,
-            init: str = 'timm',
+            init: str = 'kaiming',
+            block_init: str = 'trunc_normal',
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             device=None,
@@ -322,8 +324,11 @@ class MedUNeXt(nn.Module):
                 'groupnorm' or 'instancenorm'.
             deep_supervision: In training mode, :meth:`forward_deep` also returns logits of the decoder
                 levels at 1/2 and 1/4 resolution (1x1 heads); ``forward`` is unchanged.
-            init: 'timm' (truncated normal 0.02 for linear and depth-wise layers, PyTorch defaults for
-                dense convs) or 'kaiming' (also He-normal, fan-out, for every dense and transposed conv).
+            init: 'kaiming' (default since 0.2: He-normal, fan-out, for every dense and transposed conv; Xavier
+                for the 1x1 heads) or 'timm' (PyTorch's defaults for the dense convs). The MED blocks' linear
+                and depth-wise layers follow ``block_init`` either way.
+            block_init: How the MED blocks' linear and depth-wise conv layers start (see ``MedNeXt``):
+                'trunc_normal' (std 0.02), 'xavier' or 'torch'.
             drop_rate: Dropout before the 1x1 head.
             drop_path_rate: Stochastic depth over the encoder MED blocks (decoder mirrors it).
         """
@@ -343,6 +348,7 @@ class MedUNeXt(nn.Module):
         for arg, value, allowed in (('skip_fusion', skip_fusion, SKIP_FUSIONS), ('upsample', upsample, UPSAMPLERS),
                                     ('input_downsample', input_downsample, INPUT_DOWNSAMPLERS),
                                     ('norm', norm, tuple(NORM_LAYERS)), ('init', init, INITS),
+                                    ('block_init', block_init, BLOCK_INITS),
                                     ('full_res', full_res, FULL_RES)):
             if value not in allowed:
                 raise UserInputError(f'MedUNeXt {arg}={value!r}: choose one of {", ".join(allowed)}.')
@@ -443,7 +449,7 @@ class MedUNeXt(nn.Module):
         self.aux_heads = nn.ModuleList([
             nn.Conv2d(dims[i], num_classes, 1, **dd) for i in range(min(2, self.num_levels - 1))
         ]) if deep_supervision else None
-        named_apply(_init_weights, self)
+        named_apply(partial(_init_weights, block_init=block_init), self)
         if init == 'kaiming':
             named_apply(_init_kaiming, self)
         conv_weights_channels_last(self)  # the layout their gradients come in (DDP buckets)

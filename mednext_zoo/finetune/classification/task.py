@@ -65,16 +65,26 @@ __all__ = ['FinetuneConfig', 'ClassificationTask', 'build_optimizer', 'fit', 'ev
            'load_run_model', 'check_model_name', 'create_classifier']
 
 
+FINETUNE_LR = 5e-4  # from pretrained weights (the paper's recipe)
+SCRATCH_LR = 3e-3  # from random weights: the training-efficiency suite's lr sweep (docs/benchmarks.md, issue 11)
+SCRATCH_CLIP_GRAD = 1.0  # from random weights: lr 4e-3 diverged on some seeds without it
+
+
 @dataclass
 class FinetuneConfig:
-    """Everything a fine-tuning run needs; defaults follow the paper's recipe (AdamW, wd 0.05, cosine)."""
+    """Everything a fine-tuning run needs; defaults follow the paper's recipe (AdamW, wd 0.05, cosine).
+
+    ``lr`` / ``clip_grad`` left at ``None`` depend on the start: with ``pretrained`` weights lr
+    :data:`FINETUNE_LR` and no clipping; from random weights lr :data:`SCRATCH_LR` and the gradient norm clipped
+    to :data:`SCRATCH_CLIP_GRAD` (``clip_grad=0`` turns clipping off).
+    """
     model: str
     data: str
     out: str
     epochs: int = 30
     img_size: int = 224
     batch_size: int = 32
-    lr: float = 5e-4
+    lr: Optional[float] = None  # None: FINETUNE_LR with pretrained weights, SCRATCH_LR from random weights
     min_lr: float = 1e-6
     weight_decay: float = 0.05
     warmup_epochs: float = 2.0
@@ -89,7 +99,7 @@ class FinetuneConfig:
     amp: str = 'auto'
     device: str = 'auto'
     seed: int = 0
-    clip_grad: Optional[float] = None
+    clip_grad: Optional[float] = None  # None: SCRATCH_CLIP_GRAD from random weights, off with pretrained weights
     label_smoothing: float = 0.0
     imbalance: str = 'none'  # none | weights (class-weighted loss) | sampler (class-balanced sampling)
     ema_decay: float = 0.0
@@ -110,6 +120,12 @@ class FinetuneConfig:
     resume: bool = False
     overwrite: bool = False
     export: bool = True
+
+    def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = FINETUNE_LR if self.pretrained else SCRATCH_LR
+        if self.clip_grad is None and not self.pretrained:
+            self.clip_grad = SCRATCH_CLIP_GRAD
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as a plain dict (what ``config.json`` records)."""
