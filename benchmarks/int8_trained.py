@@ -123,6 +123,13 @@ def evaluate_runtimes(runners: Mapping[str, Callable[[torch.Tensor], torch.Tenso
             'max_abs_dlogit': {**{c: float(dlogit[name][i]) for i, c in enumerate(classes)},
                                'all': float(dlogit[name].max())},
         }
+    for c in fg:  # the mean over the cases every runtime scores: a class missed by one runtime and absent from
+        # both maps of another (strict: excluded) otherwise puts different case sets behind one column
+        both = [k for k in range(len(volumes)) if all(result[n]['dice_per_case'][c][k] is not None for n in runners)]
+        for n in runners:
+            vals = [result[n]['dice_per_case'][c][k] for k in both]
+            result[n].setdefault('dice_common_cases', {})[c] = float(np.mean(vals)) if vals else None
+            result[n].setdefault('n_common_cases', {})[c] = len(both)
     return {'reference': reference, 'classes': fg, 'n_cases': len(volumes),
             'case_ids': [v.case_id for v in volumes], 'reference_logit_range': [lo, hi], 'runtimes': result}
 
@@ -146,6 +153,12 @@ def render_markdown(res: Mapping, header: str) -> str:
 
     lines += [f'| {n} | ' + ' | '.join(scored(n, c) for c in fg) + f' | {pct(rts[n]["dice"]["mean"])} |'
               for n in names]
+    common = rts[names[0]]['n_common_cases']
+    if any(common[c] != rts[n]['dice_n_cases'][c] for n in names for c in fg):
+        lines += ['', 'The same, over the cases that every runtime scores ('
+                  + ', '.join(f'{c}: {common[c]}' for c in fg) + '):', '', cols, rule]
+        lines += [f'| {n} | ' + ' | '.join(pct(rts[n]['dice_common_cases'][c]) for c in fg)
+                  + f' | {pct(np.mean([rts[n]["dice_common_cases"][c] for c in fg]))} |' for n in names]
     lines += ['', f'### Label-map agreement with {res["reference"]} (Dice of the two label maps per class, %, '
                   'pooled over every held-out voxel)', '', cols + ' voxels changed |', rule + '---|']
     lines += [f'| {n} | ' + ' | '.join(pct(rts[n]['agreement'][c]) for c in fg)
@@ -165,7 +178,17 @@ def render_markdown(res: Mapping, header: str) -> str:
                                       rts[n]['dice_per_case'][c])
              if (ref_d is None) != (d is None) or (d is not None and abs(d - ref_d) > 0.01)]
     lines += ['', 'Cases whose strict Dice moved by more than 1 point from the reference: '
-              + ('; '.join(moved) if moved else 'none') + '.']
+              + ('; '.join(moved) if moved else 'none') + '.' + (' (n/a: the class is in neither the ground truth '
+                 'nor that map, so strict mode leaves the case out.)' if any('n/a' in m for m in moved) else '')]
+    if res.get('exports'):
+        lines += ['', '### What `mednext-zoo export` printed: parity on its packaged sample images', '',
+                  'The command checks each artefact against eager fp32 PyTorch on 8 packaged pydicom / scikit-image '
+                  'crops (not phantom-like images):', '', '| artefact | max abs delta logit | label-map Dice |',
+                  '|---|---|---|']
+        for n, e in res['exports'].items():
+            par = e['parity_on_sample_images']
+            dice_s = 'n/a' if par.get('dice_vs_fp32') is None else f'{par["dice_vs_fp32"]:.4f}'
+            lines.append(f'| {n} | {par["max_abs_dlogit"]:.3g} | {dice_s} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -239,7 +262,8 @@ def main(argv=None) -> int:
             if cli(args):
                 raise SystemExit(f'export failed: mednext-zoo {" ".join(args)}')
             pre = json.loads((folder / 'preprocessing.json').read_text())
-            exports[name] = {'command': 'mednext-zoo ' + ' '.join(args[:1] + ['RUN/export', 'ART'] + args[3:]),
+            shown = ['RUN/export', 'ARTEFACT'] + [('CALIBRATION' if x == str(calib) else x) for x in args[3:]]
+            exports[name] = {'command': 'mednext-zoo export ' + ' '.join(shown),
                              'calibration_images': pre['extra'].get('calibration_images'),
                              'parity_on_sample_images': json.loads((folder / 'parity.json').read_text())}
             runners[name] = load_artefact(folder, threads=a.threads)
@@ -247,7 +271,8 @@ def main(argv=None) -> int:
         res = evaluate_runtimes(runners, volumes, rc['classes'], rc, batch_size=a.batch_size)
         last = json.loads((run / 'metrics.jsonl').read_text().splitlines()[-1])
         res.update(
-            model=rc['model'], data=str(data), run=str(run) if a.run else 'trained by this script',
+            model=rc['model'], data=str(data) if a.run or a.data else 'the small phantom, written by this script',
+            run=str(run) if a.run else 'trained by this script',
             training={'epochs': rc['epochs'], 'steps': last.get('step'), 'batch_size': rc['batch_size'],
                       'img_size': rc['img_size'], 'intensity': rc['intensity'], 'window': rc['window'],
                       'wall_s': train_wall},
@@ -262,9 +287,12 @@ def main(argv=None) -> int:
               f'volumes\n\nCommand: `{res["command"]}`. Training: {rc["epochs"]} epochs, '
               f'{res["training"]["steps"]} optimiser steps, batch {rc["batch_size"]}, {rc["img_size"]} x '
               f'{rc["img_size"]}. Calibration: {exports["ORT int8"]["calibration_images"]} of the {n_calib} '
-              f'training slices. Inference: batch {a.batch_size}, fp32 inputs (int8 inside the quantised graphs), '
+              f'training slices, written as 2D NIfTI in [0, 1]. Artefacts: `{exports["OpenVINO int8"]["command"]}` '
+              f'(and `--format onnx`, and both without `--int8 ...` for fp32). Inference: batch {a.batch_size}, '
+              'fp32 inputs (int8 inside the quantised graphs), '
               f'{res["threads"]} thread(s) on {machine_label(res["machine"])}; torch {torch.__version__}, '
-              + ', '.join(f'{k} {v}' for k, v in res['versions'].items()) + '.')
+              + ', '.join(f'{k} {v}' for k, v in res['versions'].items()) + '. The machine was shared with '
+              f'other jobs (load average {res["load_average"][0]:.1f} at the end): no timings here.')
     md = render_markdown(res, header)
     atomic_write_text(a.out / 'int8_trained.json', json.dumps(res, indent=2) + '\n')
     atomic_write_text(a.out / 'README.md', md)

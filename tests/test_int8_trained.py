@@ -71,6 +71,7 @@ def test_evaluate_runtimes_scores_and_compares(script, phantom):
     assert shifted['agreement']['liver'] == 0.0 and shifted['voxels_changed'] > 0.5
     # every voxel labelled spleen: liver / kidney missed (strict Dice 0), spleen Dice = its share of the volume
     assert shifted['dice']['liver'] == 0.0 and shifted['dice']['kidney'] == 0.0
+    assert shifted['n_common_cases']['liver'] == 2 and shifted['dice_common_cases']['liver'] == 0.0
     share = np.mean([(v.label == 3).mean() for v in vols])
     assert 0 < shifted['dice']['spleen'] < 2 * share / (1 + share) + 0.05
     md = script.render_markdown(res, '## tiny')
