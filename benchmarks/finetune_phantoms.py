@@ -18,6 +18,12 @@ from pathlib import Path
 from _common import RESULTS
 
 
+def seg_finetune_args(model: str, data: Path, run: Path, epochs: int | str) -> list:
+    """``mednext-zoo finetune`` arguments of the default seg recipe on a phantom folder ``data`` (64 x 64 slices)."""
+    return ['finetune', '--task', 'seg', '--model', model, '--data', str(data), '--out', str(run),
+            '--img-size', '64', '--epochs', str(epochs), '--no-progress']
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', default='medunext_tiny_hr', help='segmentation model (default medunext_tiny_hr)')
@@ -35,8 +41,7 @@ def main(argv=None) -> int:
             name, epochs = pair.split('=')
             data, run = Path(tmp) / name, Path(tmp) / f'run-{name}'
             write_phantom_dataset(str(data), phantom=name)
-            args = ['finetune', '--task', 'seg', '--model', a.model, '--data', str(data), '--out', str(run),
-                    '--img-size', '64', '--epochs', epochs, '--no-progress']
+            args = seg_finetune_args(a.model, data, run, epochs)
             t0 = time.perf_counter()
             rc = cli(args)
             wall = time.perf_counter() - t0

@@ -81,6 +81,17 @@ def test_export_fp32_loads_back_with_parity(tiny, tmp_path, fmt):
     assert json.loads((tmp_path / fmt / 'parity.json').read_text())['images'] == 3
 
 
+def test_medunext_export_is_scored_as_segmentation(tmp_path):
+    # 'medunext' holds no 'unet': task_of once called MedUNeXt a classifier, so the parity printed a 'top-1
+    # agreement' taken over the image width instead of the label-map Dice
+    torch.manual_seed(0)
+    seg = timm.create_model('medunext_tiny', img_size=32, num_classes=3, in_chans=1).eval()
+    report = export_model(seg, tmp_path / 'seg', fmt='onnx', parity_images=2)
+    assert report.parity['top1_agreement'] is None and report.parity['dice_vs_fp32'] > 0.999
+    assert 'label-map Dice' in report.summary()
+    assert Preprocessing.from_json((tmp_path / 'seg' / 'preprocessing.json').read_text()).task == 'seg'
+
+
 def test_export_int8_onnx_with_calibration(tiny, tmp_path, calib_dir):
     report = export_model(tiny, tmp_path / 'q', fmt='onnx', int8=True, calibration=calib_dir, parity_images=4)
     assert report.precision == 'int8'
