@@ -50,10 +50,10 @@ def _build(name: str) -> torch.nn.Module:
 def onednn_kind(line: str) -> Optional[str]:
     """The budget line of one ``onednn_verbose`` exec record: 'GEMMs', 'dense convs', 'depth-wise convs',
     'reorders' or 'other oneDNN'; None for a line that is not an exec record."""
-    fields = line.split(',')
-    if len(fields) < 6 or not fields[0].startswith('onednn_verbose') or 'exec' not in fields[2:4]:
+    fields = line.split(',')  # onednn_verbose,v1,primitive,exec,cpu,<kind>,...,<problem>,<ms>
+    if len(fields) < 6 or not fields[0].startswith('onednn_verbose') or fields[3] != 'exec':
         return None
-    kind = fields[5] if fields[3] == 'exec' else fields[4]
+    kind = fields[5]
     if kind in ('inner_product', 'matmul'):
         return 'GEMMs'
     if kind == 'convolution':

@@ -13,14 +13,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserInputError
+from ..models.medunext import MedUNeXt  # 'medunext' does not contain 'unet': recognised by type
 
 __all__ = ['Preprocessing', 'load_calibration_images', 'task_of']
 
 
 def task_of(model: nn.Module) -> str:
     """``seg`` for a dense-prediction model (MedUNeXt, smp, any ``*UNet*``), else ``cls``."""
-    from ..models.medunext import MedUNeXt  # 'medunext' does not contain 'unet': recognise it by type
-
     name = type(model).__name__.lower()
     return 'seg' if (isinstance(model, MedUNeXt) or 'unet' in name or hasattr(model, 'segmentation_head')) else 'cls'
 
