@@ -283,3 +283,32 @@ def test_bench_segmentation_drift_is_label_map_dice():
                            dtypes=['fp32'], reference='', **FAST)
     onnx = result.row('medunext_tiny@64', backend='onnxruntime', dtype='fp32')
     assert onnx['dice_vs_fp32'] > 0.999 and onnx['top1_agreement'] is None and onnx['max_abs_dlogit'] < 1e-3
+
+
+def test_preprocessing_parity_sees_a_description_that_disagrees_with_training(tiny, tmp_path):
+    """The issue-23 mistake (a run trained with a CT window, exported with min-max) shows up: the reference side
+    is the training loader configured from the run's record, not from the written description."""
+    record = {'task': 'classification', 'window': 'abdomen', 'img_size': 64, 'in_chans': 3,
+              'mean': list(timm.data.IMAGENET_DEFAULT_MEAN), 'std': list(timm.data.IMAGENET_DEFAULT_STD)}
+    report = export_model(tiny, tmp_path / 'wrong', fmt='onnx', window='minmax', record=record, parity_images=1)
+    pp = report.parity['preprocessing_parity']
+    assert not pp['agrees'] and pp['max_abs_dinput'] > 0.1 and pp['reference'] == "the run's records"
+    rows = {r['file']: r for r in pp['files']}
+    assert rows['CT_small.dcm']['max_abs_dinput'] > 0.1 and rows['grey.png']['max_abs_dinput'] < 1e-5  # PNGs: no window
+    assert 'preprocessing.json does NOT reproduce the inputs the model was trained on' in report.summary()
+
+
+def test_sliding_window_recipe_exports_with_patch_parity(tmp_path):
+    """Native-resolution training (patch_size set): the artefact takes patches; the parity runs MONAI's sliding
+    window over the whole slice on both sides."""
+    pytest.importorskip('monai')
+    torch.manual_seed(0)
+    seg = timm.create_model('medunext_tiny', img_size=32, num_classes=3, in_chans=1).eval()
+    spec = segmentation_spec({'intensity': 'zscore', 'img_size': 32, 'patch_size': 32, 'sw_overlap': 0.5,
+                              'sw_mode': 'gaussian'})
+    report = export_model(seg, tmp_path / 'sw', fmt='onnx', preprocessing=spec, parity_images=1)
+    pre = Preprocessing.from_json((tmp_path / 'sw' / 'preprocessing.json').read_text())
+    assert pre.input_size == (1, 32, 32) and pre.spec.spatial['mode'] == 'sliding_window'
+    pp = report.parity['preprocessing_parity']
+    assert pp['agrees'] and pp['dice_vs_fp32'] > 0.999 and 'anatomical.nii' in [r['file'] for r in pp['files']]
+    assert 'sliding window 32x32 (overlap 0.5, gaussian blend)' in report.summary()
