@@ -52,6 +52,8 @@ def test_foreground_patches_hold_foreground_and_small_images_are_padded():
 def test_patch_dataset_is_seeded_by_seed_epoch_and_index_and_tiles_cover_the_image():
     vol = Prepared(torch.rand(2, 1, 70, 100), (torch.rand(2, 70, 100) > 0.9).long())
     ds = PatchDataset([vol], 32, 2, augment=True, seed=3, fg_p=0.5)
+    assert len(ds) == 2 * 7  # each slice ceil(70 * 100 / 32**2) times an epoch: as many pixels as it holds
+    assert ds.class_presence(2).shape == (14, 2)
     a, b = ds[(1, 4)], ds[(1, 4)]
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(ds[(1, 5)][0], a[0])

@@ -576,7 +576,7 @@ def train_one(row: TrainRow, data: TaskData, seed: int, cfg: TrainSuiteConfig, r
     model = build_row_model(row, k, data.in_chans, data.model_size).to(device)
     if data.kind == 'seg':
         loss_fn = build_loss(recipe, k, class_frequencies(data.train_y, k))
-        presence = slice_class_presence(data.train_y, k)
+        presence = (data.train_patches.class_presence(k) if data.patch else slice_class_presence(data.train_y, k))
     else:
         loss_fn = nn.CrossEntropyLoss()
         presence = F.one_hot(data.train_y, k).bool()  # oversampling draws images holding class >= 1

@@ -127,6 +127,13 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def class_presence(self, num_classes: int) -> torch.Tensor:
+        """``len(self), K`` bool: the classes the slice of each item holds (for the foreground sampler)."""
+        from .recipe import slice_class_presence
+        per_volume = [slice_class_presence(p.label, num_classes) for p in self.volumes]
+        return torch.stack([per_volume[v][z] for v, z in self.index]) if self.index else \
+            torch.zeros(0, num_classes, dtype=torch.bool)
+
     def __getitem__(self, item):
         i, epoch = item if isinstance(item, tuple) else (item, 0)
         v, z = self.index[i]
@@ -139,14 +146,19 @@ class SliceDataset(Dataset):
 
 
 class PatchDataset(SliceDataset):
-    """Random ``patch x patch`` crops of native-resolution slices: item ``(i, epoch)`` is slice ``i`` (as drawn by
-    the slice sampler) cropped at a position seeded by ``(seed, epoch, i)``, foreground-centred with probability
-    ``fg_p`` (see :func:`crop_patch`), then augmented like :class:`SliceDataset`."""
+    """Random ``patch x patch`` crops of native-resolution slices: item ``(i, epoch)`` is a slice (as drawn by the
+    slice sampler) cropped at a position seeded by ``(seed, epoch, i)``, foreground-centred with probability
+    ``fg_p`` (see :func:`crop_patch`), then augmented like :class:`SliceDataset`.
+
+    Each slice appears ``ceil(H * W / patch**2)`` times per epoch, so an epoch draws as many patch pixels as the
+    slices hold (an epoch means the same amount of image as when resizing)."""
 
     def __init__(self, volumes: Sequence[Prepared], patch: int, num_classes: int, context: int = 1,
                  augment: bool = False, seed: int = 0, fg_p: float = 0.0):
         super().__init__(volumes, context, augment, seed)
         self.patch, self.num_classes, self.fg_p = int(patch), int(num_classes), float(fg_p)
+        self.index = [(v, z) for v, z in self.index
+                      for _ in range(max(1, -(-int(np.prod(self.volumes[v].image.shape[-2:])) // self.patch ** 2)))]
 
     def __getitem__(self, item):
         i, epoch = item if isinstance(item, tuple) else (item, 0)

@@ -62,7 +62,6 @@ from .recipe import (
     build_sampler,
     class_frequencies,
     recipe_from_config,
-    slice_class_presence,
 )
 from .report import dice_boxplot, markdown_table, write_case_csv
 
@@ -604,7 +603,7 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
         generator=torch.Generator().manual_seed(cfg.seed), pin_memory=torch.cuda.is_available())
     drop_last = len(train_ds) >= cfg.batch_size * info.world_size  # BatchNorm cannot train on a batch of one
     train_labels = [p.label for p in prepared['train']]
-    train_loader = mk_loader(train_ds, build_sampler(recipe, slice_class_presence(train_labels, label_map.num_classes),
+    train_loader = mk_loader(train_ds, build_sampler(recipe, train_ds.class_presence(label_map.num_classes),
                                                      cfg.seed, info.rank, info.world_size), drop_last)
     val_loader = None
     if prepared['val']:
