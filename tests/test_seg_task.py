@@ -17,10 +17,10 @@ from mednext_zoo.finetune.segmentation import protocols as PR
 pytest.importorskip('mednext_zoo.models.medunext')  # MedUNeXt (issue 3)
 pytest.importorskip('mednext_zoo.finetune.engine')  # the training engine (issue 7)
 
+from mednext_zoo.finetune.segmentation.data import Prepared  # noqa: E402
 from mednext_zoo.finetune.segmentation.task import (  # noqa: E402
     SegConfig,
     SliceDataset,
-    _Prepared,
     assign_case_splits,
     create_segmenter,
     evaluate,
@@ -193,7 +193,7 @@ def test_slice_dataset_25d_and_seeded_augmentation():
     img = torch.arange(5.0)[:, None, None, None].expand(5, 1, 8, 8).clone()
     lab = torch.zeros(5, 8, 8, dtype=torch.long)
     lab[:, :3, :2] = 1
-    ds = SliceDataset([_Prepared(img, lab)], context=3, augment=True, seed=0)
+    ds = SliceDataset([Prepared(img, lab)], context=3, augment=True, seed=0)
     assert len(ds) == 5
     x, y = ds[(0, 0)]
     assert x.shape == (3, 8, 8) and x[:, 0, 0].tolist() in ([0, 0, 1],)
@@ -202,7 +202,7 @@ def test_slice_dataset_25d_and_seeded_augmentation():
     assert all(torch.equal(p, q) for p, q in zip(a, b))  # same (epoch, index): same augmentation
     c = [ds[(i, 2)][1] for i in range(5)]
     assert any(not torch.equal(p, q) for p, q in zip(a, c))
-    sub = SliceDataset([_Prepared(img, lab), _Prepared(img, lab)], max_slices=4)
+    sub = SliceDataset([Prepared(img, lab), Prepared(img, lab)], max_slices=4)
     assert sub.index == [(0, 0), (0, 3), (1, 1), (1, 4)]
 
 
@@ -250,7 +250,7 @@ def test_2d_colour_folders_train_and_predict_png(tmp_path):
 
 def test_raw_btcv_labels_remapped_to_synapse(tmp_path):
     from mednext_zoo.data.volumes import VolumeRecord
-    from mednext_zoo.finetune.segmentation.task import _load
+    from mednext_zoo.finetune.segmentation.task import load_case as _load
     lab = np.zeros((20, 20, 2), np.uint8)
     lab[2:6, 2:6] = 6  # raw BTCV liver
     lab[10:14, 10:14] = 1  # raw BTCV spleen
@@ -341,3 +341,41 @@ def test_ct_window_run_export_carries_its_window(tmp_path, capsys):
     for name in ('config.json', 'segmentation.json', 'model.safetensors'):
         assert (tmp_path / 'hub' / name).read_bytes() == open(os.path.join(cfg.out, 'export', name), 'rb').read()
 
+
+
+@pytest.mark.slow
+def test_patch_run_export_carries_its_sliding_window(tmp_path, capsys):
+    """A run trained on patches at native resolution (patch_size): its export records a sliding-window recipe,
+    the ONNX artefact takes patch-sized inputs, and the deployment (preprocess + MONAI sliding window over the
+    artefact) labels an image as the run's own predict_volume does."""
+    pytest.importorskip('onnxruntime')
+    from monai.inferers import sliding_window_inference
+
+    from mednext_zoo.cli import main
+    from mednext_zoo.data.synthetic_vessels import write_vessel_dataset
+    from mednext_zoo.deploy import load_artefact, preprocess
+    from mednext_zoo.finetune.segmentation.inference import predict_volume
+    from mednext_zoo.finetune.segmentation.task import load_run_model
+    data = write_vessel_dataset(str(tmp_path / 'vessels'), n_train=3, n_val=1, n_test=1, size=96)
+    run = str(tmp_path / 'run')
+    fit(SegConfig(data=data, out=run, model='medunext_tiny_hr', img_size=64, epochs=1, batch_size=4, overlays=0,
+                  progress=False))
+    spec = json.load(open(os.path.join(run, 'export', 'config.json')))['preprocessing']
+    assert spec['spatial'] == {'mode': 'sliding_window', 'patch': [64, 64], 'overlap': 0.5, 'blend': 'gaussian'}
+    image = data.replace('dataset.csv', 'images/vessels_004.png')
+    capsys.readouterr()
+    assert main(['export', run, str(tmp_path / 'onnx'), '--format', 'onnx', '--sample', image]) == 0
+    assert 'sliding window 64x64' in capsys.readouterr().out
+    pp = json.load(open(tmp_path / 'onnx' / 'parity.json'))['preprocessing_parity']
+    assert pp['agrees'] and pp['dice_vs_fp32'] > 0.999 and pp['files'][-1]['file'] == 'vessels_004.png'
+    x = torch.from_numpy(preprocess(image, tmp_path / 'onnx'))
+    assert x.shape == (1, 3, 96, 96)  # native resolution
+    art = load_artefact(tmp_path / 'onnx')
+    with torch.no_grad():
+        labels = sliding_window_inference(x, (64, 64), 4, lambda t: art(t).softmax(1), overlap=0.5,
+                                          mode='gaussian').argmax(1)
+    model, rc = load_run_model(run)
+    vol = load_volume(VolumeRecord('v', image, None, 'image2d'))
+    expected = predict_volume(model, vol, rc['img_size'], rc['intensity'], tuple(rc['window']), rc['context'],
+                              patch_size=rc['patch_size'], overlap=rc['sw_overlap'])
+    assert (labels.numpy() == expected).mean() > 0.999

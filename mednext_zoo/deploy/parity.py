@@ -55,15 +55,10 @@ def training_inputs(path: os.PathLike, record: Mapping[str, Any], slice_index: O
         return torch.stack([ds[i][0] for i in range(len(ds))])
     from ..data.volumes import VolumeRecord, _fmt_of, case_id_of, load_volume
     from ..finetune.segmentation.inference import volume_inputs
-    from ..finetune.segmentation.preprocess import normalize_intensity, stack_25d
     vol = load_volume(VolumeRecord(case_id_of(path), path, None, _fmt_of(path)), None, int(record.get('slice_axis', 2)))
     window = tuple(record.get('window') or (-125.0, 275.0))
-    if record.get('patch_size'):  # native resolution: the sliding window covers the whole slice
-        img = normalize_intensity(vol.image, record['intensity'], window)
-        x = torch.from_numpy(np.moveaxis(img, -1, 1).copy()) if img.ndim == 4 else \
-            stack_25d(torch.from_numpy(img), int(record.get('context', 1)))
-    else:
-        x = volume_inputs(vol, int(record['img_size']), record['intensity'], window, int(record.get('context', 1)))
+    size = None if record.get('patch_size') else int(record['img_size'])  # patch runs: native resolution
+    x = volume_inputs(vol, size, record['intensity'], window, int(record.get('context', 1)))
     c = x.shape[1]
     mean = torch.tensor(_per_channel(record.get('mean', (0.0,)), c)).view(1, -1, 1, 1)
     std = torch.tensor(_per_channel(record.get('std', (1.0,)), c)).view(1, -1, 1, 1)
