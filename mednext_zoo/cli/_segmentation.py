@@ -75,7 +75,7 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
                         'side larger than --img-size are patched at --img-size; volumes and smaller images are '
                         'resized to --img-size')
     s.add_argument('--resize', action='store_true',
-                   help='resize every image / slice to --img-size instead (the behaviour before 0.3; thin structures '
+                   help='resize every image / slice to --img-size instead (the old behaviour; thin structures '
                         'of large images can vanish)')
     s.add_argument('--sw-overlap', type=float, default=0.5,
                    help='overlap of the sliding window in patch mode (Gaussian-weighted blending)')
