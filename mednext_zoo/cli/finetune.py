@@ -8,7 +8,11 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
+import shlex
+from typing import List
 
 from ..data.io import CT_WINDOWS
 from . import _segmentation as _seg
@@ -44,6 +48,29 @@ def _finetune(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, export=not args.no_export)
     fit(cfg)
     return 0
+
+
+def _interrupted(args: argparse.Namespace, argv: List[str]) -> str:
+    """After Ctrl-C: the run's last checkpoint and the exact command that continues from it."""
+    latest = None
+    for d in [args.out] + sorted(glob.glob(os.path.join(args.out, 'fold-*'))):  # --folds: the newest fold
+        path = os.path.join(d, 'checkpoints', 'latest.json')
+        try:
+            with open(path) as f:
+                info = json.load(f)
+            if latest is None or os.path.getmtime(path) >= latest[0]:
+                latest = (os.path.getmtime(path), d, info)
+        except (OSError, ValueError):
+            continue
+    if latest is None:
+        return 'No checkpoint was written yet: run the same command again to start over.'
+    _, run_dir, info = latest
+    cmd = [a for a in argv if a != '--overwrite'] + ([] if '--resume' in argv else ['--resume'])
+    where = (f'{info.get("epochs_completed", "?")} epoch(s) completed'
+             + (f', {info["batches_into_next_epoch"]} batch(es) into the next' if info.get('batches_into_next_epoch')
+                else ''))
+    return (f'The last checkpoint is {os.path.join(run_dir, "checkpoints", info.get("weights", ""))} (step '
+            f'{info.get("step", "?")}, {where}). Continue from it with:\n  {shlex.join(["mednext-zoo", *cmd])}')
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -137,7 +164,7 @@ def register(subparsers) -> None:
     r.add_argument('--no-export', action='store_true', help='skip writing RUN_DIR/export')
     r.add_argument('--no-progress', action='store_true', help='no progress bars')
     _seg.add_finetune_args(p)
-    p.set_defaults(func=_finetune)
+    p.set_defaults(func=_finetune, on_interrupt=_interrupted)
 
     e = subparsers.add_parser('evaluate', help='score a fine-tuned run on held-out labelled images or volumes',
                               description='Metrics with bootstrap 95% CIs, ECE, ROC and confusion matrix of a run '

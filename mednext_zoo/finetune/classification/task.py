@@ -52,8 +52,10 @@ from ..engine import (
     atomic_write_json,
     check_run_dir,
     cleanup_distributed,
+    config_changes,
     create_run_dir,
     describe_weights,
+    plain_schedule_warnings,
     resolve_device,
     seed_everything,
     setup_distributed,
@@ -207,9 +209,10 @@ def build_optimizer(model: nn.Module, cfg: FinetuneConfig, updates_per_epoch: in
                                     layer_decay=cfg.layer_decay)
     total_updates = cfg.epochs * updates_per_epoch
     warmup = min(int(round(cfg.warmup_epochs * updates_per_epoch)), max(0, total_updates - 1))
-    scheduler = CosineLRScheduler(optimizer, t_initial=total_updates - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
-                                  warmup_lr_init=cfg.lr * 1e-3 if warmup else cfg.lr, warmup_prefix=True,
-                                  t_in_epochs=False)
+    with plain_schedule_warnings(total_updates, warmup):  # a run shorter than its warm-up never decays: say so
+        scheduler = CosineLRScheduler(optimizer, t_initial=total_updates - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
+                                      warmup_lr_init=cfg.lr * 1e-3 if warmup else cfg.lr, warmup_prefix=True,
+                                      t_in_epochs=False)
     scheduler.step_update(num_updates=0)  # apply the warm-up start and layer-decay scales before the first step
     return optimizer, scheduler
 
@@ -217,6 +220,8 @@ def build_optimizer(model: nn.Module, cfg: FinetuneConfig, updates_per_epoch: in
 # ---------------------------------------------------------------- task
 class ClassificationTask(Task):
     """Cross-entropy (optionally class-weighted, label-smoothed); freezing; accuracy / P / R / F1 / AUC."""
+
+    log_metrics = ('accuracy', 'auc')  # shown in the per-epoch line beside val loss and the monitored metric
 
     def __init__(self, classes: Sequence[str], class_weights: Optional[torch.Tensor] = None,
                  label_smoothing: float = 0.0, positive: Optional[int] = None, linear_probe: bool = False,
@@ -464,6 +469,8 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
                         progress=cfg.progress)
     engine = Engine(model, task, train_loader, val_loader, optimizer, scheduler, cfg.out, ecfg, info,
                     callbacks=getattr(cfg, '_callbacks', ()))
+    changes = config_changes(cfg.out, {**cfg.to_dict(), 'monitor': monitor, 'positive_class': classes[positive]
+                                       if positive is not None else None}) if resumed else None  # in the user's terms
     if info.is_main:  # set-up succeeded: now the run folder is written
         if not resumed:
             create_run_dir(cfg.out, identity, cfg.overwrite)
@@ -479,7 +486,7 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
               f'test {len(test_s)} images; {cfg.epochs} epochs on {engine.device}'
               f'{f" x{info.world_size} ranks" if info.enabled else ""}{"; resuming" if resumed else ""}{skipped}',
               flush=True)
-    summary = engine.fit(resume=resumed)
+    summary = engine.fit(resume=resumed, changes=changes)
 
     # final evaluation with the best weights
     from safetensors.torch import load_file

@@ -345,6 +345,8 @@ class SegmentationTask(Task):
     Dice pooled over all validation slices
     (at model resolution -- the 3D per-volume metrics are computed after training)."""
 
+    log_metrics = ('dice',)  # shown in the per-epoch line beside val loss
+
     def __init__(self, label_map: LabelMap, ce_weight: float = 0.5, dice_weight: float = 0.5,
                  loss_fn: Optional[nn.Module] = None):
         self.label_map = label_map
@@ -649,6 +651,7 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
                             ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress)
     engine = eng.Engine(model, task, train_loader, val_loader, optimizer, scheduler, cfg.out, ecfg, info,
                         callbacks=getattr(cfg, '_callbacks', ()))
+    changes = eng.config_changes(cfg.out, {**cfg.to_dict(), **settings}) if resumed else None  # user's terms
     if info.is_main:  # set-up succeeded: now the run folder is written
         if not resumed:
             eng.create_run_dir(cfg.out, identity, cfg.overwrite)
@@ -664,7 +667,7 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
               f'{ds.layout} data, intensity {intensity}; train {len(splits["train"])} volumes '
               f'({len(train_ds)} slices), val {len(splits.get("val", []))}, test {len(splits.get("test", []))}; '
               f'{cfg.epochs} epochs on {engine.device}{"; resuming" if resumed else ""}', flush=True)
-    summary = engine.fit(resume=bool(resumed))
+    summary = engine.fit(resume=bool(resumed), changes=changes)
     if not info.is_main:
         return {}
     from safetensors.torch import load_file
