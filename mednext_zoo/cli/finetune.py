@@ -44,6 +44,7 @@ def _finetune(args: argparse.Namespace) -> int:
         drop_path=args.drop_path, monitor=args.monitor, patience=args.patience,
         temperature_scaling=args.temperature_scaling, positive_class=args.positive_class, crop_scale=args.crop_scale,
         hflip=args.hflip, num_workers=args.workers, on_bad_file=args.on_bad_file, n_bootstrap=args.bootstrap,
+        strict_columns=args.strict_columns,
         ckpt_every_steps=args.ckpt_every, progress=not args.no_progress, resume=args.resume,
         overwrite=args.overwrite, export=not args.no_export)
     fit(cfg)
@@ -79,7 +80,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..finetune import evaluate
     res = evaluate(args.run, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
                    device=args.device, n_bootstrap=args.bootstrap, on_bad_file=args.on_bad_file,
-                   progress=not args.no_progress, include_training_data=args.include_training_data)
+                   progress=not args.no_progress, include_training_data=args.include_training_data,
+                   strict_columns=args.strict_columns)
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != 'roc'}, indent=2))
     return 0
@@ -90,7 +92,8 @@ def _predict(args: argparse.Namespace) -> int:
         return _seg.predict(args)
     from ..finetune import predict
     rows = predict(args.run, args.inputs, out=args.out, cam=args.cam, cam_layer=args.cam_layer,
-                   batch_size=args.batch_size, device=args.device, on_bad_file=args.on_bad_file)
+                   batch_size=args.batch_size, device=args.device, on_bad_file=args.on_bad_file,
+                   overwrite=args.overwrite)
     for r in rows:
         where = r['path'] + (f'#{r["slice"]}' if r['slice'] != '' else '')
         print(f'{where}\t{r["prediction"]}\t{r["confidence"]:.3f}' + (f'\t{r["cam"]}' if 'cam' in r else ''))
@@ -123,6 +126,9 @@ def register(subparsers) -> None:
     g.add_argument('--on-bad-file', choices=('error', 'skip'), default='error',
                    help='unreadable image or volume (damaged, truncated, missing): stop with an error, or skip it '
                         'and report the count')
+    g.add_argument('--strict-columns', action='store_true',
+                   help='a CSV column mednext-zoo does not use is an error (default: a warning; a near miss of a '
+                        'known column, such as "patient id" or "spilt", is always an error)')
     g.add_argument('--workers', type=int, default=0, help='data loader worker processes')
     o = p.add_argument_group('optimisation (defaults: the paper recipe, AdamW + cosine)')
     o.add_argument('--epochs', type=int, default=30, help='training epochs')
@@ -186,6 +192,8 @@ def register(subparsers) -> None:
     e.add_argument('--bootstrap', type=int, default=1000, help='bootstrap resamples for the 95%% CIs')
     e.add_argument('--on-bad-file', choices=('error', 'skip'), default='error',
                    help='unreadable image: stop with an error, or skip it and report the count')
+    e.add_argument('--strict-columns', action='store_true',
+                   help='a CSV column mednext-zoo does not use is an error (default: a warning)')
     e.add_argument('--json', action='store_true', help='also print the report as JSON')
     e.add_argument('--no-progress', action='store_true', help='no progress bars')
     _seg.add_evaluate_args(e)
@@ -197,6 +205,8 @@ def register(subparsers) -> None:
     q.add_argument('--run', required=True, help='run folder written by `mednext-zoo finetune`')
     q.add_argument('inputs', nargs='+', help='image files or folders')
     q.add_argument('--out', default=None, help='output folder (default RUN_DIR/predictions)')
+    q.add_argument('--overwrite', action='store_true',
+                   help='replace the predictions of an earlier call in --out (without it, such a folder is refused)')
     q.add_argument('--cam', action='store_true', help='save Grad-CAM overlays (default layer per model family)')
     q.add_argument('--cam-layer', default=None, help='module name for Grad-CAM, e.g. stages.3 or layer4')
     q.add_argument('--batch-size', type=int, default=16, help='images per forward pass')

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -39,6 +40,7 @@ from ...data import (
     load_image,
     parse_window,
 )
+from ...data.images import OneClassError
 from ...data.io import SUPPORTED_EXTS, image_kind, nifti_num_slices
 from ...errors import UserInputError
 from ..engine import (
@@ -61,6 +63,7 @@ from ..engine import (
     setup_distributed,
 )
 from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
+from ..outputs import claim_output_dir, remove_stale, unique_inputs
 from .metrics import classification_report, fit_temperature, point_metrics
 
 __all__ = ['FinetuneConfig', 'ClassificationTask', 'build_optimizer', 'fit', 'evaluate', 'predict', 'cross_validate',
@@ -116,6 +119,7 @@ class FinetuneConfig:
     hflip: float = 0.5
     num_workers: int = 0
     on_bad_file: str = 'error'
+    strict_columns: bool = False  # a CSV manifest's unknown columns are an error (else a warning)
     n_bootstrap: int = 1000
     ckpt_every_steps: int = 0
     progress: bool = True
@@ -384,6 +388,9 @@ def format_report(report: Dict[str, Any], title: str = '') -> str:
            else 'macro average over classes (AUC one-vs-rest)')
     lines = [f'{title} (n={report["n"]}; {avg})' if title else f'n={report["n"]}; {avg}']
     for k in ('accuracy', 'precision', 'recall', 'f1', 'auc'):
+        if k in report.get('undefined', {}):
+            lines.append(f'  {k:9s} undefined: {report["undefined"][k]}')
+            continue
         ci = report['ci95'][k]
         ci_s = f' [95% CI {ci[0]:.3f}-{ci[1]:.3f}]' if ci else ''
         lines.append(f'  {k:9s} {report[k]:.3f}{ci_s}')
@@ -418,7 +425,7 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
         raise UserInputError(f'--imbalance must be none, weights or sampler, got {cfg.imbalance!r}.')
     parse_window(cfg.window)
     if source is None:
-        source = discover(cfg.data, cfg.on_bad_file)
+        source = discover(cfg.data, cfg.on_bad_file, cfg.strict_columns)
         source = assign_splits(source, cfg.val_frac, cfg.test_frac, cfg.seed)
     _check_in_chans(source, cfg.in_chans)
     classes = source.classes
@@ -571,7 +578,7 @@ def cross_validate(cfg: FinetuneConfig) -> Dict[str, Any]:
 
 
 def _cross_validate(cfg: FinetuneConfig, k: int, info: DistInfo, guard: RunDirGuard) -> Dict[str, Any]:
-    source = hold_out_test(discover(cfg.data, cfg.on_bad_file), cfg.test_frac, cfg.seed)
+    source = hold_out_test(discover(cfg.data, cfg.on_bad_file, cfg.strict_columns), cfg.test_frac, cfg.seed)
     folds = kfold_assignments(source, k, cfg.seed)
     identity = {'model': cfg.model, 'folds': k, 'classes': source.classes}
     resumed = _on_main(info, check_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
@@ -654,11 +661,12 @@ def _temperature(run_dir: str) -> float:
 
 def evaluate(run_dir: str, data: str, split: Optional[str] = None, out: Optional[str] = None, batch_size: int = 32,
              device: str = 'cpu', n_bootstrap: int = 1000, on_bad_file: str = 'error', progress: bool = True,
-             include_training_data: bool = False) -> Dict[str, Any]:
+             include_training_data: bool = False, strict_columns: bool = False) -> Dict[str, Any]:
     """Metrics (with bootstrap CIs, plots) of a finished run on a labelled folder or manifest.
 
     ``split`` restricts to one split of ``data`` (``test``, ...); results go to ``out``
-    (default ``RUN_DIR/eval-<data name>``).
+    (default ``RUN_DIR/eval-<data name>``). Data of one class is scored too: the metrics it cannot define
+    (AUC, ...) are reported as undefined, with the reason.
 
     Images the run trained or validated on (recognised by content, see :mod:`..heldout`) are left out and the
     console says so; with none held out it refuses. ``include_training_data`` scores them too, and the report
@@ -666,7 +674,10 @@ def evaluate(run_dir: str, data: str, split: Optional[str] = None, out: Optional
     """
     model, rc = load_run_model(run_dir, device)
     classes = rc['classes']
-    source = discover(data, on_bad_file)
+    try:
+        source = discover(data, on_bad_file, strict_columns)
+    except OneClassError as e:  # one class is fine to score (e.g. sensitivity on an all-positive set)
+        source = e.source
     unknown = sorted(set(source.classes) - set(classes))
     if unknown:
         raise UserInputError(f'{data} has class(es) {unknown} the model was not trained on (it knows {classes}).')
@@ -718,7 +729,9 @@ class _Infer:
 
 
 def _expand_inputs(inputs: Sequence[str]) -> List[Tuple[str, Optional[int]]]:
+    """``(file, NIfTI slice or None)`` of every image of ``inputs`` (folders walked), each file once."""
     files: List[Tuple[str, Optional[int]]] = []
+    every: List[str] = []
     for item in inputs:
         if os.path.isdir(item):
             found = [os.path.join(r, f) for r, _, fs in sorted(os.walk(item)) for f in sorted(fs)
@@ -732,24 +745,33 @@ def _expand_inputs(inputs: Sequence[str]) -> List[Tuple[str, Optional[int]]]:
             paths = [item]
         else:
             raise UserInputError(f'Input {item} does not exist.')
-        for p in paths:
-            if image_kind(p) == 'nifti' and nifti_num_slices(p) > 1:
-                files.extend((p, k) for k in range(nifti_num_slices(p)))
-            else:
-                files.append((p, None))
+        every.extend(paths)
+    unique = unique_inputs(every)
+    if len(unique) < len(every):
+        print(f'[mednext-zoo] {len(every) - len(unique)} input file(s) given more than once (e.g. directly and '
+              f'through their folder) are predicted once', file=sys.stderr)
+    for p in unique:
+        if image_kind(p) == 'nifti' and nifti_num_slices(p) > 1:
+            files.extend((p, k) for k in range(nifti_num_slices(p)))
+        else:
+            files.append((p, None))
     return files
 
 
 def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, cam: bool = False,
-            cam_layer: Optional[str] = None, batch_size: int = 16, device: str = 'cpu', on_bad_file: str = 'error'
-            ) -> List[Dict[str, Any]]:
-    """Class probabilities for images (files or folders); ``cam`` also saves Grad-CAM overlays.
+            cam_layer: Optional[str] = None, batch_size: int = 16, device: str = 'cpu', on_bad_file: str = 'error',
+            overwrite: bool = False) -> List[Dict[str, Any]]:
+    """Class probabilities for images (files or folders, each file once); ``cam`` also saves Grad-CAM overlays.
 
-    Writes ``out/predictions.csv`` (default ``RUN_DIR/predictions``) and, with ``cam``, ``out/cam/*.png``.
+    Writes ``out/predictions.csv`` (default ``RUN_DIR/predictions``) and, with ``cam``, ``out/cam/*.png``, and says
+    where on stderr. A folder holding an earlier call's outputs is refused unless ``overwrite``, which replaces them
+    (earlier files this call does not write again are removed once the new ones are written).
     """
     from PIL import Image
 
     from .cam import GradCAM, overlay
+    earlier = claim_output_dir(out or os.path.join(run_dir, 'predictions'), ('predictions.csv', 'cam/*.png'),
+                               overwrite)
     model, rc = load_run_model(run_dir, device)
     classes = rc['classes']
     temperature = _temperature(run_dir)
@@ -808,6 +830,10 @@ def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, cam:
         w.writeheader()
         w.writerows(rows)
         atomic_write_bytes(os.path.join(out, 'predictions.csv'), buf.getvalue().encode())
+    remove_stale(earlier, [os.path.join(out, 'predictions.csv')] * bool(rows) + [r['cam'] for r in rows if 'cam' in r])
     if skipped:
         print(f'[mednext-zoo] skipped {skipped} unreadable file(s)')
+    print(f'[mednext-zoo] wrote {len(rows)} prediction(s) to {os.path.join(out, "predictions.csv")}'
+          + (f', Grad-CAM overlays to {os.path.join(out, "cam")}' if gc is not None else '') if rows else
+          '[mednext-zoo] no predictions written: every input was skipped', file=sys.stderr)
     return rows
