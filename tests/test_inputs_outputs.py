@@ -267,3 +267,45 @@ def test_gradcam_warns_when_the_map_is_one_pixel():
         warnings.simplefilter('error')
         cams, _ = gc(torch.rand(2, 3, 32, 32))
     gc.close()
+
+
+def test_list_capabilities_prints_no_html_comment(capsys):
+    assert main(['list', '--capabilities']) == 0
+    out = capsys.readouterr().out
+    assert '| model |' in out and '<!--' not in out
+
+
+def _bench_result(rows):
+    from mednext_zoo.benchmark import load_results
+    from mednext_zoo.benchmark.runner import BenchResult
+    base = load_results(os.path.join(os.path.dirname(__file__), '..', 'benchmarks', 'results',
+                                     'cls-cpu-amd-epyc-2core'))
+    return BenchResult(meta=base.meta, rows=rows(base.rows))
+
+
+def test_bench_legend_describes_the_columns_and_rows_shown():
+    from mednext_zoo.benchmark import to_markdown
+    eager = _bench_result(lambda rows: [dict(r, backend='eager', dtype='fp32') for r in rows[:2]])
+    md = to_markdown(eager).split('Conventions:')[1]
+    assert '"batch" column' not in md and '(N in the column header, "(bN)")' in md
+    for absent in ('onnxruntime', 'OpenVINO', 'int8', 'torch.compile', 'bf16', 'marked "skipped"'):
+        assert absent not in md, absent
+    assert 'Backends and dtypes: eager PyTorch in fp32.' in md
+    mixed = _bench_result(lambda rows: [dict(rows[0], backend='eager', dtype='fp32'),
+                                        dict(rows[0], backend='onnxruntime', dtype='int8', peak_mem_mb=None),
+                                        dict(rows[1], backend='openvino', dtype='bf16', skipped='no bf16 here')])
+    md = to_markdown(mixed).split('Conventions:')[1]
+    assert 'eager PyTorch, ONNX Runtime (CPU provider), OpenVINO (CPU) in fp32, int8' in md
+    assert 'Not measured for onnxruntime / openvino rows' in md and 'marked "skipped"' in md
+    nomem = _bench_result(lambda rows: [dict(r, backend='eager', dtype='fp32', peak_mem_mb=None) for r in rows[:2]])
+    assert 'Peak memory: not measured in this run (--no-memory)' in to_markdown(nomem)
+
+
+def test_training_bench_with_one_seed_shows_no_spread(tmp_path):
+    from mednext_zoo.benchmark.training import TrainRow, run_training_suite
+    tiny = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), stem_chs=(8, 8))
+    run_training_suite(task='cls', rows=[TrainRow('m', 'mednext_tiny', tiny)], out_dir=str(tmp_path), seeds=1,
+                       steps=2, eval_every=1, batch_size=4, threads=1, workers=1, progress=False)
+    md = (tmp_path / 'train.md').read_text()
+    assert ' ± ' not in md.split('Cells:')[0] and 'Cells: the value of the single seed' in md  # no '± 0.000'
+    assert '@ step' not in md and 'The metric columns are at the last step.' in md
