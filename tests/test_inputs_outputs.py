@@ -149,7 +149,7 @@ def test_classification_predict_refuses_to_overwrite_dedups_and_says_where(tmp_p
     cap = capsys.readouterr()
     rows = list(csv.DictReader(open(os.path.join(out, 'predictions.csv'))))
     assert len(rows) == 6 and len(cap.out.strip().splitlines()) == 6  # 000.png given twice: predicted once
-    assert '1 input file(s) given more than once' in cap.err
+    assert '1 image(s) named more than once' in cap.err
     assert f'wrote 6 prediction(s) to {os.path.join(out, "predictions.csv")}, Grad-CAM overlays to ' \
            f'{os.path.join(out, "cam")}' in cap.err
     cams = sorted(os.listdir(os.path.join(out, 'cam')))

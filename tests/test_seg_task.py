@@ -17,10 +17,10 @@ from mednext_zoo.finetune.segmentation import protocols as PR
 pytest.importorskip('mednext_zoo.models.medunext')  # MedUNeXt (issue 3)
 pytest.importorskip('mednext_zoo.finetune.engine')  # the training engine (issue 7)
 
+from mednext_zoo.finetune.segmentation.data import Prepared  # noqa: E402
 from mednext_zoo.finetune.segmentation.task import (  # noqa: E402
     SegConfig,
     SliceDataset,
-    _Prepared,
     assign_case_splits,
     create_segmenter,
     evaluate,
@@ -193,7 +193,7 @@ def test_slice_dataset_25d_and_seeded_augmentation():
     img = torch.arange(5.0)[:, None, None, None].expand(5, 1, 8, 8).clone()
     lab = torch.zeros(5, 8, 8, dtype=torch.long)
     lab[:, :3, :2] = 1
-    ds = SliceDataset([_Prepared(img, lab)], context=3, augment=True, seed=0)
+    ds = SliceDataset([Prepared(img, lab)], context=3, augment=True, seed=0)
     assert len(ds) == 5
     x, y = ds[(0, 0)]
     assert x.shape == (3, 8, 8) and x[:, 0, 0].tolist() in ([0, 0, 1],)
@@ -202,7 +202,7 @@ def test_slice_dataset_25d_and_seeded_augmentation():
     assert all(torch.equal(p, q) for p, q in zip(a, b))  # same (epoch, index): same augmentation
     c = [ds[(i, 2)][1] for i in range(5)]
     assert any(not torch.equal(p, q) for p, q in zip(a, c))
-    sub = SliceDataset([_Prepared(img, lab), _Prepared(img, lab)], max_slices=4)
+    sub = SliceDataset([Prepared(img, lab), Prepared(img, lab)], max_slices=4)
     assert sub.index == [(0, 0), (0, 3), (1, 1), (1, 4)]
 
 
@@ -250,7 +250,7 @@ def test_2d_colour_folders_train_and_predict_png(tmp_path):
 
 def test_raw_btcv_labels_remapped_to_synapse(tmp_path):
     from mednext_zoo.data.volumes import VolumeRecord
-    from mednext_zoo.finetune.segmentation.task import _load
+    from mednext_zoo.finetune.segmentation.task import load_case as _load
     lab = np.zeros((20, 20, 2), np.uint8)
     lab[2:6, 2:6] = 6  # raw BTCV liver
     lab[10:14, 10:14] = 1  # raw BTCV spleen

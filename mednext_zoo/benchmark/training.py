@@ -207,7 +207,9 @@ class TrainSuiteConfig:
     batch_size: int = 16
     eval_every: int = 25
     data: Optional[str] = None
-    img_size: int = 64  # user datasets are resized to this (phantoms are 64 x 64)
+    img_size: int = 64  # user datasets are resized to this (phantoms are 64 x 64), or patched (2D images larger)
+    patch_size: Optional[int] = None  # user seg data: random patches at native resolution (finetune's rule)
+    resize: bool = False  # user seg data: always resize to img_size
     recipe: Mapping[str, Any] = field(default_factory=dict)  # overrides applied to every row (before the row's)
     target: float = TARGET
     device: str = 'cpu'
@@ -258,6 +260,10 @@ class TaskData:
     train_case_ids: List[str] = field(default_factory=list)
     test_case_ids: List[str] = field(default_factory=list)
     description: str = ''
+    patch: Optional[int] = None  # seg at native resolution: training patches / sliding window of this size
+    train_patches: Any = None  # patch mode: a PatchDataset over the native training slices
+    test_vols: Optional[List[Any]] = None  # patch mode: the prepared native test volumes (Prepared)
+    test_rois: Optional[List[Any]] = None  # patch mode: each test volume's region of interest (or None)
 
     @property
     def num_classes(self) -> int:
@@ -273,14 +279,31 @@ class TaskData:
         fg = [k for k in range(1, self.num_classes) if freq[k] > 0]
         return min(fg, key=lambda k: float(freq[k])) if fg else None
 
+    @property
+    def in_chans(self) -> int:
+        """Input channels of the networks."""
+        return int(self.train_patches.volumes[0].image.shape[1] if self.patch else self.train_x.shape[1])
+
+    @property
+    def model_size(self) -> int:
+        """The side of the networks' inputs (the patch size in patch mode)."""
+        return int(self.patch or self.train_x.shape[-1])
+
     def summary(self) -> Dict[str, Any]:
         """JSON-ready description: name, kind, classes, case and image counts, image size; the training pixel fraction
         per class and the smallest class (segmentation) or the training images per class (classification)."""
+        if self.patch:
+            n_train, n_test = len(self.train_patches), sum(v.image.shape[0] for v in self.test_vols)
+            size = sorted({tuple(v.image.shape[-2:]) for v in self.train_patches.volumes + self.test_vols})
+            size = [list(sz) for sz in size]
+        else:
+            n_train, n_test, size = int(self.train_x.shape[0]), int(self.test_x.shape[0]), list(self.train_x.shape[-2:])
         out: Dict[str, Any] = {'name': self.name, 'kind': self.kind, 'classes': list(self.classes),
                                'description': self.description, 'train_cases': len(self.train_case_ids),
-                               'test_cases': len(self.test_case_ids), 'train_images': int(self.train_x.shape[0]),
-                               'test_images': int(self.test_x.shape[0]),
-                               'image_size': list(self.train_x.shape[-2:])}
+                               'test_cases': len(self.test_case_ids), 'train_images': n_train,
+                               'test_images': n_test, 'image_size': size,
+                               'spatial': f'patches {self.patch}x{self.patch}, sliding window' if self.patch
+                               else 'resized'}
         if self.kind == 'seg':
             freq = class_frequencies(self.train_y, self.num_classes)
             out['train_pixel_fraction'] = {c: round(float(f), 6) for c, f in zip(self.classes, freq)}
@@ -306,23 +329,24 @@ def _cls_task_data(name: str, seed: int) -> TaskData:
                     ids(len(tr), len(tr) + len(te)), t.description)
 
 
-def _user_seg_data(path: str, img_size: int) -> TaskData:
-    """A dataset ``finetune --task seg`` reads, prepared the same way; held out: its test split (e.g. imagesTs
-    with labels), else 20 % of the patients (seed 0)."""
+def _user_seg_data(path: str, img_size: int, patch_size: Optional[int] = None, resize: bool = False) -> TaskData:
+    """A dataset ``finetune --task seg`` reads, prepared the same way (intensity, and resized or patched at native
+    resolution by finetune's rule, :func:`~mednext_zoo.finetune.segmentation.data.choose_spatial_mode`); held out:
+    its test split (e.g. imagesTs with labels), else 20 % of the patients (seed 0)."""
     import os
 
+    from ..finetune.segmentation import data as segdata
     from ..finetune.segmentation.preprocess import SYNAPSE_WINDOW
     from ..finetune.segmentation.task import (
-        _load,
-        _prepare,
-        _resolve_intensity,
         assign_case_splits,
         discover,
+        load_case,
+        resolve_intensity,
         resolve_label_map,
     )
     ds = discover(path, 'auto')
     label_map = resolve_label_map(ds, None, None)
-    intensity = _resolve_intensity('auto', ds, None)
+    intensity = resolve_intensity('auto', ds, None)
     labelled = [r for r in ds.records if r.label]
     if any(r.split == 'test' for r in labelled):
         test = [r for r in labelled if r.split == 'test']
@@ -334,18 +358,30 @@ def _user_seg_data(path: str, img_size: int) -> TaskData:
         train, test = splits.get('train', []), splits.get('test', [])
     if not train or not test:
         raise UserInputError(f'{path}: no held-out cases (give it a test split or more cases).')
+    train_v = [load_case(r, label_map, 2) for r in train]
+    test_v = [load_case(r, label_map, 2) for r in test]
+    mode, size = segdata.choose_spatial_mode([v.image.shape[1:3] for v in train_v + test_v], img_size,
+                                             all(v.native_ndim == 2 for v in train_v), patch_size, resize)
+    prep = lambda vols: [segdata.prepare_volume(v, size, intensity, SYNAPSE_WINDOW, mode) for v in vols]  # noqa: E731
+    name = os.path.basename(os.path.normpath(path))
+    desc = f'user dataset {path} ({ds.layout}, intensity {intensity}, {mode} {size})'
+    ids = [r.case_id for r in train], [r.case_id for r in test]
+    if mode == 'patch':
+        tr, te = prep(train_v), prep(test_v)
+        labels = [p.label for p in tr]
+        empty = torch.zeros(0)
+        return TaskData(name, 'seg', list(label_map.classes), empty, labels, empty, empty, None, *ids, desc,
+                        patch=size, train_patches=segdata.PatchDataset(tr, size, label_map.num_classes),
+                        test_vols=te, test_rois=[v.roi for v in test_v])
 
-    def prep(recs):
-        vols = [_prepare(_load(r, label_map, 2), img_size, intensity, SYNAPSE_WINDOW) for r in recs]
+    def stack(vols):
         x = torch.cat([v.image for v in vols])
         y = torch.cat([v.label for v in vols]).long()
         case = torch.cat([torch.full((len(v.label),), i, dtype=torch.long) for i, v in enumerate(vols)])
         return x, y, case
-    trx, try_, _ = prep(train)
-    tex, tey, tec = prep(test)
-    return TaskData(os.path.basename(os.path.normpath(path)), 'seg', list(label_map.classes), trx, try_, tex, tey,
-                    tec, [r.case_id for r in train], [r.case_id for r in test],
-                    f'user dataset {path} ({ds.layout}, intensity {intensity})')
+    trx, try_, _ = stack(prep(train_v))
+    tex, tey, tec = stack(prep(test_v))
+    return TaskData(name, 'seg', list(label_map.classes), trx, try_, tex, tey, tec, *ids, desc)
 
 
 def _user_cls_data(path: str, img_size: int) -> TaskData:
@@ -354,7 +390,10 @@ def _user_cls_data(path: str, img_size: int) -> TaskData:
     import os
 
     from ..data.images import ImageClassificationDataset, build_transforms, discover, hold_out_test
-    src = hold_out_test(discover(path), 0.2, seed=0)
+    src = hold_out_test(discover(path), 0.2, seed=0)  # a MedMNIST file keeps its official test split
+    if src.multi_label:
+        raise UserInputError(f'{path}: the training suite scores single-label classification (ROC AUC); this is a '
+                             f'multi-label set. Use mednext-zoo finetune for it.')
     tf = build_transforms(img_size, (0.0,), (1.0,), train=False)
 
     def load(samples):
@@ -376,7 +415,9 @@ def load_task_data(cfg: TrainSuiteConfig) -> List[TaskData]:
     ``cfg.phantoms`` (default :data:`DEFAULT_PHANTOMS` / :data:`DEFAULT_CLS_TASKS`) generated from ``cfg.data_seed``;
     raises UserInputError for an unknown phantom or task name."""
     if cfg.data:
-        return [(_user_seg_data if cfg.task == 'seg' else _user_cls_data)(cfg.data, cfg.img_size)]
+        if cfg.task == 'seg':
+            return [_user_seg_data(cfg.data, cfg.img_size, cfg.patch_size, cfg.resize)]
+        return [_user_cls_data(cfg.data, cfg.img_size)]
     registry = syn.SEG_PHANTOMS if cfg.task == 'seg' else syn.CLS_TASKS
     names = list(cfg.phantoms or (DEFAULT_PHANTOMS if cfg.task == 'seg' else DEFAULT_CLS_TASKS))
     unknown = [n for n in names if n not in registry]
@@ -459,17 +500,44 @@ def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, chunk: int
     return torch.cat(outs)
 
 
+def _patch_dice(model: nn.Module, data: TaskData, device: torch.device) -> Dict[int, Dict[str, float]]:
+    """:func:`per_volume_dice` of sliding-window predictions over the native test volumes (inside their ROIs)."""
+    from ..finetune.segmentation.inference import sliding_window_probs
+    model.eval()
+    inter = np.zeros((len(data.test_vols), data.num_classes))
+    ps, gs = np.zeros_like(inter), np.zeros_like(inter)
+    for i, (vol, roi) in enumerate(zip(data.test_vols, data.test_rois)):
+        pred = sliding_window_probs(model, vol.image, data.patch, 0.5, 16, device=device).argmax(1).numpy()
+        gt = vol.label.numpy()
+        if roi is not None:
+            pred, gt = np.where(roi, pred, 0), np.where(roi, gt, 0)
+        for k in range(1, data.num_classes):
+            p, g = pred == k, gt == k
+            inter[i, k], ps[i, k], gs[i, k] = (p & g).sum(), p.sum(), g.sum()
+    model.train()
+    out = {}
+    for k in range(1, data.num_classes):
+        held = gs[:, k] > 0
+        dice = float(np.mean(2 * inter[held, k] / (ps[held, k] + gs[held, k]))) if held.any() else float('nan')
+        fp = float(np.mean(ps[~held, k] > 0)) if (~held).any() else float('nan')
+        out[k] = {'dice': dice, 'absent_fp': fp}
+    return out
+
+
 def _evaluate(model: nn.Module, data: TaskData, device: torch.device) -> Dict[str, Any]:
-    logits = _predict(model, data.test_x, device)
     if data.kind == 'seg':
-        res = per_volume_dice(logits.argmax(1), data.test_y, data.test_case, data.num_classes)
+        if data.patch:
+            res = _patch_dice(model, data, device)
+        else:
+            res = per_volume_dice(_predict(model, data.test_x, device).argmax(1), data.test_y, data.test_case,
+                                  data.num_classes)
         dice = {data.classes[k]: v['dice'] for k, v in res.items()}
         valid = [v for v in dice.values() if not math.isnan(v)]
         return {'dice': dice, 'absent_fp': {data.classes[k]: v['absent_fp'] for k, v in res.items()},
                 'mean_dice': float(np.mean(valid)) if valid else float('nan'),
                 'target': dice[data.classes[data.smallest]] if data.smallest is not None else float('nan')}
     from ..finetune.classification.metrics import point_metrics
-    probs = logits.softmax(1).numpy()
+    probs = _predict(model, data.test_x, device).softmax(1).numpy()
     m = point_metrics(data.test_y.numpy(), probs, data.num_classes, positive=1 if data.num_classes == 2 else None)
     return {'accuracy': m['accuracy'], 'auc': m['auc'], 'target': m['auc']}
 
@@ -505,10 +573,10 @@ def train_one(row: TrainRow, data: TaskData, seed: int, cfg: TrainSuiteConfig, r
     np.random.seed(seed)
     torch.manual_seed(seed)
     k = data.num_classes
-    model = build_row_model(row, k, int(data.train_x.shape[1]), int(data.train_x.shape[-1])).to(device)
+    model = build_row_model(row, k, data.in_chans, data.model_size).to(device)
     if data.kind == 'seg':
         loss_fn = build_loss(recipe, k, class_frequencies(data.train_y, k))
-        presence = slice_class_presence(data.train_y, k)
+        presence = (data.train_patches.class_presence(k) if data.patch else slice_class_presence(data.train_y, k))
     else:
         loss_fn = nn.CrossEntropyLoss()
         presence = F.one_hot(data.train_y, k).bool()  # oversampling draws images holding class >= 1
@@ -522,9 +590,14 @@ def train_one(row: TrainRow, data: TaskData, seed: int, cfg: TrainSuiteConfig, r
         _sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         idx, epoch = next(stream)
-        x, y = data.train_x[idx], data.train_y[idx]
-        if recipe.augment and data.kind == 'seg':
-            x, y = _augment(x, y, idx, epoch, seed)
+        if data.patch:  # random patches of the native slices (foreground-centred as in finetune), augmented
+            ds = data.train_patches
+            ds.seed, ds.fg_p, ds.augment = seed, recipe.oversample_fg, recipe.augment
+            x, y = (torch.stack(t) for t in zip(*(ds[(i, epoch)] for i in idx.tolist())))
+        else:
+            x, y = data.train_x[idx], data.train_y[idx]
+            if recipe.augment and data.kind == 'seg':
+                x, y = _augment(x, y, idx, epoch, seed)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = loss_fn(model(x), y)
         if not torch.isfinite(loss):
@@ -623,6 +696,7 @@ def _fingerprint(row: TrainRow, task: str, seed: int, cfg: TrainSuiteConfig, rec
     what = {'model': row.model, 'kwargs': dict(row.model_kwargs), 'recipe': recipe.to_dict(), 'task': task,
             'seed': seed, 'steps': cfg.steps, 'batch_size': cfg.batch_size, 'eval_every': cfg.eval_every,
             'data': cfg.data, 'img_size': cfg.img_size if cfg.data else None, 'data_seed': cfg.data_seed,
+            'patch_size': cfg.patch_size, 'resize': cfg.resize,
             'target': cfg.target, 'clock': cfg.clock, 'device': cfg.device, 'kind': cfg.task}
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -57,8 +57,10 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     s.add_argument('--protocol', choices=('synapse', 'acdc'), default=None,
                    help="a published protocol: its label map, case lists, intensity recipe and test split")
     s.add_argument('--labels', default=None,
-                   help="label map: synapse | btcv | acdc, or comma-separated class names (background first); "
-                        "default: dataset.json or class_1..K")
+                   help="--task seg: label map synapse | btcv | acdc, or comma-separated class names (background "
+                        "first); default: dataset.json or class_1..K. Classification of a MedMNIST .npz: the class "
+                        "names in index order (\"multi-label:a,b,...\" for a multi-label file); default: the "
+                        "built-in table of the MedMNIST subsets")
     s.add_argument('--remap-labels', default=None, choices=('btcv-to-synapse',),
                    help='map label values first: btcv-to-synapse turns raw BTCV labels into the synapse map')
     s.add_argument('--layout', default='auto', choices=('auto', 'nnunet', 'synapse', 'acdc', 'folders', 'csv'),
@@ -67,6 +69,16 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
                    help='auto: CT window for CT, z-score for MRI, none for TransUNet files and 2D images')
     s.add_argument('--ct-window', default='-125,275', help='HU window for --intensity ct, "LOW,HIGH"')
     s.add_argument('--context', type=int, default=1, help='2.5D: odd number of adjacent slices as channels')
+    s.add_argument('--patch-size', type=int, default=None,
+                   help='train on random PATCH x PATCH patches at native resolution (a multiple of 32; the model '
+                        'size) and predict by a sliding window over the whole image. Default rule: 2D images with a '
+                        'side larger than --img-size are patched at --img-size; volumes and smaller images are '
+                        'resized to --img-size')
+    s.add_argument('--resize', action='store_true',
+                   help='resize every image / slice to --img-size instead (the behaviour before 0.3; thin structures '
+                        'of large images can vanish)')
+    s.add_argument('--sw-overlap', type=float, default=0.5,
+                   help='overlap of the sliding window in patch mode (Gaussian-weighted blending)')
     s.add_argument('--slice-axis', type=int, default=2, choices=(0, 1, 2), help='NIfTI array axis to slice')
     r = SegRecipe()
     s.add_argument('--opt', default=r.opt, help='optimiser for --task seg (timm name: adam, adamw, sgd, ...)')
@@ -116,6 +128,7 @@ def finetune(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, model=args.model, protocol=args.protocol, labels=labels,
         remap_labels=args.remap_labels, layout=args.layout,
         slice_axis=args.slice_axis, img_size=args.img_size, context=args.context, intensity=args.intensity,
+        patch_size=args.patch_size, resize=args.resize, sw_overlap=args.sw_overlap,
         window=_window(args.ct_window), epochs=int(pick('epochs')), batch_size=int(pick('batch_size')),
         opt=args.opt, lr=float(pick('lr')), min_lr=args.min_lr, weight_decay=float(pick('weight_decay')),
         warmup_epochs=float(pick('warmup_epochs')), schedule=args.schedule, ce_weight=args.ce_weight,

@@ -44,6 +44,7 @@ def _run_training(args: argparse.Namespace) -> int:
         task=args.task, rows=(args.models or []) + (args.row or []) or None, phantoms=args.phantoms,
         seeds=args.seeds, steps=args.steps,
         batch_size=args.batch_size or 16, eval_every=args.eval_every, data=args.data, img_size=args.img_size or 64,
+        patch_size=args.patch_size, resize=args.resize,
         recipe=args.recipe or {}, device=args.device, threads=args.threads, workers=args.workers, clock=args.clock,
         progress=not args.no_progress, resume=args.resume, note=args.note)
     result = run_training_suite(cfg, out_dir=out)
@@ -142,7 +143,14 @@ def register(subparsers) -> None:
     t.add_argument('--steps', type=int, default=300, help='optimiser steps per run (default 300)')
     t.add_argument('--eval-every', type=int, default=25, help='held-out evaluation every N steps (default 25)')
     t.add_argument('--data', default=None,
-                   help='a dataset finetune reads instead of the phantoms (held out: its test split, else 20%%)')
+                   help='your own data instead of the phantoms: a segmentation dataset (as finetune --task seg reads; '
+                        '2D images larger than --img-size are trained on patches at native resolution and scored by '
+                        'a sliding window, as finetune does), or for --task cls an ImageFolder / CSV / MedMNIST .npz '
+                        '(its official test split held out)')
+    t.add_argument('--patch-size', type=int, default=None,
+                   help='--data (seg): train on PATCH x PATCH patches at native resolution (finetune --patch-size)')
+    t.add_argument('--resize', action='store_true',
+                   help='--data (seg): resize every image to --img-size instead (finetune --resize)')
     t.add_argument('--workers', type=int, default=0,
                    help='runs in parallel processes (default 0: one per usable CPU core, 1 on CUDA); with more than '
                         'one, each gets --threads torch threads (default 1)')

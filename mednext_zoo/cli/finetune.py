@@ -43,8 +43,8 @@ def _finetune(args: argparse.Namespace) -> int:
         ema_decay=args.ema, linear_probe=args.linear_probe, freeze_epochs=args.freeze_epochs,
         drop_path=args.drop_path, monitor=args.monitor, patience=args.patience,
         temperature_scaling=args.temperature_scaling, positive_class=args.positive_class, crop_scale=args.crop_scale,
-        hflip=args.hflip, num_workers=args.workers, on_bad_file=args.on_bad_file, n_bootstrap=args.bootstrap,
-        strict_columns=args.strict_columns,
+        hflip=args.hflip, num_workers=args.workers, on_bad_file=args.on_bad_file, labels=args.labels,
+        n_bootstrap=args.bootstrap, strict_columns=args.strict_columns,
         ckpt_every_steps=args.ckpt_every, progress=not args.no_progress, resume=args.resume,
         overwrite=args.overwrite, export=not args.no_export)
     fit(cfg)
@@ -95,7 +95,7 @@ def _predict(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, device=args.device, on_bad_file=args.on_bad_file,
                    overwrite=args.overwrite)
     for r in rows:
-        where = r['path'] + (f'#{r["slice"]}' if r['slice'] != '' else '')
+        where = r['path'] + (f'#{r["slice"]}' if r['slice'] != '' else '') + (f'#{r["item"]}' if r.get('item') else '')
         print(f'{where}\t{r["prediction"]}\t{r["confidence"]:.3f}' + (f'\t{r["cam"]}' if 'cam' in r else ''))
     return 0
 
@@ -110,14 +110,16 @@ def register(subparsers) -> None:
     g = p.add_argument_group('model and data')
     g.add_argument('--model', required=True, help='timm model name, e.g. mednext_tiny, convnext_tiny, resnet18')
     g.add_argument('--data', required=True, help='ImageFolder root (class sub-folders, optionally under '
-                   'train/ val/ test/) or a CSV manifest (path,label[,patient_id][,split][,slice])')
+                   'train/ val/ test/), a CSV manifest (path,label[,patient_id][,split][,slice]), or a MedMNIST .npz '
+                   '(a path, or a name such as pneumoniamnist_64 in $MEDMNIST_ROOT or ~/.medmnist; official splits)')
     g.add_argument('--out', required=True, help='run folder (RUN_DIR)')
     g.add_argument('--pretrained', default=None, help='weights: a pretrained TAG of the model, a weights file '
                    '(.safetensors / .pth), or an export/ folder')
     g.add_argument('--in-chans', type=int, default=3, choices=(1, 3),
                    help='1: grayscale model; 3: RGB (grayscale images replicated to 3 channels)')
     g.add_argument('--img-size', type=int, default=224, help='input size in pixels: images (slices) are resized to '
-                   'IMG_SIZE x IMG_SIZE')
+                   'IMG_SIZE x IMG_SIZE; --task seg: 2D images larger than it are instead patched at native '
+                   'resolution (see --patch-size, --resize)')
     g.add_argument('--window', default=None, help=f'DICOM / NIfTI intensity window: a CT preset ({windows}) or '
                    '"LEVEL,WIDTH" in HU, or "file" (the DICOM\'s own window); default min-max scaling per image')
     g.add_argument('--val-frac', type=float, default=0.2, help='validation fraction when the data gives no val split')
@@ -180,8 +182,9 @@ def register(subparsers) -> None:
                                           'out, and a run is never scored on its training data alone; '
                                           '--include-training-data scores them too and lists them in the report.')
     e.add_argument('--run', required=True, help='run folder written by `mednext-zoo finetune`')
-    e.add_argument('--data', required=True, help='ImageFolder root or CSV manifest (segmentation: a dataset '
-                   'folder or CSV of volumes) that the run did not train on')
+    e.add_argument('--data', required=True, help='ImageFolder root, CSV manifest or MedMNIST .npz (its test split '
+                   'unless --split says otherwise; segmentation: a dataset folder or CSV of volumes) that the run did '
+                   'not train on')
     e.add_argument('--include-training-data', action='store_true',
                    help='also score images / cases from the run\'s train and val splits (optimistic figures; the '
                         'overlap is listed in metrics.json and training_overlap.csv)')
@@ -203,7 +206,8 @@ def register(subparsers) -> None:
                               description='Class probabilities for image files / folders; --cam saves Grad-CAM '
                                           'overlays.')
     q.add_argument('--run', required=True, help='run folder written by `mednext-zoo finetune`')
-    q.add_argument('inputs', nargs='+', help='image files or folders')
+    q.add_argument('inputs', nargs='+', help='image files or folders; a MedMNIST FILE.npz (its test split), '
+                   'FILE.npz#SPLIT or FILE.npz#SPLIT/INDEX')
     q.add_argument('--out', default=None, help='output folder (default RUN_DIR/predictions)')
     q.add_argument('--overwrite', action='store_true',
                    help='replace the predictions of an earlier call in --out (without it, such a folder is refused)')

@@ -3,6 +3,7 @@
 * ImageFolder: ``ROOT/<class>/<file>``, or ``ROOT/{train,val,test}/<class>/<file>`` for given splits.
 * CSV manifest: columns ``path,label`` and optionally ``patient_id``, ``split`` (train / val / test) and
   ``slice`` (NIfTI slice index); relative paths are resolved against the CSV's folder.
+* A MedMNIST ``.npz`` file (or a name such as ``pneumoniamnist_64``), with its official splits: see :mod:`.medmnist`.
 
 A 3D NIfTI volume without a slice index contributes every slice along its last axis, all grouped under one
 patient (the file) so that slices of one volume never straddle two splits.
@@ -27,7 +28,7 @@ from .io import SUPPORTED_EXTS, Window, image_kind, load_image, nifti_num_slices
 __all__ = [
     'Sample', 'DataSource', 'discover', 'read_csv_manifest', 'read_image_folder', 'assign_splits',
     'kfold_assignments', 'hold_out_test', 'check_patient_splits', 'ImageClassificationDataset', 'EpochSampler',
-    'build_transforms', 'SPLITS', 'OneClassError',
+    'build_transforms', 'SPLITS', 'load_sample', 'multi_hot', 'OneClassError',
 ]
 
 SPLITS = ('train', 'val', 'test')
@@ -43,21 +44,37 @@ class Sample:
     patient_id: Optional[str] = None
     split: Optional[str] = None
     slice_index: Optional[int] = None
+    item: Optional[str] = None  # one image of an array file (MedMNIST .npz): 'SPLIT/INDEX'
 
     @property
     def name(self) -> str:
-        """``path``, or ``path#slice_index`` for one slice of a NIfTI volume."""
+        """``path``, ``path#slice_index`` for one slice of a NIfTI volume, or ``path#SPLIT/INDEX`` for one image of
+        a MedMNIST file."""
+        if self.item is not None:
+            return f'{self.path}#{self.item}'
         return self.path if self.slice_index is None else f'{self.path}#{self.slice_index}'
 
 
 @dataclass
 class DataSource:
-    """Samples found in a folder or manifest, their class names (sorted) and widest channel count."""
+    """Samples found in a folder, manifest or MedMNIST file, their class names and widest channel count.
+
+    ``classes`` are sorted for folders and manifests, in the file's index order for MedMNIST. ``task`` is
+    ``'single-label'`` (one class per image) or ``'multi-label'`` (each ``Sample.label`` is the ``|``-joined names of
+    the image's positive labels, ``''`` for none).
+    """
     samples: List[Sample]
     classes: List[str]
     channels: int
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (file, reason) skipped as unreadable
     origin: str = ''
+    task: str = 'single-label'
+    meta: Dict[str, object] = field(default_factory=dict)  # e.g. MedMNIST: subset, size, licence
+
+    @property
+    def multi_label(self) -> bool:
+        """True when each image has any number of labels (ChestMNIST) rather than one class."""
+        return self.task == 'multi-label'
 
     @property
     def class_to_idx(self) -> Dict[str, int]:
@@ -213,10 +230,21 @@ def read_csv_manifest(csv_path: str, on_bad_file: str = 'error', strict_columns:
     return _scan(entries, on_bad_file, csv_path, skipped)
 
 
-def discover(data: Union[str, os.PathLike], on_bad_file: str = 'error', strict_columns: bool = False) -> DataSource:
-    """An ImageFolder tree (a directory) or a CSV manifest (a ``.csv`` file; ``strict_columns``: see
-    :func:`read_csv_manifest`)."""
+def discover(data: Union[str, os.PathLike], on_bad_file: str = 'error',
+             labels: Union[None, str, Sequence[str]] = None, strict_columns: bool = False) -> DataSource:
+    """An ImageFolder tree (a directory), a CSV manifest (a ``.csv`` file) or a MedMNIST ``.npz`` (a path, or a
+    name such as ``pneumoniamnist_64`` found in ``$MEDMNIST_ROOT`` / ``~/.medmnist``).
+
+    ``labels`` (class names, MedMNIST only) overrides the built-in table; see :func:`.medmnist.read_medmnist`.
+    ``strict_columns``: a CSV manifest's unknown columns are an error (see :func:`read_csv_manifest`).
+    """
     data = os.fspath(data)
+    from .medmnist import is_array_source, read_medmnist
+    if is_array_source(data):
+        return read_medmnist(data, labels)
+    if labels is not None:
+        raise UserInputError('--labels names the classes of a MedMNIST .npz file; folders and CSV manifests take '
+                             'their class names from the folder names / the label column.')
     if not os.path.exists(data):
         raise UserInputError(f'--data {data} does not exist.{did_you_mean(data)}')
     if os.path.isfile(data) and data.lower().endswith('.csv'):
@@ -366,6 +394,25 @@ def build_transforms(img_size: int, mean: Sequence[float], std: Sequence[float],
     return v2.Compose(ops)
 
 
+def load_sample(sample: Sample, window: Union[None, str, Window] = None) -> np.ndarray:
+    """The image of ``sample`` as float32 in ``[0, 1]``, ``(H, W)`` or ``(H, W, 3)``: a file (see
+    :func:`.io.load_image`) or one image of a MedMNIST file."""
+    if sample.item is not None:
+        from .medmnist import load_array_image
+        return load_array_image(sample.path, sample.item)
+    return load_image(sample.path, sample.slice_index, window)
+
+
+def multi_hot(label: str, class_to_idx: Dict[str, int]) -> torch.Tensor:
+    """A multi-label ``Sample.label`` (``|``-joined names, ``''`` for none) as a float ``(L,)`` 0/1 vector."""
+    out = torch.zeros(len(class_to_idx), dtype=torch.float32)
+    for name in filter(None, label.split('|')):
+        if name not in class_to_idx:
+            raise UserInputError(f'Label {name!r} is not one of the labels {list(class_to_idx)}.')
+        out[class_to_idx[name]] = 1.0
+    return out
+
+
 def _item_seed(seed: int, epoch: int, index: int) -> int:
     h = hashlib.blake2b(f'{seed}/{epoch}/{index}'.encode(), digest_size=8).digest()
     return int.from_bytes(h, 'little') & 0x7FFF_FFFF_FFFF_FFFF
@@ -380,10 +427,12 @@ class ImageClassificationDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], class_to_idx: Dict[str, int], transform=None, in_chans: int = 3,
-                 window: Union[None, str, Window] = None, seed: int = 0):
+                 window: Union[None, str, Window] = None, seed: int = 0, multi_label: bool = False):
         self.samples = list(samples)
         self.class_to_idx = dict(class_to_idx)
-        self.targets = [self.class_to_idx[s.label] for s in self.samples]
+        self.multi_label = multi_label
+        self.targets = [multi_hot(s.label, self.class_to_idx) if multi_label else self.class_to_idx[s.label]
+                        for s in self.samples]
         self.transform = transform
         self.in_chans = in_chans
         self.window = parse_window(window)
@@ -397,7 +446,7 @@ class ImageClassificationDataset(Dataset):
         grayscale is repeated to 3 channels when ``in_chans == 3``. Raises UserInputError for a colour image with
         ``in_chans == 1``."""
         s = self.samples[i]
-        arr = load_image(s.path, s.slice_index, self.window)
+        arr = load_sample(s, self.window)
         x = torch.from_numpy(np.ascontiguousarray(arr))
         x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
         if x.shape[0] == 1 and self.in_chans == 3:

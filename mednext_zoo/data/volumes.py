@@ -9,9 +9,10 @@ Layouts (``discover`` picks one, or name it with ``layout=``):
   ``D, H, W``); these files carry no spacing or affine;
 * ``acdc``    -- the ACDC release: ``patientNNN/patientNNN_frameNN.nii.gz`` with ``..._gt.nii.gz`` (ED / ES
   frames; ``Info.cfg`` names which is which; the ``_4d`` cine files are skipped);
-* ``folders`` -- 2D images with masks: ``images/NAME.png`` and ``masks/NAME[_suffix].png`` (or ``labels/``);
-* ``csv``     -- a CSV with columns ``image``, ``label`` and optionally ``case_id``, ``patient_id``, ``split``
-  (paths relative to the CSV's folder).
+* ``folders`` -- 2D images with masks: ``images/NAME.png`` and ``masks/NAME[_suffix].png`` (or ``labels/``),
+  optionally ``rois/NAME[_suffix].png``: a region of interest (e.g. a fundus field of view) that metrics keep to;
+* ``csv``     -- a CSV with columns ``image``, ``label`` and optionally ``case_id``, ``patient_id``, ``split``,
+  ``roi`` (paths relative to the CSV's folder).
 
 A loaded :class:`Volume` is held slices-first (``D, H, W``; ``D, H, W, 3`` for colour 2D images) with the
 spacing in that order; :meth:`Volume.to_native` puts an array back in the file's own axis order, so a prediction
@@ -58,6 +59,7 @@ class VolumeRecord:
     split: Optional[str] = None
     slices: Tuple[str, ...] = ()  # fmt 'npz_slices': one .npz per slice, in order
     phase: Optional[str] = None  # ACDC: 'ED' / 'ES'
+    roi: Optional[str] = None  # 2D images: a mask of the region that metrics count (nonzero = inside)
 
     def __post_init__(self):
         if not self.patient:
@@ -80,6 +82,7 @@ class Volume:
     header: object = None  # the NIfTI header of the image, if any
     native_ndim: int = 3
     sitk_ref: object = None  # the SimpleITK image (geometry) of NRRD / MetaImage sources
+    roi: Optional[np.ndarray] = None  # ``D, H, W`` bool: the region metrics count (None: everywhere)
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -272,6 +275,10 @@ def _discover_folders(root: str, problems: _Problems) -> SegDataset:
     for p in sorted(glob.glob(os.path.join(lab_dir, '*'))):
         if p.lower().endswith(IMAGE_EXTS):
             masks[_strip_ext(os.path.basename(p))] = p
+    rois = {}
+    for p in sorted(glob.glob(os.path.join(root, 'rois', '*'))):
+        if p.lower().endswith(IMAGE_EXTS):
+            rois[_strip_ext(os.path.basename(p))] = p
     records = []
     for p in sorted(glob.glob(os.path.join(img_dir, '*'))):
         if not p.lower().endswith(IMAGE_EXTS):
@@ -281,14 +288,19 @@ def _discover_folders(root: str, problems: _Problems) -> SegDataset:
         if label is None:
             problems.report(p, f'{p}: missing label file (no {stem}.png or {stem}_*.png in {lab_dir}).')
             continue
-        records.append(VolumeRecord(stem, p, label, 'image2d', patient=stem))
+        roi = rois.get(stem) or next((v for k, v in rois.items() if k.startswith(stem + '_')), None)
+        if rois and roi is None:
+            problems.report(p, f'{p}: rois/ holds no region of interest for it (no {stem}.png or {stem}_*.png); give '
+                               f'every image one, or remove rois/.')
+            continue
+        records.append(VolumeRecord(stem, p, label, 'image2d', patient=stem, roi=roi))
     return SegDataset(root, 'folders', records)
 
 
 def _discover_csv(path: str, problems: _Problems, strict_columns: bool = False) -> SegDataset:
     base = os.path.dirname(os.path.abspath(path))
     cols, rows = read_csv_rows(path)
-    check_columns(cols, ('image',), ('label', 'case_id', 'patient_id', 'split'), path, strict_columns,
+    check_columns(cols, ('image',), ('label', 'case_id', 'patient_id', 'split', 'roi'), path, strict_columns,
                   aliases={'patient': 'patient_id'})
     if 'image' not in cols:
         raise UserInputError(f'{path}: the CSV needs an "image" column (and "label"; optional case_id, '
@@ -310,8 +322,12 @@ def _discover_csv(path: str, problems: _Problems, strict_columns: bool = False) 
             problems.report(img, f'{path} line {i}: missing label file {lab}.')
             continue
         cid = r.get('case_id') or _strip_ext(os.path.basename(img))
+        roi = os.path.join(base, r['roi']) if r.get('roi') else None
+        if roi is not None and not os.path.isfile(roi):
+            problems.report(img, f'{path} line {i}: missing region-of-interest file {roi}.')
+            continue
         records.append(VolumeRecord(cid, img, lab, _fmt_of(img), patient=r.get('patient_id') or r.get('patient') or '',
-                                    split=_SPLIT_ALIASES[split] if split else None))
+                                    split=_SPLIT_ALIASES[split] if split else None, roi=roi))
     return SegDataset(path, 'csv', records)
 
 
@@ -671,12 +687,22 @@ def _load_image2d(record: VolumeRecord) -> Volume:
             raise UserInputError(f'{record.label}: mask shape {lab.shape} differs from image shape '
                                  f'{image.shape[:2]} ({record.image}).')
         label = _int_label(lab, record.label)[None]
+    roi = None
+    if record.roi:
+        roi = _read_mask(record.roi) > 0
+        if roi.shape != image.shape[:2]:
+            raise UserInputError(f'{record.roi}: region-of-interest shape {roi.shape} differs from image shape '
+                                 f'{image.shape[:2]} ({record.image}).')
+        roi = roi[None]
     return Volume(record.case_id, image[None], label, np.eye(4), (1.0, 1.0, 1.0), 0, False, record.image,
-                  record.label, record.patient, native_ndim=2)
+                  record.label, record.patient, native_ndim=2, roi=roi)
 
 
 def _check_exists(record: VolumeRecord) -> None:
-    for p in (record.image, record.label) if record.fmt != 'npz_slices' else record.slices:
+    if record.roi and record.fmt != 'image2d':
+        raise UserInputError(f'{record.image}: a region of interest (roi) is supported for 2D images only; remove '
+                             f'the roi of this {record.fmt} case.')
+    for p in (record.image, record.label, record.roi) if record.fmt != 'npz_slices' else record.slices:
         if p and not os.path.isfile(p):
             raise UserInputError(f'{p}: file not found' + (' (missing label file).' if p == record.label else '.'))
 
@@ -701,6 +727,8 @@ def probe_volume(record: VolumeRecord) -> None:
         probe_image(record.image)
         if record.label:
             _read_mask(record.label)
+        if record.roi:
+            _read_mask(record.roi)
     else:
         raise UserInputError(f'{record.image}: unknown format {record.fmt!r}.')
 

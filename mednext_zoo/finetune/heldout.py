@@ -88,13 +88,16 @@ def find_overlap(run_dir: str, items: Sequence[T], item_files: Callable[[T], Seq
                  row_files: Callable[[Dict[str, str]], Sequence[str]],
                  item_extra: Callable[[T], str] = lambda _: '',
                  row_extra: Callable[[Dict[str, str]], str] = lambda _: '',
-                 legacy_files: Optional[Callable[[T], Sequence[str]]] = None) -> Overlap[T]:
+                 legacy_files: Optional[Callable[[T], Sequence[str]]] = None,
+                 item_id: Optional[Callable[[T], str]] = None) -> Overlap[T]:
     """Match ``items`` against the train / val rows of ``run_dir/splits.csv``.
 
     ``item_files(item)``: the files whose content identifies an item (what fit recorded as ``sha256``);
     ``row_files(row)``: the files a splits.csv row names (used for runs without the column);
     ``legacy_files(item)``: the files such a row would name for ``item`` (default ``item_files``);
-    ``item_extra`` / ``row_extra``: what else tells items of one file apart (a slice index).
+    ``item_extra`` / ``row_extra``: what else tells items of one file apart (a slice index);
+    ``item_id(item)``: the identity fit recorded, when it is not the SHA-256 of ``item_files`` (one image of an
+    array file).
     """
     items = list(items)
     out: Overlap[T] = Overlap(items)
@@ -133,7 +136,7 @@ def find_overlap(run_dir: str, items: Sequence[T], item_files: Callable[[T], Seq
         extra = item_extra(item)
         for kind in kinds:
             if kind == 'sha':
-                ident: Any = content_id(item_files(item), cache)
+                ident: Any = item_id(item) if item_id is not None else content_id(item_files(item), cache)
             elif kind == 'legacy-sha':
                 ident = content_id(legacy_files(item), cache)
             else:

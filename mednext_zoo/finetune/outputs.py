@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-from typing import Iterable, List, Sequence, Set
+from typing import Callable, Hashable, Iterable, List, Sequence, Set, TypeVar
 
 from ..errors import UserInputError
 
 __all__ = ['claim_output_dir', 'remove_stale', 'unique_inputs']
+
+T = TypeVar('T')
 
 
 def claim_output_dir(out: str, patterns: Sequence[str], overwrite: bool, what: str = 'predictions') -> Set[str]:
@@ -41,14 +43,14 @@ def remove_stale(earlier: Set[str], written: Iterable[str]) -> List[str]:
     return stale
 
 
-def unique_inputs(paths: Iterable[str]) -> List[str]:
-    """``paths`` without repeats of one file (the same file given directly and through its folder, or by two
-    spellings), in first-seen order."""
-    seen: Set[str] = set()
+def unique_inputs(items: Iterable[T], key: Callable[[T], Hashable] = os.path.realpath) -> List[T]:
+    """``items`` without repeats, in first-seen order: by default paths, one file given twice (directly and through
+    its folder, or by two spellings) counting once; ``key`` says what makes two items the same."""
+    seen: Set[Hashable] = set()
     out = []
-    for p in paths:
-        key = os.path.realpath(p)
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
+    for it in items:
+        k = key(it)
+        if k not in seen:
+            seen.add(k)
+            out.append(it)
     return out

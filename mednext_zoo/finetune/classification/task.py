@@ -37,11 +37,11 @@ from ...data import (
     discover,
     hold_out_test,
     kfold_assignments,
-    load_image,
     parse_window,
 )
-from ...data.images import OneClassError
+from ...data.images import OneClassError, load_sample
 from ...data.io import SUPPORTED_EXTS, image_kind, nifti_num_slices
+from ...data.medmnist import array_item_id, is_array_source
 from ...errors import UserInputError
 from ..engine import (
     DistInfo,
@@ -64,7 +64,7 @@ from ..engine import (
 )
 from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
 from ..outputs import claim_output_dir, remove_stale, unique_inputs
-from .metrics import classification_report, fit_temperature, point_metrics
+from .metrics import classification_report, fit_temperature, multilabel_point_metrics, multilabel_report, point_metrics
 
 __all__ = ['FinetuneConfig', 'ClassificationTask', 'build_optimizer', 'fit', 'evaluate', 'predict', 'cross_validate',
            'load_run_model', 'check_model_name', 'create_classifier']
@@ -120,6 +120,7 @@ class FinetuneConfig:
     num_workers: int = 0
     on_bad_file: str = 'error'
     strict_columns: bool = False  # a CSV manifest's unknown columns are an error (else a warning)
+    labels: Optional[str] = None  # MedMNIST .npz: class names "a,b,c" (or "multi-label:a,b,c") over the built-in table
     n_bootstrap: int = 1000
     ckpt_every_steps: int = 0
     progress: bool = True
@@ -223,15 +224,18 @@ def build_optimizer(model: nn.Module, cfg: FinetuneConfig, updates_per_epoch: in
 
 # ---------------------------------------------------------------- task
 class ClassificationTask(Task):
-    """Cross-entropy (optionally class-weighted, label-smoothed); freezing; accuracy / P / R / F1 / AUC."""
+    """Cross-entropy (optionally class-weighted, label-smoothed), or with ``multi_label`` one binary cross-entropy per
+    label (``pos_weight`` from ``class_weights``); freezing; accuracy / P / R / F1 / AUC."""
 
     log_metrics = ('accuracy', 'auc')  # shown in the per-epoch line beside val loss and the monitored metric
 
     def __init__(self, classes: Sequence[str], class_weights: Optional[torch.Tensor] = None,
                  label_smoothing: float = 0.0, positive: Optional[int] = None, linear_probe: bool = False,
-                 freeze_epochs: int = 0):
+                 freeze_epochs: int = 0, multi_label: bool = False):
         self.classes = list(classes)
-        self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        self.multi_label = multi_label
+        self.criterion = (nn.BCEWithLogitsLoss(pos_weight=class_weights) if multi_label else
+                          nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing))
         self.positive = positive
         self.linear_probe = linear_probe
         self.freeze_epochs = freeze_epochs
@@ -246,13 +250,23 @@ class ClassificationTask(Task):
                 f'The model returns shape {tuple(logits.shape)}, not (batch, {len(self.classes)} classes): it is not '
                 f'an image classifier (MedUNeXt is a segmentation model; use a MedNeXt or another timm classifier).')
         crit = self.criterion
+        if self.multi_label:
+            if crit.pos_weight is not None and crit.pos_weight.device != logits.device:
+                crit.to(logits.device)
+            return crit(logits.float(), targets.float())
         if crit.weight is not None and crit.weight.device != logits.device:
             crit.to(logits.device)
         return crit(logits.float(), targets)
 
     def evaluate(self, outputs, targets):
         """Split metrics from logits ``N, K`` and labels ``N``: accuracy, precision / recall / F1 / AUC (macro, or of
-        the positive class) and the unweighted cross-entropy ``loss``."""
+        the positive class) and the unweighted cross-entropy ``loss``; multi-label: targets ``N, L``, the MedMNIST
+        mean-over-labels accuracy / AUC and the binary cross-entropy."""
+        if self.multi_label:
+            out = multilabel_point_metrics(targets.numpy(), torch.sigmoid(outputs.float()).numpy())
+            out = {k: v for k, v in out.items() if k != 'per_class'}
+            out['loss'] = float(nn.functional.binary_cross_entropy_with_logits(outputs.float(), targets.float()))
+            return out
         out = point_metrics(targets.numpy(), torch.softmax(outputs.float(), 1).numpy(), len(self.classes),
                             self.positive)
         out = {k: v for k, v in out.items() if k != 'per_class'}
@@ -301,21 +315,50 @@ def _check_in_chans(source: DataSource, in_chans: int) -> None:
         raise UserInputError(f'--in-chans must be 1 (grayscale) or 3 (RGB / grayscale replicated), got {in_chans}.')
     if in_chans == 1 and source.channels == 3:
         from ...data.io import probe_image
-        colour = next((s.path for s in source.samples if probe_image(s.path) == 3), source.origin)
+        colour = source.origin if source.meta.get('format') == 'medmnist' else next(
+            (s.path for s in source.samples if probe_image(s.path) == 3), source.origin)
         raise UserInputError(f'--in-chans 1 contradicts the data: {colour} is a colour image. Use --in-chans 3, '
                              f'or convert the images to grayscale.')
 
 
+def sample_id(sample: Sample, cache: Optional[Dict[str, str]] = None) -> str:
+    """The content identity ``splits.csv`` records for an image: the SHA-256 of its file, or for one image of a
+    MedMNIST file its official position (the same at every image size; see ``data.medmnist.array_item_id``)."""
+    if sample.item is not None:
+        return array_item_id(sample.path, sample.item)
+    return content_id([sample.path], cache)
+
+
 def _write_splits(path: str, samples: Sequence[Sample]) -> None:
-    """``splits.csv``: every image's split and the sha256 of its file (``evaluate`` recognises it by content)."""
+    """``splits.csv``: every image's split and content identity (``evaluate`` recognises it by content)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(['path', 'label', 'patient_id', 'split', 'slice', 'sha256'])
+    w.writerow(['path', 'label', 'patient_id', 'split', 'slice', 'item', 'sha256'])
     cache: Dict[str, str] = {}
     for s in samples:
         w.writerow([s.path, s.label, s.patient_id or '', s.split, '' if s.slice_index is None else s.slice_index,
-                    content_id([s.path], cache)])
+                    s.item or '', sample_id(s, cache)])
     atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _check_multi_label_options(cfg: FinetuneConfig) -> None:
+    if cfg.imbalance == 'sampler':
+        raise UserInputError('--imbalance sampler draws images by class; a multi-label set has no single class per '
+                             'image. Use --imbalance weights (a positive weight per label) or none.')
+    if cfg.temperature_scaling:
+        raise UserInputError('--temperature-scaling calibrates a softmax; a multi-label model has one sigmoid per '
+                             'label. Leave it off.')
+    if cfg.positive_class is not None:
+        raise UserInputError('--positive-class applies to two-class tasks; this is a multi-label set.')
+    if cfg.label_smoothing:
+        raise UserInputError('--label-smoothing applies to the softmax cross-entropy; a multi-label set is trained '
+                             'with one binary cross-entropy per label. Leave it at 0.')
+
+
+def _split_by(source: DataSource) -> str:
+    if source.meta.get('official_splits'):
+        return f'the official {source.meta.get("subset") or "file"} splits (MedMNIST)'
+    return 'patient' if any(s.patient_id for s in source.samples) else 'image (no patient ids)'
 
 
 def _loader(ds, batch_size: int, sampler: EpochSampler, num_workers: int, seed: int, drop_last: bool = False):
@@ -336,7 +379,8 @@ def _positive_index(classes: Sequence[str], positive_class: Optional[str]) -> Op
 
 
 def _export(model: nn.Module, export_dir: str, metrics: Dict[str, Any], dataset: Dict[str, Any],
-            classes: Sequence[str], mean: Sequence[float], std: Sequence[float], in_chans: int, img_size: int) -> str:
+            classes: Sequence[str], mean: Sequence[float], std: Sequence[float], in_chans: int, img_size: int,
+            multi_label: bool = False) -> str:
     """Write ``export_dir`` (config.json, model.safetensors, model card) with :func:`mednext_zoo.hub.save_pretrained`.
 
     The exported config carries the class names and the normalisation / input size used in training, and the
@@ -346,12 +390,14 @@ def _export(model: nn.Module, export_dir: str, metrics: Dict[str, Any], dataset:
     model.pretrained_cfg = {**getattr(model, 'pretrained_cfg', {}), 'label_names': list(classes),
                             'mean': tuple(mean), 'std': tuple(std), 'input_size': (in_chans, img_size, img_size),
                             'num_classes': len(classes), 'crop_pct': 1.0, 'crop_mode': 'squash',
-                            'interpolation': 'bilinear'}
+                            'interpolation': 'bilinear', **({'multi_label': True} if multi_label else {})}
     from ...hub import save_pretrained
     card_metrics = {k: {'value': v, 'ci': tuple(metrics['ci95'][k])} if metrics['ci95'].get(k) else v
                     for k, v in metrics.items() if k in ('accuracy', 'precision', 'recall', 'f1', 'auc')}
-    avg = (f"binary metrics of the positive class '{metrics['positive_class']}'"
-           if metrics['averaging'] == 'binary' else 'macro averages over classes, AUC one-vs-rest')
+    avg = {'binary': f"binary metrics of the positive class '{metrics['positive_class']}'",
+           'multi-label': 'multi-label (one sigmoid per label): accuracy and AUC are means over labels (MedMNIST), '
+                          'precision / recall / F1 macro means at threshold 0.5'}.get(
+        metrics['averaging'], 'macro averages over classes, AUC one-vs-rest')
     sizes = dataset['sizes']
     card_dataset = {
         'name': dataset['name'],
@@ -384,8 +430,9 @@ def _headline(report: Dict[str, Any]) -> Dict[str, Any]:
 
 def format_report(report: Dict[str, Any], title: str = '') -> str:
     """A few lines: every metric with its 95% CI, the averaging and positive class, ECE."""
-    avg = (f"binary, positive class {report['positive_class']!r}" if report['averaging'] == 'binary'
-           else 'macro average over classes (AUC one-vs-rest)')
+    avg = {'binary': f"binary, positive class {report['positive_class']!r}",
+           'multi-label': 'multi-label: means over labels, threshold 0.5'}.get(
+        report['averaging'], 'macro average over classes (AUC one-vs-rest)')
     lines = [f'{title} (n={report["n"]}; {avg})' if title else f'n={report["n"]}; {avg}']
     for k in ('accuracy', 'precision', 'recall', 'f1', 'auc'):
         if k in report.get('undefined', {}):
@@ -425,11 +472,14 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
         raise UserInputError(f'--imbalance must be none, weights or sampler, got {cfg.imbalance!r}.')
     parse_window(cfg.window)
     if source is None:
-        source = discover(cfg.data, cfg.on_bad_file, cfg.strict_columns)
+        source = discover(cfg.data, cfg.on_bad_file, cfg.labels, strict_columns=cfg.strict_columns)
         source = assign_splits(source, cfg.val_frac, cfg.test_frac, cfg.seed)
     _check_in_chans(source, cfg.in_chans)
     classes = source.classes
-    positive = _positive_index(classes, cfg.positive_class)
+    multi = source.multi_label
+    if multi:
+        _check_multi_label_options(cfg)
+    positive = None if multi else _positive_index(classes, cfg.positive_class)
     monitor = 'loss' if cfg.monitor == 'auto' else cfg.monitor
     mode = 'min' if monitor == 'loss' else 'max'
     if monitor not in ('loss', 'accuracy', 'precision', 'recall', 'f1', 'auc'):
@@ -446,10 +496,16 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
     train_s, val_s, test_s = source.subset('train'), source.subset('val'), source.subset('test')
     mk = lambda s, train: ImageClassificationDataset(  # noqa: E731
         s, c2i, build_transforms(cfg.img_size, mean, std, train, cfg.crop_scale, cfg.hflip), cfg.in_chans,
-        cfg.window, cfg.seed)
+        cfg.window, cfg.seed, multi_label=multi)
     train_ds, val_ds = mk(train_s, True), mk(val_s, False)
-    counts = np.bincount(train_ds.targets, minlength=len(classes)).astype(float)
-    if (counts == 0).any():
+    if multi:
+        counts = torch.stack(train_ds.targets).sum(0).double().numpy()
+        if (counts == 0).any() and info.is_main:
+            print(f'[mednext-zoo] note: label(s) {[classes[i] for i in np.flatnonzero(counts == 0)]} have no positive '
+                  f'training image; the model cannot learn them.', flush=True)
+    else:
+        counts = np.bincount(train_ds.targets, minlength=len(classes)).astype(float)
+    if (counts == 0).any() and not multi:
         missing = [classes[i] for i in np.flatnonzero(counts == 0)]
         raise UserInputError(f'Class(es) {missing} have no training images after splitting; add images.')
     weights = None
@@ -463,13 +519,15 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
     val_loader = _loader(val_ds, per_rank_bs, EpochSampler(len(val_ds), shuffle=False, rank=info.rank,
                                                            world_size=info.world_size), cfg.num_workers, cfg.seed)
     class_weights = None
-    if cfg.imbalance == 'weights':
+    if cfg.imbalance == 'weights' and multi:  # BCE pos_weight: negatives / positives of each label
+        class_weights = torch.tensor((len(train_ds) - counts) / np.maximum(counts, 1), dtype=torch.float32)
+    elif cfg.imbalance == 'weights':
         class_weights = torch.tensor(counts.sum() / (len(classes) * counts), dtype=torch.float32)
 
     updates_per_epoch = max(1, math.ceil(len(train_loader) / cfg.accum_steps))
     optimizer, scheduler = build_optimizer(model, cfg, updates_per_epoch)
     task = ClassificationTask(classes, class_weights, cfg.label_smoothing, positive, cfg.linear_probe,
-                              cfg.freeze_epochs)
+                              cfg.freeze_epochs, multi_label=multi)
     ecfg = EngineConfig(epochs=cfg.epochs, accum_steps=cfg.accum_steps, amp=cfg.amp, device=cfg.device,
                         seed=cfg.seed, clip_grad=cfg.clip_grad, ema_decay=cfg.ema_decay, monitor=monitor,
                         monitor_mode=mode, patience=cfg.patience, ckpt_every_steps=cfg.ckpt_every_steps,
@@ -485,6 +543,7 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
         atomic_write_json(os.path.join(cfg.out, 'config.json'),
                           {**cfg.to_dict(), 'classes': classes, 'monitor': monitor, 'monitor_mode': mode,
                            'positive_class': classes[positive] if positive is not None else None,
+                           'multi_label': multi, 'data_source': source.meta,
                            'world_size': info.world_size, 'skipped_files': source.skipped})
         if not resumed or not os.path.isfile(os.path.join(cfg.out, 'splits.csv')):
             _write_splits(os.path.join(cfg.out, 'splits.csv'), source.samples)
@@ -509,13 +568,18 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
     if not info.is_main:
         return {}
     temperature = fit_temperature(logits_val, y_val) if cfg.temperature_scaling else 1.0
-    kw = dict(classes=classes, positive_class=classes[positive] if positive is not None else None,
-              n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
-    reports = {'val': classification_report(logits_val, y_val, temperature=temperature, **kw)}
-    if cfg.temperature_scaling:
-        reports['val_uncalibrated'] = classification_report(logits_val, y_val, **{**kw, 'n_bootstrap': 0})
-    if test_out is not None:
-        reports['test'] = classification_report(*test_out, temperature=temperature, **kw)
+    if multi:
+        reports = {'val': multilabel_report(logits_val, y_val, classes, cfg.n_bootstrap, cfg.seed)}
+        if test_out is not None:
+            reports['test'] = multilabel_report(*test_out, classes, cfg.n_bootstrap, cfg.seed)
+    else:
+        kw = dict(classes=classes, positive_class=classes[positive] if positive is not None else None,
+                  n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+        reports = {'val': classification_report(logits_val, y_val, temperature=temperature, **kw)}
+        if cfg.temperature_scaling:
+            reports['val_uncalibrated'] = classification_report(logits_val, y_val, **{**kw, 'n_bootstrap': 0})
+        if test_out is not None:
+            reports['test'] = classification_report(*test_out, temperature=temperature, **kw)
     main_split = 'test' if 'test' in reports else 'val'
     result = {
         'model': cfg.model,
@@ -523,7 +587,7 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
         'classes': classes,
         'averaging': reports[main_split]['averaging'],
         'positive_class': reports[main_split]['positive_class'],
-        'split_by': 'patient' if any(s.patient_id for s in source.samples) else 'image (no patient ids)',
+        'split_by': _split_by(source),
         'sizes': {'train': len(train_s), 'val': len(val_s), 'test': len(test_s)},
         'headline_split': main_split,
         'temperature': temperature,
@@ -546,7 +610,8 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
         if split.endswith('uncalibrated'):
             continue
         plot_roc(rep, os.path.join(plots, f'roc_{split}.png'), f'ROC ({split})')
-        plot_confusion(rep, os.path.join(plots, f'confusion_{split}.png'), f'confusion matrix ({split})')
+        if 'confusion_matrix' in rep:
+            plot_confusion(rep, os.path.join(plots, f'confusion_{split}.png'), f'confusion matrix ({split})')
     if cfg.export:
         _export(final.cpu(), os.path.join(cfg.out, 'export'), metrics=_headline(reports[main_split]),
                 dataset={'name': os.path.basename(os.path.normpath(cfg.data)), 'classes': classes,
@@ -557,7 +622,7 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
                                      f'in_chans {cfg.in_chans}, seed {cfg.seed}',
                          'preprocessing': f'window {cfg.window or "min-max per image"}, resized to {cfg.img_size}, '
                                           f'normalised with mean {mean} / std {std}'},
-                classes=classes, mean=mean, std=std, in_chans=cfg.in_chans, img_size=cfg.img_size)
+                classes=classes, mean=mean, std=std, in_chans=cfg.in_chans, img_size=cfg.img_size, multi_label=multi)
     print(format_report(reports[main_split], f'[mednext-zoo] {main_split} metrics of {result["scored_with"]}'),
           flush=True)
     print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
@@ -578,7 +643,8 @@ def cross_validate(cfg: FinetuneConfig) -> Dict[str, Any]:
 
 
 def _cross_validate(cfg: FinetuneConfig, k: int, info: DistInfo, guard: RunDirGuard) -> Dict[str, Any]:
-    source = hold_out_test(discover(cfg.data, cfg.on_bad_file, cfg.strict_columns), cfg.test_frac, cfg.seed)
+    source = hold_out_test(discover(cfg.data, cfg.on_bad_file, cfg.labels, strict_columns=cfg.strict_columns),
+                           cfg.test_frac, cfg.seed)
     folds = kfold_assignments(source, k, cfg.seed)
     identity = {'model': cfg.model, 'folds': k, 'classes': source.classes}
     resumed = _on_main(info, check_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
@@ -674,30 +740,46 @@ def evaluate(run_dir: str, data: str, split: Optional[str] = None, out: Optional
     """
     model, rc = load_run_model(run_dir, device)
     classes = rc['classes']
+    multi = bool(rc.get('multi_label'))
     try:
-        source = discover(data, on_bad_file, strict_columns)
+        source = discover(data, on_bad_file, rc.get('labels') if is_array_source(data) else None,
+                          strict_columns=strict_columns)
     except OneClassError as e:  # one class is fine to score (e.g. sensitivity on an all-positive set)
         source = e.source
+    if source.multi_label != multi:
+        raise UserInputError(f'{data} is a {source.task} set but the run trained a '
+                             f'{"multi-label" if multi else "single-label"} classifier.')
     unknown = sorted(set(source.classes) - set(classes))
-    if unknown:
-        raise UserInputError(f'{data} has class(es) {unknown} the model was not trained on (it knows {classes}).')
+    if unknown or (multi and list(source.classes) != list(classes)):
+        raise UserInputError(f'{data} has class(es) {unknown or source.classes} the model was not trained on (it '
+                             f'knows {classes}).')
+    if split is None and source.meta.get('official_splits'):
+        split = 'test'
+        print(f'[mednext-zoo] {data}: scoring its official test split (--split train / val chooses another).',
+              flush=True)
     samples = source.samples if split is None else source.subset(split)
     if not samples:
         raise UserInputError(f'No images of split {split!r} in {data}.')
+    _check_same_subset(rc, source, split, include_training_data)
     overlap = find_overlap(run_dir, samples, item_files=lambda s: [s.path], row_files=lambda r: [r.get('path', '')],
                            item_extra=lambda s: '' if s.slice_index is None else str(s.slice_index),
-                           row_extra=lambda r: (r.get('slice') or '').strip())
+                           row_extra=lambda r: (r.get('slice') or '').strip(), item_id=sample_id)
     samples, overlap_report = select_held_out(overlap, include_training_data, data, 'images', lambda s: s.name)
     _check_in_chans(source, rc['in_chans'])
     mean, std = _norm_stats(model, rc['in_chans'])
     ds = ImageClassificationDataset(samples, {c: i for i, c in enumerate(classes)},
-                                    build_transforms(rc['img_size'], mean, std, False), rc['in_chans'], rc['window'])
+                                    build_transforms(rc['img_size'], mean, std, False), rc['in_chans'], rc['window'],
+                                    multi_label=multi)
     loader = DataLoader(ds, batch_size=batch_size)
     engine_like = _Infer(model, device, progress)
     logits, y = engine_like(loader)
-    report = classification_report(logits, y, classes, rc.get('positive_class'), _temperature(run_dir),
-                                   n_bootstrap=n_bootstrap, seed=rc.get('seed', 0))
-    name = os.path.basename(os.path.normpath(data)).replace('.csv', '') + (f'-{split}' if split else '')
+    if multi:
+        report = multilabel_report(logits, y, classes, n_bootstrap=n_bootstrap, seed=rc.get('seed', 0))
+    else:
+        report = classification_report(logits, y, classes, rc.get('positive_class'), _temperature(run_dir),
+                                       n_bootstrap=n_bootstrap, seed=rc.get('seed', 0))
+    name = os.path.basename(os.path.normpath(data)).replace('.csv', '').replace('.npz', '') + \
+        (f'-{split}' if split else '')
     out = out or os.path.join(run_dir, f'eval-{name}')
     os.makedirs(out, exist_ok=True)
     overlap_report['file'] = write_overlap_csv(os.path.join(out, 'training_overlap.csv'), overlap_report)
@@ -706,12 +788,31 @@ def evaluate(run_dir: str, data: str, split: Optional[str] = None, out: Optional
     atomic_write_json(os.path.join(out, 'metrics.json'), result)
     from .plots import plot_confusion, plot_roc
     plot_roc(report, os.path.join(out, 'roc.png'))
-    plot_confusion(report, os.path.join(out, 'confusion.png'))
+    if 'confusion_matrix' in report:
+        plot_confusion(report, os.path.join(out, 'confusion.png'))
     scope = ('held-out images' if not overlap_report['in_training_data'] or not include_training_data
              else f'includes {overlap_report["in_training_data"]} training / validation images')
     print(format_report(report, f'[mednext-zoo] {name}, {scope}'))
     print(f'[mednext-zoo] written to {out}')
     return result
+
+
+def _check_same_subset(rc: Dict[str, Any], source: DataSource, split: Optional[str], include: bool) -> None:
+    """The train / val images of the MedMNIST subset a run trained on, at another image size, are its training
+    images resized: content hashes cannot see that, the official splits can."""
+    trained = rc.get('data_source') or {}
+    subset = source.meta.get('subset')
+    if not subset or subset != trained.get('subset') or source.meta.get('size') == trained.get('size'):
+        return
+    if split in ('test',):
+        return
+    what = f'the {split} split' if split else 'all splits'
+    msg = (f'{source.origin} is {subset} at {source.meta.get("size")} px; the run trained on {subset} at '
+           f'{trained.get("size")} px, so {what} of it holds the images the run trained or validated on, resized')
+    if not include:
+        raise UserInputError(f'{msg}. Score its test split (the default), or pass --include-training-data to score '
+                             f'them anyway (optimistic figures).')
+    print(f'[mednext-zoo] WARNING: {msg}; --include-training-data: these figures are optimistic.', flush=True)
 
 
 class _Infer:
@@ -724,15 +825,32 @@ class _Infer:
         outs, ys = [], []
         for x, y in tqdm(loader, desc='eval', leave=False, disable=not self.progress):
             outs.append(self.model(x.to(self.device)).float().cpu())
-            ys.append(torch.as_tensor(y))
+            ys.append(torch.as_tensor(y) if not isinstance(y, (list, tuple)) else torch.stack(list(y)))
         return torch.cat(outs), torch.cat(ys)
 
 
-def _expand_inputs(inputs: Sequence[str]) -> List[Tuple[str, Optional[int]]]:
-    """``(file, NIfTI slice or None)`` of every image of ``inputs`` (folders walked), each file once."""
-    files: List[Tuple[str, Optional[int]]] = []
-    every: List[str] = []
+def _array_inputs(item: str) -> List[Tuple[str, Optional[int], Optional[str]]]:
+    """``FILE.npz`` (its test split), ``FILE.npz#SPLIT`` or ``FILE.npz#SPLIT/INDEX`` -> one entry per image."""
+    from ...data.medmnist import read_medmnist
+    path, _, which = item.partition('#')
+    if not os.path.isfile(path):
+        raise UserInputError(f'Input {path} does not exist.')
+    which = which or 'test'
+    if '/' in which:
+        return [(path, None, which)]
+    if which not in ('train', 'val', 'test'):
+        raise UserInputError(f'Input {item}: after "#" give a split (train, val, test) or SPLIT/INDEX such as test/17.')
+    return [(s.path, None, s.item) for s in read_medmnist(path).subset(which)]
+
+
+def _expand_inputs(inputs: Sequence[str]) -> List[Tuple[str, Optional[int], Optional[str]]]:
+    """``(path, slice_index, array item)`` of every image the inputs name (folders walked, NIfTI volumes sliced,
+    MedMNIST files expanded to their images)."""
+    files: List[Tuple[str, Optional[int], Optional[str]]] = []
     for item in inputs:
+        if item.lower().partition('#')[0].endswith('.npz'):
+            files.extend(_array_inputs(item))
+            continue
         if os.path.isdir(item):
             found = [os.path.join(r, f) for r, _, fs in sorted(os.walk(item)) for f in sorted(fs)
                      if image_kind(f) is not None]
@@ -745,17 +863,16 @@ def _expand_inputs(inputs: Sequence[str]) -> List[Tuple[str, Optional[int]]]:
             paths = [item]
         else:
             raise UserInputError(f'Input {item} does not exist.')
-        every.extend(paths)
-    unique = unique_inputs(every)
-    if len(unique) < len(every):
-        print(f'[mednext-zoo] {len(every) - len(unique)} input file(s) given more than once (e.g. directly and '
-              f'through their folder) are predicted once', file=sys.stderr)
-    for p in unique:
-        if image_kind(p) == 'nifti' and nifti_num_slices(p) > 1:
-            files.extend((p, k) for k in range(nifti_num_slices(p)))
-        else:
-            files.append((p, None))
-    return files
+        for p in paths:
+            if image_kind(p) == 'nifti' and nifti_num_slices(p) > 1:
+                files.extend((p, k, None) for k in range(nifti_num_slices(p)))
+            else:
+                files.append((p, None, None))
+    unique = unique_inputs(files, key=lambda f: (os.path.realpath(f[0]), f[1], f[2]))
+    if len(unique) < len(files):
+        print(f'[mednext-zoo] {len(files) - len(unique)} image(s) named more than once (e.g. a file given directly '
+              f'and through its folder) are predicted once', file=sys.stderr)
+    return unique
 
 
 def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, cam: bool = False,
@@ -788,17 +905,17 @@ def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, cam:
     ds = ImageClassificationDataset([], {c: i for i, c in enumerate(classes)}, None, rc['in_chans'], rc['window'])
     for start in range(0, len(files), batch_size):
         chunk, xs, raws = [], [], []
-        for path, sl in files[start:start + batch_size]:
+        for path, sl, item in files[start:start + batch_size]:
             try:
-                ds.samples = [Sample(path, classes[0], slice_index=sl)]
+                ds.samples = [Sample(path, classes[0], slice_index=sl, item=item)]
                 x = ds.load(0)
-                raw = load_image(path, sl, rc['window'])
+                raw = load_sample(ds.samples[0], rc['window'])
             except UserInputError:
                 if on_bad_file == 'skip':
                     skipped += 1
                     continue
                 raise
-            chunk.append((path, sl))
+            chunk.append((path, sl, item))
             xs.append(tf(x))
             raws.append(raw)
         if not xs:
@@ -809,13 +926,19 @@ def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, cam:
         else:
             with torch.no_grad():
                 logits = model(batch)
-        probs = torch.softmax(logits.float().cpu() / temperature, 1).numpy()
-        for j, (path, sl) in enumerate(chunk):
+        if rc.get('multi_label'):  # one sigmoid per label; the prediction lists the labels at or above 0.5
+            probs = torch.sigmoid(logits.float().cpu()).numpy()
+        else:
+            probs = torch.softmax(logits.float().cpu() / temperature, 1).numpy()
+        for j, (path, sl, item) in enumerate(chunk):
             k = int(probs[j].argmax())
-            row = {'path': path, 'slice': '' if sl is None else sl, 'prediction': classes[k],
+            pred = ('|'.join(c for i, c in enumerate(classes) if probs[j, i] >= 0.5) if rc.get('multi_label')
+                    else classes[k])
+            row = {'path': path, 'slice': '' if sl is None else sl, 'item': item or '', 'prediction': pred,
                    'confidence': float(probs[j, k]), **{f'p_{c}': float(probs[j, i]) for i, c in enumerate(classes)}}
             if gc is not None:
-                stem = os.path.basename(path).split('.')[0] + ('' if sl is None else f'_s{sl}')
+                stem = os.path.basename(path).split('.')[0] + ('' if sl is None else f'_s{sl}') + \
+                    ('' if item is None else '_' + item.replace('/', '-'))
                 cam_path = os.path.join(out, 'cam', f'{start + j:05d}_{stem}_{classes[k]}.png')
                 png = io.BytesIO()
                 Image.fromarray(overlay(raws[j], cams[j].cpu().numpy(), min_size=256)).save(png, format='PNG')

@@ -1,9 +1,14 @@
 """Slice-wise inference of whole volumes, written back in the source geometry; PNG overlays.
 
-The protocol's inference (TransUNet): each slice is resized to the model size, predicted, argmax-ed, and the
-label map resized back to the native slice size with nearest neighbour; the slices are stacked in the volume's
-own order and :meth:`Volume.to_native` restores the file's axis order, so the NIfTI written here carries the
-source affine and lines up with the source image voxel for voxel.
+Two spatial recipes, the run's (see :mod:`.data`):
+
+* resize (the TransUNet protocol): each slice is resized to the model size, predicted, argmax-ed, and the label
+  map resized back to the native slice size with nearest neighbour;
+* patch (``patch_size``): each slice stays at native resolution and MONAI's ``sliding_window_inference`` slides a
+  ``P x P`` window over it (``overlap``, Gaussian weighting of the softmax, zero padding at the borders).
+
+The slices are stacked in the volume's own order and :meth:`Volume.to_native` restores the file's axis order, so
+the NIfTI written here carries the source affine and lines up with the source image voxel for voxel.
 """
 from __future__ import annotations
 
@@ -21,41 +26,31 @@ from ...data.volumes import Volume
 from ...errors import UserInputError
 from .preprocess import SYNAPSE_WINDOW, check_volume_size, normalize_intensity, resize_labels, resize_slices, stack_25d
 
-__all__ = ['volume_inputs', 'predict_volume', 'save_nifti', 'save_sitk', 'save_png_mask', 'save_prediction',
-           'save_overlays']
+__all__ = ['volume_inputs', 'predict_volume', 'sliding_window_probs', 'save_nifti', 'save_sitk', 'save_png_mask',
+           'save_prediction', 'save_overlays']
 
 
-def volume_inputs(vol: Volume, img_size: int, intensity: str = 'none',
+def volume_inputs(vol: Volume, img_size: Optional[int], intensity: str = 'none',
                   window: Tuple[float, float] = SYNAPSE_WINDOW, context: int = 1,
                   normalized: Optional[np.ndarray] = None) -> torch.Tensor:
-    """Model inputs of every slice: ``D, C * context, S, S`` (C = 3 for colour images, else 1)."""
+    """Model inputs of every slice: ``D, C * context, S, S`` (C = 3 for colour images, else 1); with ``img_size``
+    None, at native resolution ``D, C * context, H, W``."""
     check_volume_size(vol.image.shape[1:3], vol.image_path, model_size=img_size)
     img = normalized if normalized is not None else normalize_intensity(vol.image, intensity, window)
+    size = tuple(img.shape[1:3]) if img_size is None else (img_size, img_size)
     if img.ndim == 4:  # colour 2D image D, H, W, 3
         if context != 1:
             raise UserInputError(f'{vol.image_path}: 2.5D context needs grayscale volumes, not colour images.')
-        return resize_slices(np.moveaxis(img, -1, 1), (img_size, img_size))
-    t = resize_slices(img, (img_size, img_size))
+        return resize_slices(np.moveaxis(img, -1, 1), size)
+    t = resize_slices(img, size)
     return stack_25d(t, context)
 
 
-@torch.no_grad()
-def predict_volume(model: nn.Module, vol: Volume, img_size: int, intensity: str = 'none',
-                   window: Tuple[float, float] = SYNAPSE_WINDOW, context: int = 1, batch_size: int = 16,
-                   tta: bool = False, device: Optional[torch.device] = None,
-                   amp_dtype: Optional[torch.dtype] = None) -> np.ndarray:
-    """Label map ``D, H, W`` (int16, slices-first like ``vol.image``) predicted slice by slice.
+def _flip_tta(model: nn.Module, tta: bool, amp_dtype: Optional[torch.dtype], device: torch.device):
+    """A predictor ``B, C, H, W`` -> softmax ``B, K, H, W``, averaged over identity / h / v flips with ``tta``."""
+    flips: Sequence[Tuple[int, ...]] = ((), (-1,), (-2,)) if tta else ((),)
 
-    ``tta`` averages the softmax over the identity and horizontal / vertical flips.
-    """
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    x = volume_inputs(vol, img_size, intensity, window, context)
-    preds = []
-    for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size].to(device)
-        flips: Sequence[Tuple[int, ...]] = ((), (-1,), (-2,)) if tta else ((),)
+    def predictor(xb: torch.Tensor) -> torch.Tensor:
         prob = None
         for dims in flips:
             inp = torch.flip(xb, dims) if dims else xb
@@ -64,6 +59,53 @@ def predict_volume(model: nn.Module, vol: Volume, img_size: int, intensity: str 
             p = out.float().softmax(1)
             p = torch.flip(p, dims) if dims else p
             prob = p if prob is None else prob + p
+        return prob / len(flips)
+    return predictor
+
+
+@torch.no_grad()
+def sliding_window_probs(model: nn.Module, x: torch.Tensor, patch: int, overlap: float = 0.5, batch_size: int = 16,
+                         tta: bool = False, device: Optional[torch.device] = None,
+                         amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Softmax ``N, K, H, W`` of images ``N, C, H, W`` of any size, by MONAI's ``sliding_window_inference``:
+    ``patch x patch`` windows with ``overlap``, Gaussian-weighted blending, zero padding where an image is smaller
+    than the window. The model sees only ``patch x patch`` inputs, so memory follows ``batch_size`` and ``patch``
+    (plus the ``K, H, W`` output)."""
+    try:
+        from monai.inferers import sliding_window_inference
+    except ImportError:  # pragma: no cover - monai is in the finetune extra
+        raise UserInputError("Sliding-window prediction needs MONAI: pip install 'mednext-zoo[finetune]'.") from None
+    device = device or next(model.parameters()).device
+    predictor = _flip_tta(model, tta, amp_dtype, device)
+    return sliding_window_inference(x, (patch, patch), batch_size, predictor, overlap=overlap, mode='gaussian',
+                                    padding_mode='constant', cval=0.0, sw_device=device, device=torch.device('cpu'))
+
+
+@torch.no_grad()
+def predict_volume(model: nn.Module, vol: Volume, img_size: int, intensity: str = 'none',
+                   window: Tuple[float, float] = SYNAPSE_WINDOW, context: int = 1, batch_size: int = 16,
+                   tta: bool = False, device: Optional[torch.device] = None,
+                   amp_dtype: Optional[torch.dtype] = None, patch_size: Optional[int] = None,
+                   overlap: float = 0.5) -> np.ndarray:
+    """Label map ``D, H, W`` (int16, slices-first like ``vol.image``) predicted slice by slice, at native
+    resolution.
+
+    Without ``patch_size`` each slice is resized to ``img_size`` and the label map resized back; with it, a
+    ``patch_size`` window slides over the native slice (:func:`sliding_window_probs`, ``overlap``). ``tta``
+    averages the softmax over the identity and horizontal / vertical flips.
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x = volume_inputs(vol, None if patch_size else img_size, intensity, window, context)
+    predictor = _flip_tta(model, tta, amp_dtype, device)
+    preds = []
+    for i in range(0, x.shape[0], batch_size):
+        if patch_size:
+            prob = sliding_window_probs(model, x[i:i + batch_size], patch_size, overlap, batch_size, tta, device,
+                                        amp_dtype)
+        else:
+            prob = predictor(x[i:i + batch_size].to(device))
         preds.append(prob.argmax(1).cpu())
     model.train(was_training)
     lab = torch.cat(preds)

@@ -130,14 +130,22 @@ class CaseMetrics:
 
 def evaluate_case(pred: np.ndarray, gt: np.ndarray, classes: Sequence[str], case_id: str = 'case',
                   spacing: Optional[Sequence[float]] = None, modes: Iterable[str] = MODES,
-                  spacing_known: bool = True) -> Dict[str, CaseMetrics]:
+                  spacing_known: bool = True, roi: Optional[np.ndarray] = None) -> Dict[str, CaseMetrics]:
     """Metrics of every foreground class (label value i for ``classes[i]``, i >= 1) in each mode.
 
     ``spacing_known=False`` (e.g. TransUNet's .npy.h5 files, which carry no spacing) makes strict HD95 voxels.
+    ``roi`` (bool, the shape of ``gt``): only pixels inside it count (prediction and label are background
+    outside), the way fundus benchmarks score inside the field of view.
     """
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
         raise UserInputError(f'{case_id}: prediction shape {pred.shape} differs from label shape {gt.shape}.')
+    if roi is not None:
+        roi = np.asarray(roi, dtype=bool)
+        if roi.shape != gt.shape:
+            raise UserInputError(f'{case_id}: region-of-interest shape {roi.shape} differs from label shape '
+                                 f'{gt.shape}.')
+        pred, gt = np.where(roi, pred, 0), np.where(roi, gt, 0)
     out = {}
     for mode in modes:
         ds, hs = [], []

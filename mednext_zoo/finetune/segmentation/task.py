@@ -32,26 +32,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..._atomic import atomic_write_bytes
 from ...data.volumes import SegDataset, Volume, VolumeRecord, discover, iter_volumes, load_volume
 from ...errors import UserInputError
 from ..engine import Task
 from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
-from ..outputs import claim_output_dir, remove_stale
+from ..outputs import claim_output_dir, remove_stale, unique_inputs
+from .data import PatchDataset, SliceDataset, TileDataset, choose_spatial_mode, prepare_volume
 from .inference import predict_volume, save_overlays, save_prediction
 from .losses import DiceCELoss
 from .metrics import MODES, evaluate_case, summarize
-from .preprocess import (
-    INTENSITY_MODES,
-    SYNAPSE_WINDOW,
-    augment_pair,
-    check_volume_size,
-    normalize_intensity,
-    resize_labels,
-    resize_slices,
-)
+from .preprocess import INTENSITY_MODES, SYNAPSE_WINDOW
 from .protocols import (
     BTCV_TO_SYNAPSE,
     LabelMap,
@@ -71,12 +64,12 @@ from .recipe import (
     build_sampler,
     class_frequencies,
     recipe_from_config,
-    slice_class_presence,
 )
 from .report import dice_boxplot, markdown_table, write_case_csv
 
 __all__ = ['SegConfig', 'SliceDataset', 'SegmentationTask', 'fit', 'evaluate', 'predict', 'load_run_model',
-           'evaluate_volumes', 'resolve_label_map', 'assign_case_splits', 'create_segmenter']
+           'evaluate_volumes', 'resolve_label_map', 'assign_case_splits', 'create_segmenter', 'load_case',
+           'resolve_intensity']
 
 RUN_KIND = 'segmentation'
 PRED_EXTS = ('.nii.gz', '.png', '.nrrd', '.mha')  # what save_prediction writes as <case>_pred<ext>
@@ -97,7 +90,10 @@ class SegConfig:
     remap_labels: Optional[str] = None  # e.g. 'btcv-to-synapse': raw BTCV label values -> the Synapse map
     layout: str = 'auto'
     slice_axis: int = 2  # NIfTI array axis sliced (2: axial for most scans)
-    img_size: int = 224
+    img_size: int = 224  # the model size: slices are resized to it, or (patch mode) patches are this size
+    patch_size: Optional[int] = None  # train on patches at native resolution, predict by sliding window
+    resize: bool = False  # always resize whole slices to img_size (the rule's other default: see data.py)
+    sw_overlap: float = 0.5  # sliding-window overlap in patch mode
     context: int = 1  # 2.5D: odd number of adjacent slices as channels
     intensity: str = 'auto'  # auto | ct | zscore | minmax | none
     window: Tuple[float, float] = SYNAPSE_WINDOW
@@ -161,8 +157,8 @@ def _check_remap(name: Optional[str]) -> Optional[Dict[int, int]]:
     return LABEL_REMAPS[name]
 
 
-def _load(record: VolumeRecord, label_map: Optional[LabelMap], slice_axis: int, remap: Optional[str] = None
-          ) -> Volume:
+def load_case(record: VolumeRecord, label_map: Optional[LabelMap], slice_axis: int = 2, remap: Optional[str] = None
+              ) -> Volume:
     """``load_volume`` with an optional label remapping applied before the label-map check."""
     mapping = _check_remap(remap)
     if mapping is None:
@@ -179,7 +175,7 @@ def _scan_max_label(ds: SegDataset, slice_axis: int, remap: Optional[str] = None
     top = 0
     for r in ds.records:
         if r.label:
-            vol = _load(r, None, slice_axis, remap)
+            vol = load_case(r, None, slice_axis, remap)
             top = max(top, int(vol.label.max()))
     return top
 
@@ -207,7 +203,7 @@ def resolve_label_map(ds: SegDataset, protocol: Optional[Protocol], labels: Any,
         lm = LabelMap.from_names(names, name=os.path.basename(os.path.normpath(ds.root)))
     else:
         top = _scan_max_label(ds, slice_axis, remap)
-        if ds.layout == 'folders' and top <= 1:
+        if (ds.layout == 'folders' or all(r.fmt == 'image2d' for r in ds.records)) and top <= 1:
             lm = LabelMap('binary', ('background', 'foreground'))
         else:
             lm = LabelMap.from_names(['background'] + [f'class_{i}' for i in range(1, max(top, 1) + 1)], 'inferred')
@@ -216,13 +212,15 @@ def resolve_label_map(ds: SegDataset, protocol: Optional[Protocol], labels: Any,
     return lm
 
 
-def _resolve_intensity(cfg_intensity: str, ds: SegDataset, protocol: Optional[Protocol]) -> str:
+def resolve_intensity(cfg_intensity: str, ds: SegDataset, protocol: Optional[Protocol]) -> str:
+    """The intensity mode of a run: ``cfg_intensity`` unless ``'auto'``; then none for TransUNet files and 2D images,
+    the protocol's, ct for CT and z-score for everything else."""
     if cfg_intensity != 'auto':
         if cfg_intensity not in INTENSITY_MODES:
             raise UserInputError(f'--intensity must be auto or one of {", ".join(INTENSITY_MODES)}; '
                                  f'got {cfg_intensity!r}.')
         return cfg_intensity
-    if ds.layout in ('synapse', 'folders'):
+    if ds.layout in ('synapse', 'folders') or (ds.records and all(r.fmt == 'image2d' for r in ds.records)):
         return 'none'  # TransUNet files are already windowed; 2D images are scaled to [0, 1] when read
     if protocol is not None:
         return protocol.intensity
@@ -286,56 +284,6 @@ def _random_split(recs: Sequence[VolumeRecord], val_frac: float, test_frac: floa
     for r in recs:
         out['test' if r.patient in test_p else 'val' if r.patient in val_p else 'train'].append(r)
     return out
-
-
-# ---------------------------------------------------------------- training data
-@dataclass
-class _Prepared:
-    image: torch.Tensor  # D, C, S, S (C = 3 for colour, else 1)
-    label: torch.Tensor  # D, S, S
-
-
-def _prepare(vol: Volume, img_size: int, intensity: str, window) -> _Prepared:
-    check_volume_size(vol.image.shape[1:3], vol.image_path, model_size=img_size)
-    img = normalize_intensity(vol.image, intensity, window)
-    if img.ndim == 4:
-        x = resize_slices(np.moveaxis(img, -1, 1), (img_size, img_size))
-    else:
-        x = resize_slices(img, (img_size, img_size))[:, None]
-    return _Prepared(x.contiguous(), resize_labels(vol.label, (img_size, img_size)))
-
-
-class SliceDataset(Dataset):
-    """Training / validation slices of prepared volumes: item ``(i, epoch)`` -> ``(C*k, S, S)`` image and
-    ``(S, S)`` label; augmentation (TransUNet's rot90 + flip / small rotation) is seeded by (seed, epoch, i)."""
-
-    def __init__(self, volumes: Sequence[_Prepared], context: int = 1, augment: bool = False, seed: int = 0,
-                 max_slices: int = 0):
-        self.volumes = list(volumes)
-        self.context, self.augment, self.seed = context, augment, seed
-        self.index = [(v, z) for v, p in enumerate(self.volumes) for z in range(p.image.shape[0])]
-        if max_slices and len(self.index) > max_slices:  # evenly spaced subset (validation during training)
-            keep = np.linspace(0, len(self.index) - 1, max_slices).round().astype(int)
-            self.index = [self.index[i] for i in np.unique(keep)]
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, item):
-        i, epoch = item if isinstance(item, tuple) else (item, 0)
-        v, z = self.index[i]
-        p = self.volumes[v]
-        if self.context > 1:
-            d, r = p.image.shape[0], self.context // 2
-            idx = [min(max(z + o, 0), d - 1) for o in range(-r, r + 1)]
-            x = p.image[idx, 0]
-        else:
-            x = p.image[z]
-        y = p.label[z]
-        if self.augment:
-            rng = random.Random((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
-            x, y = augment_pair(x, y, rng)
-        return x.contiguous(), y.contiguous()
 
 
 # ---------------------------------------------------------------- task
@@ -451,12 +399,14 @@ def evaluate_volumes(model: nn.Module, records: Sequence[VolumeRecord], label_ma
         it = tqdm(records, desc=f'{title} (3D)', leave=False)
     spacing_known = True
     for i, r in enumerate(it):
-        vol = _load(r, label_map, settings.get('slice_axis', 2), settings.get('remap_labels'))
+        vol = load_case(r, label_map, settings.get('slice_axis', 2), settings.get('remap_labels'))
         if vol.label is None:
             raise UserInputError(f'{r.image}: no label file to evaluate against.')
         pred = predict_volume(model, vol, settings['img_size'], settings['intensity'], tuple(settings['window']),
-                              settings['context'], tta=tta, device=device, amp_dtype=amp_dtype)
-        res = evaluate_case(pred, vol.label, label_map.classes, r.case_id, vol.spacing, MODES, vol.spacing_known)
+                              settings['context'], tta=tta, device=device, amp_dtype=amp_dtype,
+                              patch_size=settings.get('patch_size'), overlap=settings.get('sw_overlap', 0.5))
+        res = evaluate_case(pred, vol.label, label_map.classes, r.case_id, vol.spacing, MODES, vol.spacing_known,
+                            roi=vol.roi)
         spacing_known &= vol.spacing_known
         for m in MODES:
             cases[m].append(res[m])
@@ -535,12 +485,22 @@ def _export(model: nn.Module, export_dir: str, label_map: LabelMap, settings: Di
     return export_dir
 
 
-def _describe_intensity(intensity: str, window, img_size: int, context: int) -> str:
+def _describe_spatial(mode: str, size: int, overlap: float) -> str:
+    if mode == 'patch':
+        return (f'native resolution: random {size}x{size} patches in training, a {size}x{size} sliding window '
+                f'(overlap {overlap:g}, Gaussian) in prediction')
+    return f'slices resized to {size}x{size}'
+
+
+def _describe_intensity(intensity: str, window, img_size: int, context: int, patch_size: Optional[int] = None,
+                        overlap: float = 0.5) -> str:
     what = {'ct': f'HU clipped to [{window[0]:g}, {window[1]:g}] and scaled to [0, 1] per volume',
             'zscore': 'zero mean, unit variance per volume', 'minmax': 'scaled to [0, 1] per volume',
             'none': 'as stored (TransUNet files are pre-windowed; 2D images read as [0, 1])'}[intensity]
     ctx = f'; {context} adjacent slices as channels (2.5D)' if context > 1 else ''
-    return f'{what}; slices resized to {img_size}x{img_size} (bilinear){ctx}; see segmentation.json'
+    where = (_describe_spatial('patch', patch_size, overlap) if patch_size else
+             f'slices resized to {img_size}x{img_size} (bilinear)')
+    return f'{what}; {where}{ctx}; see segmentation.json'
 
 
 def _image_files(r: VolumeRecord) -> Sequence[str]:
@@ -602,13 +562,20 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
     ds = discover(cfg.data, cfg.layout, cfg.on_bad_file, cfg.strict_columns)
     _check_remap(cfg.remap_labels)
     label_map = resolve_label_map(ds, protocol, cfg.labels, cfg.slice_axis, cfg.remap_labels)
-    intensity = _resolve_intensity(cfg.intensity, ds, protocol)
+    intensity = resolve_intensity(cfg.intensity, ds, protocol)
     splits = assign_case_splits(ds, protocol, cfg.val_frac, cfg.test_frac, cfg.folds, cfg.fold, cfg.seed)
     # load every training / validation volume up front: bad files fail (or are skipped) before any training
     skipped = list(ds.skipped)
-    load = lambda r: _load(r, label_map, cfg.slice_axis, cfg.remap_labels)  # noqa: E731
-    prepared = {s: [_prepare(v, cfg.img_size, intensity, cfg.window)
-                    for v in iter_volumes(splits.get(s, []), load, cfg.on_bad_file, skipped)] for s in ('train', 'val')}
+    load = lambda r: load_case(r, label_map, cfg.slice_axis, cfg.remap_labels)  # noqa: E731
+    loaded = {s: list(iter_volumes(splits.get(s, []), load, cfg.on_bad_file, skipped)) for s in ('train', 'val')}
+    mode, model_size = choose_spatial_mode([v.image.shape[1:3] for v in loaded['train'] + loaded['val']],
+                                           cfg.img_size, all(v.native_ndim == 2 for v in loaded['train']),
+                                           cfg.patch_size, cfg.resize)
+    if not 0 <= cfg.sw_overlap < 1:
+        raise UserInputError(f'--sw-overlap must be in [0, 1), got {cfg.sw_overlap}.')
+    prepared = {s: [prepare_volume(v, model_size, intensity, cfg.window, mode) for v in vols]
+                for s, vols in loaded.items()}
+    del loaded
     if len(skipped) > len(ds.skipped):  # cases that failed to load leave the split lists too
         failed = {path for path, _ in skipped[len(ds.skipped):]}
         splits = {k: [r for r in v if r.image not in failed] for k, v in splits.items()}
@@ -624,27 +591,33 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
     if channels == 3 and cfg.context != 1:
         raise UserInputError('2.5D --context needs grayscale volumes; the data holds colour images.')
     in_chans = channels * cfg.context
-    settings = {'task': RUN_KIND, 'img_size': cfg.img_size, 'intensity': intensity, 'window': list(cfg.window),
+    settings = {'task': RUN_KIND, 'img_size': model_size, 'intensity': intensity, 'window': list(cfg.window),
                 'context': cfg.context, 'slice_axis': cfg.slice_axis, 'in_chans': in_chans,
-                'remap_labels': cfg.remap_labels}
+                'remap_labels': cfg.remap_labels, 'patch_size': model_size if mode == 'patch' else None,
+                'sw_overlap': cfg.sw_overlap, 'sw_mode': 'gaussian'}
     identity = {'task': RUN_KIND, 'model': cfg.model, 'classes': list(label_map.classes), 'in_chans': in_chans,
-                'img_size': cfg.img_size}
+                'img_size': model_size}
     resumed = _on_main(eng, info, eng.check_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
 
     eng.seed_everything(cfg.seed)
-    model = create_segmenter(cfg.model, label_map.num_classes, in_chans, cfg.img_size, cfg.pretrained, cfg.drop_path)
+    model = create_segmenter(cfg.model, label_map.num_classes, in_chans, model_size, cfg.pretrained, cfg.drop_path)
     from ...data import EpochSampler
-    train_ds = SliceDataset(prepared['train'], cfg.context, cfg.augment, cfg.seed)
+    if mode == 'patch':
+        train_ds = PatchDataset(prepared['train'], model_size, label_map.num_classes, cfg.context, cfg.augment,
+                                cfg.seed, recipe.oversample_fg)
+    else:
+        train_ds = SliceDataset(prepared['train'], cfg.context, cfg.augment, cfg.seed)
     mk_loader = lambda d, sampler, drop: DataLoader(  # noqa: E731
         d, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=drop,
         generator=torch.Generator().manual_seed(cfg.seed), pin_memory=torch.cuda.is_available())
     drop_last = len(train_ds) >= cfg.batch_size * info.world_size  # BatchNorm cannot train on a batch of one
     train_labels = [p.label for p in prepared['train']]
-    train_loader = mk_loader(train_ds, build_sampler(recipe, slice_class_presence(train_labels, label_map.num_classes),
+    train_loader = mk_loader(train_ds, build_sampler(recipe, train_ds.class_presence(label_map.num_classes),
                                                      cfg.seed, info.rank, info.world_size), drop_last)
     val_loader = None
     if prepared['val']:
-        val_ds = SliceDataset(prepared['val'], cfg.context, False, cfg.seed, cfg.val_max_slices)
+        val_ds = (TileDataset(prepared['val'], model_size, cfg.context, cfg.val_max_slices) if mode == 'patch' else
+                  SliceDataset(prepared['val'], cfg.context, False, cfg.seed, cfg.val_max_slices))
         val_loader = mk_loader(val_ds, EpochSampler(len(val_ds), shuffle=False, rank=info.rank,
                                                     world_size=info.world_size), False)
     updates = max(1, math.ceil(len(train_loader) / cfg.accum_steps))
@@ -675,6 +648,7 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
               f'{ds.layout} data, intensity {intensity}; train {len(splits["train"])} '
               + ('images' if flat else f'volumes ({len(train_ds)} slices)')
               + f', val {len(splits.get("val", []))}, test {len(splits.get("test", []))}; '
+              f'{_describe_spatial(mode, model_size, cfg.sw_overlap)}; '
               f'{cfg.epochs} epochs on {engine.device}{"; resuming" if resumed else ""}', flush=True)
     summary = engine.fit(resume=bool(resumed), changes=changes)
     if not info.is_main:
@@ -689,7 +663,8 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
     result: Dict[str, Any] = {
         'task': RUN_KIND, 'model': cfg.model, 'data': os.path.abspath(cfg.data), 'layout': ds.layout,
         'protocol': protocol.name if protocol else None, 'classes': list(label_map.classes),
-        'label_map': label_map.name, 'intensity': intensity, 'img_size': cfg.img_size, 'context': cfg.context,
+        'label_map': label_map.name, 'intensity': intensity, 'img_size': model_size, 'context': cfg.context,
+        'spatial': mode, 'patch_size': settings['patch_size'],
         'sizes': {s: len(v) for s, v in splits.items()}, 'epochs_run': summary['epochs_run'],
         'scored_with': eng.describe_weights(summary),
         'best_epoch': summary['best_epoch'], 'monitor': f'val {ecfg.monitor} ({ecfg.monitor_mode})',
@@ -722,9 +697,11 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
                    'modality': ds.modality or '', 'label_names': list(label_map.classes),
                    'split': ', '.join(f'{k} {len(v)} volumes' for k, v in splits.items())
                    + (f' ({protocol.reference})' if protocol else ' (patient-grouped)'),
-                   'protocol': f'slice-wise 2D training at {cfg.img_size}x{cfg.img_size}, intensity {intensity}, '
-                               f'{cfg.epochs} epochs, loss {cfg.ce_weight} CE + {cfg.dice_weight} soft Dice',
-                   'preprocessing': _describe_intensity(intensity, cfg.window, cfg.img_size, cfg.context),
+                   'protocol': f'slice-wise 2D training, {_describe_spatial(mode, model_size, cfg.sw_overlap)}, '
+                               f'intensity {intensity}, {cfg.epochs} epochs, loss {cfg.ce_weight} CE + '
+                               f'{cfg.dice_weight} soft Dice',
+                   'preprocessing': _describe_intensity(intensity, cfg.window, model_size, cfg.context,
+                                                        settings['patch_size'], cfg.sw_overlap),
                    'metric_conventions': '; '.join(MODE_NOTES[m] for m in MODES)}
         _export(final.cpu(), os.path.join(cfg.out, 'export'), label_map, settings, headline, note, dataset)
     print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
@@ -816,11 +793,11 @@ def _expand_volumes(inputs: Sequence[str]) -> List[VolumeRecord]:
         else:
             raise UserInputError(f'Input {item} does not exist.')
         recs.extend(VolumeRecord(case_id_of(f), f, None, _fmt_of(f)) for f in files)
-    unique = {os.path.realpath(r.image): r for r in reversed(recs)}  # a file given twice: its first mention, once
+    unique = unique_inputs(recs, key=lambda r: os.path.realpath(r.image))  # a file given twice: once
     if len(unique) < len(recs):
         print(f'[mednext-zoo] {len(recs) - len(unique)} input file(s) given more than once (e.g. directly and '
               f'through their folder) are predicted once', file=sys.stderr)
-        recs = [r for r in recs if unique.get(os.path.realpath(r.image)) is r]
+    recs = unique
     seen: Dict[str, str] = {}
     for r in recs:
         other = seen.setdefault(r.case_id, r.image)
@@ -846,7 +823,7 @@ def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, tta:
     for r in _expand_volumes(inputs):
         vol = load_volume(r, None, rc.get('slice_axis', 2))
         pred = predict_volume(model, vol, rc['img_size'], rc['intensity'], tuple(rc['window']), rc['context'],
-                              tta=tta)
+                              tta=tta, patch_size=rc.get('patch_size'), overlap=rc.get('sw_overlap', 0.5))
         path = save_prediction(pred, vol, out)
         ov = save_overlays(vol, pred, os.path.join(out, 'overlays'), num_classes=len(rc['classes']),
                            max_slices=overlays) if overlays else []
