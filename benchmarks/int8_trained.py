@@ -7,10 +7,10 @@ a segmentation net that has learnt something, scored in 3D on held-out volumes.
 1. Trains ``medunext_tiny_hr`` on the ``small`` phantom with the package's default recipe (the command of
    ``benchmarks/finetune_phantoms.py``: ``mednext-zoo finetune --task seg ... --img-size 64 --epochs 8``), unless
    ``--run`` names a finished run.
-2. Writes the run's TRAINING slices (its ``splits.csv`` train cases), preprocessed exactly as training saw them
-   (CT window, [0, 1]), as 2D NIfTI files to a calibration folder, and exports ``RUN/export`` with
-   ``mednext-zoo export --format onnx|openvino [--int8 --calibration DIR --window 0.5,1]``: the window 0.5,1 maps
-   the stored [0, 1] values onto themselves, so the quantiser calibrates on the very inputs the net sees.
+2. Copies the run's TRAINING volumes (its ``splits.csv`` train cases) as stored (raw HU) to a calibration folder,
+   and exports ``RUN/export`` with ``mednext-zoo export --format onnx|openvino [--int8 --calibration DIR]``: the
+   export reads them through the preprocessing the run recorded (CT window, scaled per volume), so the quantiser
+   calibrates on the very inputs the net sees.
 3. Runs eager fp32 PyTorch, fp32 / int8 ONNX Runtime and fp32 / int8 OpenVINO on every slice of the held-out
    ``imagesTs`` volumes (the inputs of ``predict_volume``: ``volume_inputs``, the run's intensity recipe; arg-max;
    nearest resize back to the native slice) and reports per class: 3D Dice against the ground truth (the
@@ -39,28 +39,20 @@ REFERENCE = 'PyTorch fp32'
 # (runtime label, export format, int8?) in report order; the reference is the eager model itself
 ARTEFACTS = (('ORT fp32', 'onnx', False), ('ORT int8', 'onnx', True),
              ('OpenVINO fp32', 'openvino', False), ('OpenVINO int8', 'openvino', True))
-# the calibration slices hold the training inputs already in [0, 1]: level 0.5, width 1 reads them unchanged
-IDENTITY_WINDOW = '0.5,1'
 
 
-def write_calibration_slices(records, settings: Mapping, folder: Path) -> int:
-    """Every slice of ``records`` as a 2D NIfTI in ``folder``, intensity-normalised as ``settings`` (a run's
-    config) trains on, oriented so that ``mednext_zoo.data.io.load_image`` (which applies ``np.rot90``) reads
-    back exactly the training slice; returns the number of slices."""
-    import nibabel as nib
+def write_calibration_cases(records, folder: Path) -> int:
+    """The image file of each of ``records`` copied into ``folder`` as stored (the export reads them through the
+    run's recorded preprocessing, as training did); returns the number of slices they hold."""
+    import shutil
 
     from mednext_zoo.data.volumes import load_volume
-    from mednext_zoo.finetune.segmentation.preprocess import normalize_intensity
 
     folder.mkdir(parents=True, exist_ok=True)
     n = 0
     for r in records:
-        vol = load_volume(r, None, settings.get('slice_axis', 2))
-        img = normalize_intensity(vol.image, settings['intensity'], tuple(settings['window']))
-        for z, sl in enumerate(img):
-            data = np.ascontiguousarray(np.rot90(sl, -1), dtype=np.float32)
-            nib.save(nib.Nifti1Image(data, np.eye(4)), str(folder / f'{r.case_id}_z{z:03d}.nii.gz'))
-            n += 1
+        shutil.copyfile(r.image, folder / Path(r.image).name)
+        n += load_volume(r, None).image.shape[0]
     return n
 
 
@@ -249,15 +241,14 @@ def main(argv=None) -> int:
             raise SystemExit(f'{data}: need the run\'s train cases and labelled held-out imagesTs cases '
                              f'(found {len(train)} train, {len(test)} held-out)')
         calib = work / 'calibration'
-        n_calib = write_calibration_slices(train, rc, calib)
+        n_calib = write_calibration_cases(train, calib)
         runners = {REFERENCE: lambda x: model(x)}
         exports = {}
         for name, fmt, int8 in ARTEFACTS:
             folder = work / 'artefacts' / name.lower().replace(' ', '-')
             args = ['export', str(run / 'export'), str(folder), '--format', fmt]
             if int8:
-                args += ['--int8', '--calibration', str(calib), '--window', IDENTITY_WINDOW,
-                         '--calibration-limit', str(a.calibration_limit)]
+                args += ['--int8', '--calibration', str(calib), '--calibration-limit', str(a.calibration_limit)]
             print(f'[int8-trained] mednext-zoo {" ".join(args)}', flush=True)
             if cli(args):
                 raise SystemExit(f'export failed: mednext-zoo {" ".join(args)}')
@@ -277,7 +268,7 @@ def main(argv=None) -> int:
                       'img_size': rc['img_size'], 'intensity': rc['intensity'], 'window': rc['window'],
                       'wall_s': train_wall},
             calibration={'slices_written': n_calib, 'train_cases': [r.case_id for r in train],
-                         'limit': a.calibration_limit, 'window': IDENTITY_WINDOW},
+                         'limit': a.calibration_limit, 'read_with': 'the run\'s recorded preprocessing'},
             exports=exports, batch_size=a.batch_size, input_dtype='fp32', threads=torch.get_num_threads(),
             machine=machine_info('cpu'), versions={k: _version(k) for k in ('onnx', 'onnxruntime', 'openvino', 'nncf')},
             load_average=os.getloadavg(), command='python benchmarks/int8_trained.py ' + ' '.join(
@@ -287,7 +278,8 @@ def main(argv=None) -> int:
               f'volumes\n\nCommand: `{res["command"]}`. Training: {rc["epochs"]} epochs, '
               f'{res["training"]["steps"]} optimiser steps, batch {rc["batch_size"]}, {rc["img_size"]} x '
               f'{rc["img_size"]}. Calibration: {exports["ORT int8"]["calibration_images"]} of the {n_calib} '
-              f'training slices, written as 2D NIfTI in [0, 1]. Artefacts: `{exports["OpenVINO int8"]["command"]}` '
+              f'training slices (the train volumes as stored, read through the run\'s recorded preprocessing). '
+              f'Artefacts: `{exports["OpenVINO int8"]["command"]}` '
               f'(and `--format onnx`, and both without `--int8 ...` for fp32). Inference: batch {a.batch_size}, '
               'fp32 inputs (int8 inside the quantised graphs), '
               f'{res["threads"]} thread(s) on {machine_label(res["machine"])}; torch {torch.__version__}, '

@@ -1,9 +1,10 @@
 """Real data, side by side: the classification recipe of ``mednext-zoo finetune`` on a MedMNIST file, several
 models x several seeds, with per-step curves (issue 21).
 
-    python benchmarks/real_data.py --data ../shared/data/pneumoniamnist.npz --out benchmarks/results/real-data \\
-        --rows mednext_tiny,mednext_small,mednext_base,resnet18,resnet50,convnext_atto --seeds 0,1,2 \\
-        --epochs 10 --img-size 64 [--set crop_scale=0.5,1.0 ...] [--jobs 2]
+    python benchmarks/real_data.py --data ../shared/data/pneumoniamnist.npz --epochs 10 --img-size 64 --jobs 2
+
+(default rows: mednext_tiny, mednext_small, mednext_base, resnet18, resnet50, convnext_atto; seeds 0, 1, 2;
+``--set KEY=VALUE`` overrides a FinetuneConfig field for every row, e.g. ``--set crop_scale=0.5,1.0``.)
 
 Every run is ``finetune`` with the CLI's defaults (``FinetuneConfig``'s, which the CLI passes unchanged) plus the
 ``--set`` overrides, identical for every row: from random weights, AdamW lr 3e-3, gradient clipping 1.0, cosine

@@ -16,11 +16,14 @@ from mednext_zoo.cli import main
 from mednext_zoo.deploy import (
     BackendUnavailable,
     Preprocessing,
+    classification_spec,
     drift,
     export_model,
     load_artefact,
     prepare_runner,
+    preprocess,
     sample_images,
+    segmentation_spec,
 )
 from mednext_zoo.deploy.drift import label_map_dice
 from mednext_zoo.errors import UserInputError
@@ -73,12 +76,29 @@ def test_export_fp32_loads_back_with_parity(tiny, tmp_path, fmt):
     assert report.parity['max_abs_dlogit'] < 1e-4 and report.parity['top1_agreement'] == 1.0
     assert 'Parity against eager fp32' in report.summary() and 'top-1 agreement 100.0%' in report.summary()
     pre = Preprocessing.from_json((tmp_path / fmt / 'preprocessing.json').read_text())
-    assert pre.input_size == (3, 64, 64) and pre.window == 'abdomen' and pre.extra['format'] == fmt
-    assert pre.mean == pytest.approx(timm.data.IMAGENET_DEFAULT_MEAN) and pre.task == 'cls'
+    assert pre.input_size == (3, 64, 64) and pre.extra['format'] == fmt and pre.task == 'cls'
+    assert pre.spec.intensity == {'mode': 'window', 'low': -160.0, 'high': 240.0, 'scale': 'window',
+                                  'name': 'abdomen'}
+    assert pre.mean == pytest.approx(timm.data.IMAGENET_DEFAULT_MEAN)
     x = pre.normalise(sample_images(2, 3, (64, 64), seed=3))
     with torch.no_grad():
         assert (load_artefact(tmp_path / fmt)(x) - tiny(x)).abs().max() < 1e-4
     assert json.loads((tmp_path / fmt / 'parity.json').read_text())['images'] == 3
+    # the parity includes the preprocessing: raw DICOM / NIfTI / PNG files through preprocessing.json
+    pp = report.parity['preprocessing_parity']
+    assert {'CT_small.dcm', 'anatomical.nii', 'grey.png', 'colour.png'} == {r['file'] for r in pp['files']}
+    assert pp['agrees'] and pp['max_abs_dinput'] < 1e-5 and pp['top1_agreement'] == 1.0
+    assert 'Preprocessing parity on 4 raw files' in report.summary()
+    # a deployment follows preprocessing.json with preprocess(): the training loader's inputs, the model's outputs
+    from pydicom.data import get_testdata_file
+
+    from mednext_zoo.data import ImageClassificationDataset, Sample, build_transforms
+    ct = get_testdata_file('CT_small.dcm')
+    deployed = load_artefact(tmp_path / fmt)(torch.from_numpy(preprocess(ct, tmp_path / fmt)))
+    train_x = ImageClassificationDataset([Sample(ct, 'a')], {'a': 0}, build_transforms(64, pre.mean, pre.std, False),
+                                         3, 'abdomen')[0][0]
+    with torch.no_grad():
+        assert (deployed - tiny(train_x[None])).abs().max() < 1e-4
 
 
 def test_medunext_export_is_scored_as_segmentation(tmp_path):
@@ -86,14 +106,16 @@ def test_medunext_export_is_scored_as_segmentation(tmp_path):
     # agreement' taken over the image width instead of the label-map Dice
     torch.manual_seed(0)
     seg = timm.create_model('medunext_tiny', img_size=32, num_classes=3, in_chans=1).eval()
-    report = export_model(seg, tmp_path / 'seg', fmt='onnx', parity_images=2)
+    report = export_model(seg, tmp_path / 'seg', fmt='onnx', parity_images=2,
+                          preprocessing=segmentation_spec({'intensity': 'minmax', 'img_size': 32}))
     assert report.parity['top1_agreement'] is None and report.parity['dice_vs_fp32'] > 0.999
     assert 'label-map Dice' in report.summary()
     assert Preprocessing.from_json((tmp_path / 'seg' / 'preprocessing.json').read_text()).task == 'seg'
 
 
 def test_export_int8_onnx_with_calibration(tiny, tmp_path, calib_dir):
-    report = export_model(tiny, tmp_path / 'q', fmt='onnx', int8=True, calibration=calib_dir, parity_images=4)
+    report = export_model(tiny, tmp_path / 'q', fmt='onnx', int8=True, calibration=calib_dir, parity_images=4,
+                          window='minmax')
     assert report.precision == 'int8'
     graph = __import__('onnx').load(str(tmp_path / 'q' / 'model.onnx')).graph
     assert any(n.op_type == 'QuantizeLinear' for n in graph.node)  # really quantised
@@ -104,7 +126,8 @@ def test_export_int8_onnx_with_calibration(tiny, tmp_path, calib_dir):
 @pytest.mark.slow
 def test_export_int8_openvino_with_calibration(tiny, tmp_path, calib_dir):
     pytest.importorskip('nncf')
-    report = export_model(tiny, tmp_path / 'q', fmt='openvino', int8=True, calibration=calib_dir, parity_images=4)
+    report = export_model(tiny, tmp_path / 'q', fmt='openvino', int8=True, calibration=calib_dir, parity_images=4,
+                          window='minmax')
     assert report.precision == 'int8' and 0 < report.parity['max_abs_dlogit'] < 1.0
     assert 'FakeQuantize' in (tmp_path / 'q' / 'model.xml').read_text()
 
@@ -114,17 +137,35 @@ def test_export_bad_requests_raise_clear_errors(tiny, tmp_path, calib_dir):
         export_model(tiny, tmp_path / 'a', fmt='onnx', int8=True)
     with pytest.raises(UserInputError, match='no such folder'):
         export_model(tiny, tmp_path / 'a', fmt='onnx', int8=True, calibration=tmp_path / 'missing')
-    with pytest.raises(UserInputError, match='holds no image'):
+    with pytest.raises(UserInputError, match='holds no file the model\'s reader takes'):
         empty = tmp_path / 'empty'
         empty.mkdir()
-        export_model(tiny, tmp_path / 'a', fmt='onnx', int8=True, calibration=empty)
+        export_model(tiny, tmp_path / 'a', fmt='onnx', int8=True, calibration=empty, window='minmax')
     with pytest.raises(UserInputError, match='--int8 only'):
         export_model(tiny, tmp_path / 'a', fmt='onnx', calibration=calib_dir)
     with pytest.raises(UserInputError, match='unknown --format'):
         export_model(tiny, tmp_path / 'a', fmt='tflite')
     with pytest.raises(UserInputError, match='Unknown window'):
         export_model(tiny, tmp_path / 'a', fmt='onnx', window='kidney')
+    # never from defaults: the recipe the model was trained with is required, once
+    with pytest.raises(UserInputError, match='needs the preprocessing the model was trained with'):
+        export_model(tiny, tmp_path / 'a', fmt='onnx')
+    with pytest.raises(UserInputError, match='not both'):
+        export_model(tiny, tmp_path / 'a', fmt='onnx', window='lung', preprocessing=spec_of(tiny))
+    with pytest.raises(UserInputError, match='describes segmentation but the model is a classification'):
+        export_model(tiny, tmp_path / 'a', fmt='onnx', preprocessing=segmentation_spec({'intensity': 'ct',
+                                                                                         'img_size': 64}))
+    with pytest.raises(UserInputError, match='resizes to 32x32 but the model was built for 64x64'):
+        export_model(tiny, tmp_path / 'a', fmt='onnx', preprocessing=classification_spec(32, 3, (0.5,), (0.5,)))
+    seg = timm.create_model('medunext_tiny', img_size=32, num_classes=2, in_chans=1)
+    with pytest.raises(UserInputError, match='more than a window'):
+        export_model(seg, tmp_path / 'a', fmt='onnx', window='abdomen')
     assert not (tmp_path / 'a').exists()
+
+
+def spec_of(model, window=None):
+    from mednext_zoo.deploy.preprocessing import spec_for_model
+    return spec_for_model(model, window)
 
 
 def test_cli_export_onnx_from_checkpoint_and_hub_folder(tiny, tmp_path, capsys, offline_hf):
@@ -133,14 +174,45 @@ def test_cli_export_onnx_from_checkpoint_and_hub_folder(tiny, tmp_path, capsys, 
     safetensors.torch.save_file(tiny.state_dict(), str(ckpt))
     args = ['export', 'mednext_tiny', str(tmp_path / 'onnx'), '--checkpoint', str(ckpt), '--num-classes', '3',
             '--img-size', '64', '--format', 'onnx']
-    assert main(args) == 0
+    assert main(args) == 2  # a bare checkpoint carries no recipe: refused, never min-max by default
+    assert 'needs the preprocessing the model was trained with' in capsys.readouterr().err
+    assert not (tmp_path / 'onnx').exists()
+    assert main(args + ['--window', 'minmax', '--labels', 'a,b,c']) == 0
     out = capsys.readouterr().out
     assert 'max |Δlogit|' in out and 'top-1 agreement 100.0%' in out and (tmp_path / 'onnx' / 'model.onnx').is_file()
-    assert main(['export', 'mednext_tiny', str(tmp_path / 'hub'), '--checkpoint', str(ckpt), '--num-classes', '3',
-                 '--img-size', '64', '--no-flops']) == 0  # the Hub folder export is unchanged
+    pre = Preprocessing.from_json((tmp_path / 'onnx' / 'preprocessing.json').read_text())
+    assert pre.label_names == ['a', 'b', 'c'] and pre.spec.intensity == {'mode': 'minmax'}
+    assert 'Preprocessing (from --window minmax): min-max per image' in out
+    hub = ['export', 'mednext_tiny', str(tmp_path / 'hub'), '--checkpoint', str(ckpt), '--num-classes', '3',
+           '--img-size', '64', '--no-flops']
+    assert main(hub + ['--window', 'file']) == 0  # the Hub folder records the recipe given
     capsys.readouterr()
     assert main(['export', str(tmp_path / 'hub'), str(tmp_path / 'from_hub'), '--format', 'onnx']) == 0
-    assert 'top-1 agreement 100.0%' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'top-1 agreement 100.0%' in out and f'from {tmp_path / "hub"}/config.json' in out
+    assert Preprocessing.from_json((tmp_path / 'from_hub' / 'preprocessing.json').read_text()).spec.intensity == \
+        {'mode': 'file_window'}
+    assert main(['export', str(tmp_path / 'hub'), str(tmp_path / 'x'), '--format', 'onnx', '--window', 'lung']) == 2
+    assert 'records the preprocessing' in capsys.readouterr().err  # a recorded recipe is never overridden
+    # a Hub folder written without a recipe: refused, unless it is given explicitly
+    assert main(hub[:2] + [str(tmp_path / 'bare')] + hub[3:]) == 0
+    capsys.readouterr()
+    assert main(['export', str(tmp_path / 'bare'), str(tmp_path / 'y'), '--format', 'onnx']) == 2
+    assert 'none is recorded' in capsys.readouterr().err
+    assert main(['export', str(tmp_path / 'bare'), str(tmp_path / 'y'), '--format', 'onnx', '--preprocessing',
+                 str(tmp_path / 'from_hub' / 'preprocessing.json')]) == 0
+    assert 'Preprocessing (from --preprocessing' in capsys.readouterr().out
+
+
+def test_export_warns_when_the_cpu_is_busy(tiny, tmp_path, monkeypatch):
+    import mednext_zoo.deploy.export as ex
+    monkeypatch.setattr(ex, 'load_average', lambda: 7.5)
+    monkeypatch.setattr(ex, 'usable_cores', lambda: 2)
+    report = export_model(tiny, tmp_path / 'busy', fmt='onnx', window='minmax', parity_images=1)
+    assert report.parity['cpu_busy'] and report.parity['load_avg_1min'] == [7.5, 7.5]
+    assert 'other processes were competing for the CPU (1-min load average 7.5 / 7.5' in report.summary()
+    idle = ex.ExportReport(report.out_dir, 'onnx', 'fp32', [], {**report.parity, 'cpu_busy': False})
+    assert 'competing for the CPU' not in idle.summary()
 
 
 @pytest.mark.parametrize('extra, message', [
@@ -211,3 +283,32 @@ def test_bench_segmentation_drift_is_label_map_dice():
                            dtypes=['fp32'], reference='', **FAST)
     onnx = result.row('medunext_tiny@64', backend='onnxruntime', dtype='fp32')
     assert onnx['dice_vs_fp32'] > 0.999 and onnx['top1_agreement'] is None and onnx['max_abs_dlogit'] < 1e-3
+
+
+def test_preprocessing_parity_sees_a_description_that_disagrees_with_training(tiny, tmp_path):
+    """The issue-23 mistake (a run trained with a CT window, exported with min-max) shows up: the reference side
+    is the training loader configured from the run's record, not from the written description."""
+    record = {'task': 'classification', 'window': 'abdomen', 'img_size': 64, 'in_chans': 3,
+              'mean': list(timm.data.IMAGENET_DEFAULT_MEAN), 'std': list(timm.data.IMAGENET_DEFAULT_STD)}
+    report = export_model(tiny, tmp_path / 'wrong', fmt='onnx', window='minmax', record=record, parity_images=1)
+    pp = report.parity['preprocessing_parity']
+    assert not pp['agrees'] and pp['max_abs_dinput'] > 0.1 and pp['reference'] == "the run's records"
+    rows = {r['file']: r for r in pp['files']}
+    assert rows['CT_small.dcm']['max_abs_dinput'] > 0.1 and rows['grey.png']['max_abs_dinput'] < 1e-5  # PNGs: no window
+    assert 'preprocessing.json does NOT reproduce the inputs the model was trained on' in report.summary()
+
+
+def test_sliding_window_recipe_exports_with_patch_parity(tmp_path):
+    """Native-resolution training (patch_size set): the artefact takes patches; the parity runs MONAI's sliding
+    window over the whole slice on both sides."""
+    pytest.importorskip('monai')
+    torch.manual_seed(0)
+    seg = timm.create_model('medunext_tiny', img_size=32, num_classes=3, in_chans=1).eval()
+    spec = segmentation_spec({'intensity': 'zscore', 'img_size': 32, 'patch_size': 32, 'sw_overlap': 0.5,
+                              'sw_mode': 'gaussian'})
+    report = export_model(seg, tmp_path / 'sw', fmt='onnx', preprocessing=spec, parity_images=1)
+    pre = Preprocessing.from_json((tmp_path / 'sw' / 'preprocessing.json').read_text())
+    assert pre.input_size == (1, 32, 32) and pre.spec.spatial['mode'] == 'sliding_window'
+    pp = report.parity['preprocessing_parity']
+    assert pp['agrees'] and pp['dice_vs_fp32'] > 0.999 and 'anatomical.nii' in [r['file'] for r in pp['files']]
+    assert 'sliding window 32x32 (overlap 0.5, gaussian blend)' in report.summary()

@@ -84,13 +84,18 @@ def test_finetune_dicom_offers_only_windows_that_exist(tmp_path, capsys):
     assert not (tmp_path / 'run').exists()
 
 
-def test_load_export(dicom_run):
+def test_load_export(dicom_run, tmp_path):
     data, run, _, _ = dicom_run
     files = [data / 'ct' / 'ct_00.dcm', data / 'mr' / 'mr_01.dcm']
     results, out = run_example('load_export.py', [run / 'export', *files])
     assert [r[0] for r in results] == [str(f) for f in files]
     assert all(label in ('ct', 'mr') and 0.5 <= p <= 1.0 for _, label, p in results)  # argmax of 2 classes
     assert 'ct_00.dcm: ' in out
+    # the recorded recipe gives the run's own predictions (nothing passed by hand)
+    from mednext_zoo.finetune import predict
+    rows = predict(str(run), [str(f) for f in files], out=str(tmp_path / 'pred'))
+    assert [r[1] for r in results] == [row['prediction'] for row in rows]
+    assert [r[2] for r in results] == pytest.approx([row['confidence'] for row in rows], abs=1e-5)
 
 
 def test_export_onnx_of_a_run(dicom_run, tmp_path):

@@ -879,3 +879,67 @@ def test_lr_and_clipping_defaults_depend_on_the_start():
     assert (mine.lr, mine.clip_grad) == (1e-4, 0.0)  # explicit values win; 0 keeps clipping off
     r = cls_recipe()  # the training-efficiency suite's classification rows train from random weights
     assert (r.opt, r.lr, r.clip_grad, r.oversample_fg) == ('adamw', scratch.lr, scratch.clip_grad, 0.0)
+
+
+# ---------------------------------------------------------------- export: the run's recipe travels with the weights
+def _dicom_classes(root, n: int = 4) -> str:
+    """Two classes of CT slices (HU in the files): pydicom's CT_small.dcm with noise, mirrored for class b."""
+    ds0 = pydicom.dcmread(_ct_path())
+    rng = np.random.default_rng(0)
+    for cls, flip in (('a', False), ('b', True)):
+        os.makedirs(os.path.join(root, cls), exist_ok=True)
+        for i in range(n):
+            ds = pydicom.dcmread(_ct_path())
+            arr = ds0.pixel_array.astype(np.int32)
+            arr = np.clip((arr[:, ::-1] if flip else arr) + rng.integers(-20, 20, arr.shape), 0, 4095)
+            ds.PixelData = arr.astype(ds0.pixel_array.dtype).tobytes()
+            ds.save_as(os.path.join(root, cls, f'{i}.dcm'))
+    return str(root)
+
+
+def test_dicom_window_classifier_exports_that_window(tmp_path, capsys):
+    """A classifier trained on DICOM with --window abdomen: its export/, `export RUN` and `export RUN/export` (Hub
+    and ONNX) all carry that window, and a deployment following preprocessing.json gives `predict`'s
+    probabilities. Before, the ONNX export said window null (min-max) and `export RUN` needed --checkpoint."""
+    pytest.importorskip('onnxruntime')
+    from mednext_zoo.cli import main
+    from mednext_zoo.data.preprocessing import as_spec
+    from mednext_zoo.deploy import load_artefact, preprocess
+    from mednext_zoo.finetune import predict
+    run = tmp_path / 'run'
+    fit(small_cfg(_dicom_classes(tmp_path / 'dcm'), run, window='abdomen', temperature_scaling=True,
+                  n_bootstrap=0))
+    config = json.load(open(run / 'export' / 'config.json'))
+    rec = config['preprocessing']
+    assert rec['intensity'] == {'mode': 'window', 'low': -160.0, 'high': 240.0, 'scale': 'window', 'name': 'abdomen'}
+    temperature = json.load(open(run / 'metrics.json'))['temperature']
+    assert rec['output'] == {'activation': 'softmax', 'temperature': temperature}
+    assert rec['spatial'] == {'mode': 'resize', 'size': [32, 32], 'interpolation': 'bilinear', 'antialias': True}
+    capsys.readouterr()
+    for src, dst in ((run, 'onnx'), (run / 'export', 'onnx2')):
+        assert main(['export', str(src), str(tmp_path / dst), '--format', 'onnx']) == 0
+        out = capsys.readouterr().out
+        assert 'CT window -160..240 HU (abdomen)' in out and 'the loader configured from the run\'s records' in out
+        assert as_spec(tmp_path / dst) == as_spec(run / 'export')
+        pp = json.load(open(tmp_path / dst / 'parity.json'))['preprocessing_parity']
+        assert pp['agrees'] and 'CT_small.dcm' in [r['file'] for r in pp['files']] and pp['top1_agreement'] == 1.0
+    # the deployed artefact, fed as preprocessing.json says, gives the run's own predictions
+    ct = _ct_path()
+    logits = load_artefact(tmp_path / 'onnx')(torch.from_numpy(preprocess(ct, tmp_path / 'onnx')))
+    probs = torch.softmax(logits / temperature, 1)[0]
+    row = predict(str(run), [ct], out=str(tmp_path / 'pred'))[0]
+    assert probs.tolist() == pytest.approx([row['p_a'], row['p_b']], abs=1e-5)
+    # the Hub folder of `export RUN` / `export RUN/export` is the run's own export: labels, resize, recipe, weights
+    for src, dst in ((run, 'hub'), (run / 'export', 'hub2')):
+        assert main(['export', str(src), str(tmp_path / dst), '--no-flops']) == 0
+        assert json.load(open(tmp_path / dst / 'config.json')) == config
+        weights = (tmp_path / dst / 'model.safetensors').read_bytes()
+        assert weights == (run / 'export' / 'model.safetensors').read_bytes()
+    assert config['label_names'] == ['a', 'b'] and config['pretrained_cfg']['crop_pct'] == 1.0
+    # what the run recorded is not overridden
+    capsys.readouterr()
+    for extra, message in ((['--window', 'lung'], 'records the preprocessing'),
+                           (['--labels', 'x,y'], 'records its labels'),
+                           (['--checkpoint', 'w.safetensors'], 'carries its own weights')):
+        assert main(['export', str(run), str(tmp_path / 'z'), '--format', 'onnx', *extra]) == 2
+        assert message in capsys.readouterr().err

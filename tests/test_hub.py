@@ -573,3 +573,50 @@ def test_cli_export_refuses_pickle_without_flag(tiny_file, tmp_path, capsys):
 def test_package_exports():
     assert mednext_zoo.hub is hub
     assert hub.HF_HUB_ORG == HF_HUB_ORG
+
+
+def test_hub_config_records_the_description_and_loads(tmp_path):
+    from mednext_zoo.data.preprocessing import classification_spec
+    from mednext_zoo.hub import save_pretrained
+    model = timm.create_model('mednext_tiny', img_size=32, num_classes=2, in_chans=1)
+    spec = classification_spec(32, 1, (0.5,), (0.25,), 'abdomen')
+    save_pretrained(model, tmp_path / 'hub', preprocessing=spec, flops=False)
+    config = json.loads((tmp_path / 'hub' / 'config.json').read_text())
+    assert config['preprocessing'] == spec.to_dict()
+    pcfg = config['pretrained_cfg']  # timm's / transformers' transform agrees with it
+    assert pcfg['mean'] == [0.5] and pcfg['std'] == [0.25] and pcfg['crop_pct'] == 1.0 and \
+        pcfg['crop_mode'] == 'squash' and pcfg['interpolation'] == 'bilinear'
+    assert 'CT window -160..240 HU (abdomen)' in (tmp_path / 'hub' / 'README.md').read_text()
+    loaded = timm.create_model(f'local-dir:{tmp_path / "hub"}', pretrained=True)
+    assert loaded.in_chans == 1
+    with pytest.raises(UserInputError, match='3 input channel'):
+        save_pretrained(model, tmp_path / 'bad', preprocessing=classification_spec(32, 3, (0.5,), (0.5,)),
+                        flops=False)
+    with pytest.raises(UserInputError, match='feeds 64x64 inputs but the model was built for 32x32'):
+        save_pretrained(model, tmp_path / 'bad', preprocessing=classification_spec(64, 1, (0.5,), (0.5,)),
+                        flops=False)
+
+
+def test_cli_export_checkpoint_with_labels_and_recipe(tiny_file, tmp_path, capsys):
+    """A bare checkpoint gets its label names from --labels and its recipe from --window; without a recipe the
+    folder says so (and `export --format` of it will ask for one)."""
+    _, path = tiny_file
+    base = ['export', 'mednext_tiny', '--checkpoint', os.fspath(path), '--num-classes', '4', '--img-size', str(SIZE),
+            '--no-flops']
+    assert cli_main(base[:2] + [os.fspath(tmp_path / 'a')] + base[2:] + ['--labels', 'w,x,y,z', '--window',
+                                                                           'lung']) == 0
+    out = capsys.readouterr().out
+    config = json.loads((tmp_path / 'a' / 'config.json').read_text())
+    assert config['label_names'] == ['w', 'x', 'y', 'z']
+    assert config['preprocessing']['intensity'] == {'mode': 'window', 'low': -1350.0, 'high': 150.0,
+                                                    'scale': 'window', 'name': 'lung'}
+    assert 'Preprocessing recorded in config.json: CT window -1350..150 HU (lung)' in out
+    assert timm.create_model(f'local-dir:{tmp_path / "a"}', pretrained=True).pretrained_cfg['label_names'] == \
+        ['w', 'x', 'y', 'z']
+    assert cli_main(base[:2] + [os.fspath(tmp_path / 'b')] + base[2:]) == 0
+    assert 'no preprocessing is recorded' in capsys.readouterr().out
+    assert 'preprocessing' not in json.loads((tmp_path / 'b' / 'config.json').read_text())
+    assert cli_main(base[:2] + [os.fspath(tmp_path / 'c')] + base[2:] + ['--labels', 'x,y']) == 2
+    assert '2 label names (x, y) for a model with 4 outputs' in capsys.readouterr().err
+    assert cli_main(base[:2] + [os.fspath(tmp_path / 'c')] + base[2:] + ['--labels', 'x,x,y,z']) == 2
+    assert 'distinct, non-empty class names' in capsys.readouterr().err

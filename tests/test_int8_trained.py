@@ -1,4 +1,4 @@
-"""benchmarks/int8_trained.py's pure parts: calibration slices that read back as the training inputs, and the
+"""benchmarks/int8_trained.py's pure parts: calibration volumes that read back as the training inputs, and the
 per-runtime scoring (strict 3D Dice, label-map agreement, max |delta logit|) on a tiny phantom volume."""
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ import timm
 import torch
 
 import mednext_zoo  # noqa: F401  (registers the models)
-from mednext_zoo.data.io import load_image
 from mednext_zoo.data.synthetic import PHANTOM_CLASSES, write_phantom_dataset
 from mednext_zoo.data.volumes import discover, load_volume
-from mednext_zoo.finetune.segmentation.preprocess import normalize_intensity
 
 BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
 SETTINGS = {'img_size': 32, 'intensity': 'ct', 'window': [-125.0, 275.0], 'context': 1, 'slice_axis': 2}
@@ -37,14 +35,18 @@ def phantom(tmp_path_factory):
     return discover(str(root), 'auto').records
 
 
-def test_calibration_slices_read_back_as_training_inputs(script, phantom, tmp_path):
-    n = script.write_calibration_slices(phantom[:1], SETTINGS, tmp_path)
+def test_calibration_cases_read_back_as_training_inputs(script, phantom, tmp_path):
+    from mednext_zoo.data.preprocessing import segmentation_spec
+    from mednext_zoo.deploy.preprocessing import Preprocessing, load_calibration_images
+    from mednext_zoo.finetune.segmentation.inference import volume_inputs
+
+    n = script.write_calibration_cases(phantom[:1], tmp_path)
     vol = load_volume(phantom[0], None, 2)
-    expected = normalize_intensity(vol.image, 'ct', (-125.0, 275.0))
-    assert n == vol.image.shape[0] == len(list(tmp_path.iterdir()))
-    for z in (0, n // 2):  # the export's reader (rot90, window 0.5,1) gives back the very slice
-        got = load_image(tmp_path / f'{phantom[0].case_id}_z{z:03d}.nii.gz', window=script.IDENTITY_WINDOW)
-        assert got.shape == expected[z].shape and np.abs(got - expected[z]).max() < 1e-6
+    assert n == vol.image.shape[0] and len(list(tmp_path.iterdir())) == 1
+    # the export reads the raw volume through the run's recipe: exactly the training inputs, every slice
+    got = load_calibration_images(tmp_path, Preprocessing(segmentation_spec(SETTINGS), task='seg'), limit=1000)
+    expected = volume_inputs(vol, 32, 'ct', (-125.0, 275.0), 1)
+    assert got.shape == expected.shape and (got - expected).abs().max() < 1e-5
 
 
 def test_evaluate_runtimes_scores_and_compares(script, phantom):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mednext_zoo.data.synthetic import PHANTOM_CLASSES, write_phantom_dataset
-from mednext_zoo.data.volumes import discover
+from mednext_zoo.data.volumes import VolumeRecord, discover, load_volume
 from mednext_zoo.errors import UserInputError
 from mednext_zoo.finetune.segmentation import protocols as PR
 
@@ -294,3 +294,88 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     fit(SegConfig(out=str(tmp_path / 'b'), resume=True, **kw))
     a, b = final_weights(str(tmp_path / 'a')), final_weights(str(tmp_path / 'b'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ct_window_run_export_carries_its_window(tmp_path, capsys):
+    """Issue 23's case: a run trained with the CT window -125..275, exported from RUN/export to ONNX, wrote
+    "window": null (min-max) and its parity fed the same tensors to both runtimes. Now preprocessing.json holds
+    the run's recipe, the parity takes a raw CT volume through it against the training loader, and a deployment
+    following it labels the volume as the run itself does."""
+    pytest.importorskip('onnxruntime')
+    from mednext_zoo.cli import main
+    from mednext_zoo.data.preprocessing import as_spec, segmentation_spec
+    from mednext_zoo.deploy import load_artefact, preprocess
+    from mednext_zoo.finetune.segmentation.inference import volume_inputs
+    from mednext_zoo.finetune.segmentation.task import load_run_model
+    data = write_phantom_dataset(str(tmp_path / 'data'), n_cases=3, n_test=1, shape=(40, 40, 6))
+    cfg = SegConfig(data=data, out=str(tmp_path / 'run'), model='medunext_tiny', img_size=32, epochs=1, batch_size=8,
+                    val_frac=0.34, overlays=0, progress=False, intensity='ct', window=(-125.0, 275.0),
+                    eval_split='none')
+    fit(cfg)
+    held_out = os.path.join(data, 'imagesTs', sorted(os.listdir(os.path.join(data, 'imagesTs')))[0])  # raw HU
+    capsys.readouterr()
+    art = tmp_path / 'onnx'
+    assert main(['export', os.path.join(cfg.out, 'export'), str(art), '--format', 'onnx', '--sample', held_out]) == 0
+    out = capsys.readouterr().out
+    pre = json.load(open(art / 'preprocessing.json'))['preprocessing']
+    assert pre['intensity'] == {'mode': 'window', 'low': -125.0, 'high': 275.0, 'scale': 'data'}
+    assert pre['spatial'] == {'mode': 'resize', 'size': [32, 32], 'interpolation': 'bilinear', 'antialias': False}
+    assert as_spec(art) == as_spec(os.path.join(cfg.out, 'export')) == segmentation_spec(
+        json.load(open(os.path.join(cfg.out, 'export', 'segmentation.json'))))
+    pp = json.load(open(art / 'parity.json'))['preprocessing_parity']
+    assert pp['agrees'] and pp['reference'] == "the run's records" and pp['dice_vs_fp32'] > 0.999
+    assert os.path.basename(held_out) in [r['file'] for r in pp['files']] and 'Preprocessing parity on 3 raw' in out
+    # the deployment: raw volume -> preprocess (numpy) -> ONNX Runtime, against the run's own inference path
+    run = load_artefact(art)
+    labels = run(torch.from_numpy(preprocess(held_out, art))).argmax(1)
+    model, _ = load_run_model(cfg.out)
+    vol = load_volume(VolumeRecord('t', held_out, None, 'nifti'))
+    with torch.no_grad():
+        expected = model(volume_inputs(vol, 32, 'ct', (-125.0, 275.0), 1)).argmax(1)
+    assert (labels == expected).float().mean() > 0.999
+    # the recipe matters here: per-volume min-max (what "window": null meant) feeds this model other inputs
+    minmax = preprocess(held_out, segmentation_spec({'intensity': 'minmax', 'img_size': 32}))
+    assert np.abs(minmax - preprocess(held_out, art)).max() > 0.1
+    # `export RUN` writes the run's own Hub folder again, from its records
+    assert main(['export', cfg.out, str(tmp_path / 'hub'), '--no-flops']) == 0
+    for name in ('config.json', 'segmentation.json', 'model.safetensors'):
+        assert (tmp_path / 'hub' / name).read_bytes() == open(os.path.join(cfg.out, 'export', name), 'rb').read()
+
+
+
+@pytest.mark.slow
+def test_patch_run_export_carries_its_sliding_window(tmp_path, capsys):
+    """A run trained on patches at native resolution (patch_size): its export records a sliding-window recipe,
+    the ONNX artefact takes patch-sized inputs, and the deployment (preprocess + MONAI sliding window over the
+    artefact) labels an image as the run's own predict_volume does."""
+    pytest.importorskip('onnxruntime')
+    from monai.inferers import sliding_window_inference
+
+    from mednext_zoo.cli import main
+    from mednext_zoo.data.synthetic_vessels import write_vessel_dataset
+    from mednext_zoo.deploy import load_artefact, preprocess
+    from mednext_zoo.finetune.segmentation.inference import predict_volume
+    from mednext_zoo.finetune.segmentation.task import load_run_model
+    data = write_vessel_dataset(str(tmp_path / 'vessels'), n_train=3, n_val=1, n_test=1, size=96)
+    run = str(tmp_path / 'run')
+    fit(SegConfig(data=data, out=run, model='medunext_tiny_hr', img_size=64, epochs=1, batch_size=4, overlays=0,
+                  progress=False))
+    spec = json.load(open(os.path.join(run, 'export', 'config.json')))['preprocessing']
+    assert spec['spatial'] == {'mode': 'sliding_window', 'patch': [64, 64], 'overlap': 0.5, 'blend': 'gaussian'}
+    image = data.replace('dataset.csv', 'images/vessels_004.png')
+    capsys.readouterr()
+    assert main(['export', run, str(tmp_path / 'onnx'), '--format', 'onnx', '--sample', image]) == 0
+    assert 'sliding window 64x64' in capsys.readouterr().out
+    pp = json.load(open(tmp_path / 'onnx' / 'parity.json'))['preprocessing_parity']
+    assert pp['agrees'] and pp['dice_vs_fp32'] > 0.999 and pp['files'][-1]['file'] == 'vessels_004.png'
+    x = torch.from_numpy(preprocess(image, tmp_path / 'onnx'))
+    assert x.shape == (1, 3, 96, 96)  # native resolution
+    art = load_artefact(tmp_path / 'onnx')
+    with torch.no_grad():
+        labels = sliding_window_inference(x, (64, 64), 4, lambda t: art(t).softmax(1), overlap=0.5,
+                                          mode='gaussian').argmax(1)
+    model, rc = load_run_model(run)
+    vol = load_volume(VolumeRecord('v', image, None, 'image2d'))
+    expected = predict_volume(model, vol, rc['img_size'], rc['intensity'], tuple(rc['window']), rc['context'],
+                              patch_size=rc['patch_size'], overlap=rc['sw_overlap'])
+    assert (labels.numpy() == expected).mean() > 0.999

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from .._atomic import atomic_path
+from .._cpuload import busy as cpu_busy
 from .runner import ROW_FIELDS, BenchResult
 
 __all__ = ['write_results', 'to_markdown', 'plot_results', 'bench_figure', 'load_results', 'CONVENTIONS',
@@ -152,7 +153,7 @@ def _load_lines(meta: Dict[str, Any]) -> List[str]:
     load = [v for v in meta.get('load_avg_1min') or [] if v is not None]
     cores = meta['machine'].get('cpu_cores_usable') or 1
     if load:
-        busy = max(load) > 0.5 * cores and meta['machine']['device'] == 'cpu'
+        busy = cpu_busy(load, cores) and meta['machine']['device'] == 'cpu'
         lines.append(
             f"System load (1-min average) at start / end: {' / '.join(f'{v:.1f}' for v in load)} on {cores} cores"
             + ('. **Other processes were competing for the CPU: absolute times are noisy; compare the x-ratios, '

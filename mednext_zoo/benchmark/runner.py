@@ -35,8 +35,9 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from .._cpuload import load_average
 from ..deploy import BACKENDS, DTYPES, BackendUnavailable, drift, prepare_runner, sample_images
-from ..deploy.preprocessing import Preprocessing
+from ..deploy.preprocessing import normalise_for_model
 from ..errors import UserInputError
 from .counting import count_model
 from .machine import machine_info, machine_label
@@ -412,10 +413,7 @@ def run_benchmark(config: Optional[BenchConfig] = None, **overrides: Any) -> Ben
 
 
 def _loadavg() -> Optional[float]:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        return None
+    return load_average()
 
 
 def _check_fits(spec: ModelSpec, batch: int, device: torch.device) -> None:
@@ -489,10 +487,9 @@ def _speedups(entries: List[_Entry]) -> None:
 def _drift_inputs(model: nn.Module, spec: ModelSpec, cfg: BenchConfig, device: torch.device,
                   memory_format: torch.memory_format) -> tuple:
     """The drift inputs and the int8 calibration inputs (disjoint seeds), normalised as the model expects."""
-    pre = Preprocessing.from_model(model, input_size=spec.input_size)  # smp U-Nets carry no in_chans / img_size
-    size = spec.input_size[1:]
-    drift_x = pre.normalise(sample_images(cfg.drift_images, spec.in_chans, size, seed=0))
-    calib = pre.normalise(sample_images(cfg.calibration_images, spec.in_chans, size, seed=1)) \
+    size = spec.input_size[1:]  # smp U-Nets carry no in_chans / img_size: the spec's input
+    drift_x = normalise_for_model(model, sample_images(cfg.drift_images, spec.in_chans, size, seed=0))
+    calib = normalise_for_model(model, sample_images(cfg.calibration_images, spec.in_chans, size, seed=1)) \
         if 'int8' in cfg.dtypes else None
     return drift_x.to(device).contiguous(memory_format=memory_format), calib
 

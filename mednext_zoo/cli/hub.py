@@ -86,31 +86,134 @@ def _run_fix_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given(args: argparse.Namespace, *flags: str) -> list:
+    return [f for f in flags if getattr(args, f.lstrip('-').replace('-', '_'), None) not in (None, False, [])]
+
+
+def _labels(args: argparse.Namespace):
+    if not args.labels:
+        return None
+    names = [n.strip() for n in args.labels.split(',')]
+    if not all(names) or len(set(names)) != len(names):
+        raise UserInputError(f'--labels {args.labels!r}: give distinct, non-empty class names separated by commas, '
+                             'in output order (e.g. --labels normal,pneumonia).')
+    return names
+
+
+def _explicit_preprocessing(args: argparse.Namespace, model):
+    """The recipe given on the command line (--preprocessing FILE or, for a classifier, --window), or None."""
+    if args.preprocessing and args.window:
+        raise UserInputError('Give the preprocessing once: --preprocessing FILE (the whole recipe) or --window (a '
+                             "classifier's window), not both.")
+    if args.preprocessing:
+        from ..data.preprocessing import as_spec
+        return as_spec(args.preprocessing), f'--preprocessing {args.preprocessing}'
+    if args.window:
+        from ..deploy.preprocessing import spec_for_model
+        return spec_for_model(model, args.window), f'--window {args.window}'
+    return None, None
+
+
 def _run_export(args: argparse.Namespace) -> int:
-    deploy_flags = [f for f, on in (('--int8', args.int8), ('--calibration', args.calibration),
-                                    ('--window', args.window)) if on]
+    deploy_flags = _given(args, '--int8', '--calibration', '--sample')
     if args.fix_config:
-        if args.format != 'hub' or deploy_flags:
-            raise UserInputError('--fix-config repairs a Hub folder: drop --format / --int8 / --calibration.')
+        if args.format != 'hub' or deploy_flags or _given(args, '--window', '--preprocessing', '--labels'):
+            raise UserInputError('--fix-config repairs a Hub folder: drop --format / --int8 / --calibration / '
+                                 '--window / --preprocessing / --labels.')
         return _run_fix_config(args)
     if args.format != 'hub':
-        return _run_deploy_export(args)
-    if deploy_flags:
+        from ..deploy.export import check_export_request
+        check_export_request(args.format, args.int8, args.calibration)
+        hub_only = _given(args, '--metrics', '--split', '--training', '--repo-id', '--seed-cache')
+        if hub_only:
+            raise UserInputError(f'{", ".join(hub_only)} describe a Hub folder: drop them with --format {args.format}.')
+    elif deploy_flags:
         raise UserInputError(f'{", ".join(deploy_flags)} apply to --format onnx / openvino, not to a Hub folder.')
-    missing = [k for k, v in _export_inputs(args).items() if not v]
-    if missing:
-        raise UserInputError(f'export needs {", ".join(missing)}: mednext-zoo export MODEL OUT_DIR --checkpoint FILE '
-                             '(or mednext-zoo export --fix-config FOLDER to repair an older folder).')
-    from ..hub import DATASETS, save_pretrained, seed_hf_cache
+    if not args.model or not args.out_dir:
+        if args.format == 'hub':
+            raise UserInputError('export needs MODEL OUT_DIR: a fine-tuning run folder (or its export/), or an '
+                                 'architecture with --checkpoint FILE (or mednext-zoo export --fix-config FOLDER to '
+                                 'repair an older folder).')
+        raise UserInputError(f'export --format {args.format} needs MODEL OUT_DIR: MODEL is a fine-tuning run folder '
+                             '(or its export/), a Hub folder written by `mednext-zoo export`, or an architecture '
+                             'with --checkpoint FILE.')
+    labels = _labels(args)
+    if Path(args.model).is_dir():
+        return _export_folder(args, labels)
+    if not args.checkpoint:
+        if args.format == 'hub':
+            raise UserInputError('export needs --checkpoint: mednext-zoo export MODEL OUT_DIR --checkpoint FILE, or '
+                                 'give a fine-tuning run folder as MODEL (or mednext-zoo export --fix-config FOLDER '
+                                 'to repair an older folder).')
+        raise UserInputError(f'export --format {args.format} needs trained weights: --checkpoint FILE, or give a '
+                             'fine-tuning run folder (or a Hub folder written by `mednext-zoo export`) as MODEL.')
+    from ..hub import DATASETS
 
     model, dataset = _model_with_checkpoint(args)
-    arch = args.model.split('.', 1)[0]
+    if labels is None and dataset in DATASETS:
+        labels = list(DATASETS[dataset]['label_names'])
+    spec, spec_from = _explicit_preprocessing(args, model)
+    if args.format != 'hub':
+        return _deploy(args, model, spec, spec_from, labels, record=None)
+    from ..hub import save_pretrained
+
     metrics = _read_metrics(args.metrics) if args.metrics else None
     out = save_pretrained(model, args.out_dir, dataset=dataset, metrics=metrics, split=args.split,
-                          training=args.training, repo_id=args.repo_id, flops=not args.no_flops)
+                          training=args.training, label_names=labels, repo_id=args.repo_id, flops=not args.no_flops,
+                          preprocessing=spec)
+    _print_hub(out, spec)
+    return _seed_cache(args, out, args.model.split('.', 1)[0], dataset)
+
+
+def _export_folder(args: argparse.Namespace, labels) -> int:
+    """MODEL is a run folder, a run's export/ or a Hub folder: everything comes from what it recorded."""
+    from ..deploy.sources import open_source
+
+    own = _given(args, '--checkpoint', '--num-classes', '--in-chans', '--img-size', '--dataset', '--allow-pickle')
+    if own:
+        raise UserInputError(f'{args.model} carries its own weights, classes and input size: drop {", ".join(own)}.')
+    source = open_source(args.model)
+    if labels is not None and source.label_names:
+        raise UserInputError(f'{args.model} records its labels ({", ".join(source.label_names)}): drop --labels.')
+    if source.spec is not None and _given(args, '--window', '--preprocessing'):
+        raise UserInputError(f'{args.model} records the preprocessing the model was trained with '
+                             f'({source.spec.summary()}): drop --window / --preprocessing, which would contradict it.')
+    spec, spec_from = (source.spec, source.spec_from) if source.spec is not None else \
+        _explicit_preprocessing(args, source.model)
+    labels = source.label_names or labels
+    if args.format != 'hub':
+        return _deploy(args, source.model, spec, spec_from, labels, record=source.record)
+    if source.run_dir is None:
+        raise UserInputError(f'{args.model} is already a Hub folder: copy it, or deploy it with --format onnx / '
+                             'openvino.')
+    card = _given(args, '--metrics', '--split', '--training')
+    if card:
+        raise UserInputError(f'{", ".join(card)}: the card of a run\'s export comes from the run\'s own records; '
+                             'drop them.')
+    if source.task == 'segmentation':
+        from ..finetune.segmentation.task import export_run
+    else:
+        from ..finetune.classification.task import export_run
+    out = Path(export_run(source.run_dir, args.out_dir))
+    print(f'Re-exported the run {source.run_dir} (best weights, labels, evaluation resize, preprocessing and metrics '
+          f'from its records).')
+    _print_hub(out, source.spec)
+    return _seed_cache(args, out, json.loads((out / 'config.json').read_text())['architecture'], None)
+
+
+def _print_hub(out: Path, spec) -> None:
     print(f'Wrote {out}/config.json, model.safetensors, README.md')
+    if spec is not None:
+        print(f'Preprocessing recorded in config.json: {spec.summary()}.')
+    else:
+        print('Note: no preprocessing is recorded (give --window or --preprocessing FILE to record it); '
+              '`export --format onnx|openvino` of this folder will need it.')
     print(f'Check it: python -c "import mednext_zoo, timm; timm.create_model(\'local-dir:{out}\', pretrained=True)"')
+
+
+def _seed_cache(args: argparse.Namespace, out: Path, arch: str, dataset) -> int:
     if args.seed_cache:
+        from ..hub import DATASETS, seed_hf_cache
         from ..models._pretrained import hub_id
 
         repo = args.repo_id or (hub_id(arch, dataset) if dataset in DATASETS else None)
@@ -121,43 +224,20 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_deploy_export(args: argparse.Namespace) -> int:
-    """``--format onnx|openvino``: MODEL is a Hub folder (written by ``export``), or an architecture / arch.tag
-    with ``--checkpoint``."""
-    import timm
-
+def _deploy(args: argparse.Namespace, model, spec, spec_from, labels, record) -> int:
+    """``--format onnx|openvino`` with the recipe the model was trained with (refused without one)."""
     from ..deploy import export_model
-    from ..deploy.export import check_export_request
-    from ..hub import DATASETS
 
-    check_export_request(args.format, args.int8, args.calibration)
-    hub_only = [f for f, on in (('--metrics', args.metrics), ('--split', args.split), ('--training', args.training),
-                                ('--repo-id', args.repo_id), ('--seed-cache', args.seed_cache)) if on]
-    if hub_only:
-        raise UserInputError(f'{", ".join(hub_only)} describe a Hub folder: drop them with --format {args.format}.')
-    if not args.model or not args.out_dir:
-        raise UserInputError(f'export --format {args.format} needs MODEL OUT_DIR: MODEL is a Hub folder written by '
-                             '`mednext-zoo export`, or an architecture with --checkpoint FILE.')
-    folder = Path(args.model)
-    if folder.is_dir():
-        if args.checkpoint:
-            raise UserInputError(f'{folder} is a Hub folder with its own weights: drop --checkpoint.')
-        if not (folder / 'config.json').is_file():
-            raise UserInputError(f'{folder} is a folder without config.json: give a folder written by '
-                                 '`mednext-zoo export`, or an architecture name with --checkpoint FILE.')
-        config = json.loads((folder / 'config.json').read_text())
-        kwargs = {k: v for k, v in dict(num_classes=args.num_classes, in_chans=args.in_chans,
-                                        img_size=args.img_size).items() if v is not None}
-        model = timm.create_model(f'local-dir:{folder.resolve()}', pretrained=True, **kwargs)
-        labels = config.get('label_names')
-    else:
-        if not args.checkpoint:
-            raise UserInputError(f'export --format {args.format} needs trained weights: --checkpoint FILE, or give a '
-                                 'Hub folder written by `mednext-zoo export` as MODEL.')
-        model, dataset = _model_with_checkpoint(args)
-        labels = DATASETS[dataset]['label_names'] if dataset in DATASETS else None
+    if spec is None:
+        raise UserInputError(f'export --format {args.format} needs the preprocessing the model was trained with, so '
+                             'that the artefact is fed what it learned on, and none is recorded for '
+                             f'{args.model}: export the fine-tuning run folder (or its export/) instead, or pass '
+                             '--preprocessing FILE (a run\'s export/config.json, segmentation.json or an '
+                             "artefact's preprocessing.json), or for a classifier --window (a CT preset, "
+                             '"LEVEL,WIDTH", "file", or "minmax" for min-max scaling).')
     report = export_model(model, args.out_dir, fmt=args.format, int8=args.int8, calibration=args.calibration,
-                          window=args.window, label_names=labels, calibration_limit=args.calibration_limit)
+                          label_names=labels, calibration_limit=args.calibration_limit, preprocessing=spec,
+                          record=record, samples=args.sample or (), preprocessing_source=spec_from)
     print(report.summary())
     return 0
 
@@ -220,12 +300,23 @@ def register(subparsers) -> None:
                     'Hugging Face transformers), with a model card. --fix-config FOLDER instead repairs the '
                     'config.json of a folder written by an older version so that transformers loads it. '
                     '--format onnx / openvino writes a deployable model (fp32, or int8 with --int8 --calibration '
-                    'DIR) with preprocessing.json beside it, and prints its parity with PyTorch on sample images; '
-                    'MODEL may then also be a Hub folder written by this command.')
-    p.add_argument('model', nargs='?', help='architecture or arch.tag, e.g. mednext_base.sarscov2_ct (with '
-                                            '--format onnx / openvino also a Hub folder)')
+                    'DIR) with preprocessing.json (the training recipe) beside it, and prints its parity with '
+                    'PyTorch: on sample images, and on raw files taken through preprocessing.json against the '
+                    'training-time loader. MODEL may be a fine-tuning run folder or its export/: everything '
+                    '(weights, labels, evaluation resize, preprocessing) then comes from the run.')
+    p.add_argument('model', nargs='?', help='a fine-tuning run folder (or its export/): re-exported with its '
+                                            'weights, labels and preprocessing; a Hub folder (--format onnx / '
+                                            'openvino); or an architecture / arch.tag, e.g. mednext_base.sarscov2_ct, '
+                                            'with --checkpoint')
     p.add_argument('out_dir', nargs='?', help='output folder')
-    p.add_argument('--checkpoint', help='trained weights to export (.safetensors, .pth, .bin); required')
+    p.add_argument('--checkpoint', help='trained weights to export (.safetensors, .pth, .bin); required with an '
+                                        'architecture as MODEL')
+    p.add_argument('--labels', help='class names in output order, comma-separated, for a bare checkpoint (a run '
+                                    'records its own)')
+    p.add_argument('--preprocessing', metavar='FILE',
+                   help='the input recipe a bare checkpoint was trained with: a JSON file holding one (a run\'s '
+                        'export/config.json or segmentation.json, an artefact\'s preprocessing.json) or a folder '
+                        'holding such a file; a run records its own')
     p.add_argument('--fix-config', metavar='FOLDER',
                    help='rewrite FOLDER/config.json in place for transformers (idempotent; the old config is kept '
                         'in FOLDER/config_fixes.json); no other arguments')
@@ -252,8 +343,13 @@ def register(subparsers) -> None:
                    help='folder of calibration images (PNG / JPEG / DICOM / NIfTI) like the deployment inputs')
     d.add_argument('--calibration-limit', type=int, default=64,
                    help='at most this many calibration images (a seeded choice; default 64)')
-    d.add_argument('--window', help='CT window for DICOM / NIfTI inputs, recorded in preprocessing.json and used '
-                                    'to read the calibration images (preset or "LEVEL,WIDTH" in HU)')
+    d.add_argument('--window', help='for a classifier checkpoint without a recorded recipe: the window its '
+                                    'DICOM / NIfTI inputs were read with (a CT preset, "LEVEL,WIDTH" in HU, "file" '
+                                    'or "minmax"); the rest of the recipe is the package\'s (whole image, '
+                                    'bilinear, the model\'s size and mean / std). A run records its own')
+    d.add_argument('--sample', action='append', metavar='FILE',
+                   help='a raw file (DICOM / NIfTI / PNG ...) for the preprocessing parity check, besides the '
+                        'packaged ones (repeatable)')
     p.set_defaults(func=_run_export)
 
     p = subparsers.add_parser('push', help='upload an exported folder to the Hugging Face Hub',

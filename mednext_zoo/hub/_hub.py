@@ -19,6 +19,7 @@ from timm.models._hub import save_config_for_hf
 
 from .. import models  # noqa: F401  (registers the architectures)
 from .._atomic import atomic_path, atomic_write_text
+from ..data.preprocessing import PreprocessingSpec, as_spec
 from ..errors import UserInputError
 from ..models._pretrained import DATASETS, HF_HUB_ORG, PRETRAINED_TAGS, hub_id, weight_status
 from ._io import PathLike, sha256_file
@@ -126,6 +127,7 @@ def save_pretrained(
         repo_id: Optional[str] = None,
         flops: bool = True,
         sections: Sequence[Tuple[str, str]] = (),
+        preprocessing: Union[PreprocessingSpec, Mapping[str, Any], None] = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card to ``save_dir``.
 
@@ -152,6 +154,12 @@ def save_pretrained(
             dataset, else none (the card then loads with ``local-dir:``).
         flops: Count FLOPs with fvcore for the card (a few seconds on CPU for a base model).
         sections: Extra ``(title, markdown)`` card sections after the evaluation (e.g. a reproduction record).
+        preprocessing: The input recipe the model was trained with
+            (:class:`~mednext_zoo.data.preprocessing.PreprocessingSpec` or its JSON form), written to
+            ``config.json`` under ``preprocessing``; ``mednext-zoo export --format onnx|openvino`` and
+            ``mednext_zoo.deploy.preprocess`` read it from there. Its mean / std (and, for a classifier, the
+            whole-image bilinear resize) also set ``pretrained_cfg`` so that timm's and transformers' transforms
+            agree with it. ``None``: not recorded (exporting the folder for deployment then needs it explicitly).
 
     Returns:
         The folder path.
@@ -168,6 +176,7 @@ def save_pretrained(
         )
     if repo_id is None and ds_key:
         repo_id = hub_id(arch, ds_key)
+    spec = _check_preprocessing(model, preprocessing)
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
 
@@ -206,6 +215,12 @@ def save_pretrained(
                                                 for n in label_names if n in ds['label_descriptions']}
         if label_names is not None:
             config['label_names'] = list(label_names)
+        config.pop('preprocessing', None)
+        if spec is not None:
+            pcfg.update(mean=list(spec.mean), std=list(spec.std))
+            if spec.task == 'classification':  # the whole image, bilinear: timm's / transformers' transform agrees
+                pcfg.update(crop_pct=1.0, crop_mode='squash', interpolation='bilinear')
+            config['preprocessing'] = spec.to_dict()
         tmp.write_text(json.dumps(config, indent=2) + '\n')
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -234,10 +249,36 @@ def save_pretrained(
         split=split,
         training=training,
         published=bool(repo_id) and weight_status(repo_id.split('/')[-1]) == 'published',
-        sections=sections,
+        sections=tuple(sections) + ((('Preprocessing', _preprocessing_section(spec)),) if spec else ()),
     )
     atomic_write_text(save_dir / CARD_NAME, card)
     return save_dir
+
+
+def _preprocessing_section(spec: PreprocessingSpec) -> str:
+    return (f'{spec.summary()}.\n\nThe full recipe is `preprocessing` in `config.json`; '
+            '`mednext_zoo.deploy.preprocess(path, folder)` applies it to a file (numpy, no torch), and '
+            '`mednext-zoo export FOLDER OUT --format onnx` carries it into the deployable artefact.')
+
+
+def _check_preprocessing(model: nn.Module, preprocessing: Union[PreprocessingSpec, Mapping[str, Any], None]
+                         ) -> Optional[PreprocessingSpec]:
+    """The description as a spec, refused when it contradicts the model's input channels or fixed input size."""
+    if preprocessing is None:
+        return None
+    spec = as_spec(preprocessing)
+    in_chans = getattr(model, 'in_chans', None)
+    if in_chans is not None and int(in_chans) != spec.in_chans:
+        raise UserInputError(f'The preprocessing gives {spec.in_chans} input channel(s) but the model takes '
+                             f'{in_chans}: pass the description the model was trained with.')
+    img_size = getattr(model, 'img_size', None)
+    if img_size is not None and spec.spatial['mode'] == 'resize':
+        size = (int(img_size), int(img_size)) if isinstance(img_size, int) else tuple(int(v) for v in img_size)
+        if tuple(spec.input_size[1:]) != size:
+            raise UserInputError(f'The preprocessing feeds {spec.input_size[1]}x{spec.input_size[2]} inputs but the '
+                                 f'model was built for {size[0]}x{size[1]}: pass the description the model was '
+                                 f'trained with (or build the model at that size).')
+    return spec
 
 
 def _commit_hash_for(files: Sequence[Path]) -> str:

@@ -67,7 +67,7 @@ from ..outputs import claim_output_dir, remove_stale, unique_inputs
 from .metrics import classification_report, fit_temperature, multilabel_point_metrics, multilabel_report, point_metrics
 
 __all__ = ['FinetuneConfig', 'ClassificationTask', 'build_optimizer', 'fit', 'evaluate', 'predict', 'cross_validate',
-           'load_run_model', 'check_model_name', 'create_classifier']
+           'load_run_model', 'check_model_name', 'create_classifier', 'export_run', 'run_norm_stats']
 
 
 FINETUNE_LR = 5e-4  # from pretrained weights (the paper's recipe)
@@ -380,13 +380,18 @@ def _positive_index(classes: Sequence[str], positive_class: Optional[str]) -> Op
 
 def _export(model: nn.Module, export_dir: str, metrics: Dict[str, Any], dataset: Dict[str, Any],
             classes: Sequence[str], mean: Sequence[float], std: Sequence[float], in_chans: int, img_size: int,
-            multi_label: bool = False) -> str:
+            multi_label: bool = False, *, window: Optional[str], temperature: float = 1.0) -> str:
     """Write ``export_dir`` (config.json, model.safetensors, model card) with :func:`mednext_zoo.hub.save_pretrained`.
 
     The exported config carries the class names and the normalisation / input size used in training, and the
     evaluation resize of ``build_transforms`` (the whole image, bilinear, to img_size x img_size: no centre crop),
-    which timm's ``create_transform`` and transformers' image processor rebuild from it.
+    which timm's ``create_transform`` and transformers' image processor rebuild from it; and, under
+    ``preprocessing``, the whole input recipe (``window`` included: the reader's CT window, ``"file"`` or ``None``
+    for min-max) that ``mednext-zoo export --format onnx|openvino`` and ``mednext_zoo.deploy.preprocess`` follow.
     """
+    from ...data.preprocessing import classification_spec
+    spec = classification_spec(img_size, in_chans, mean, std, window, temperature,
+                               activation='sigmoid' if multi_label else 'softmax')
     model.pretrained_cfg = {**getattr(model, 'pretrained_cfg', {}), 'label_names': list(classes),
                             'mean': tuple(mean), 'std': tuple(std), 'input_size': (in_chans, img_size, img_size),
                             'num_classes': len(classes), 'crop_pct': 1.0, 'crop_mode': 'squash',
@@ -414,12 +419,56 @@ def _export(model: nn.Module, export_dir: str, metrics: Dict[str, Any], dataset:
     if metrics['positive_class']:
         card_dataset['positive_class'] = metrics['positive_class']
     save_pretrained(
-        model, export_dir, dataset=card_dataset, metrics=card_metrics, label_names=list(classes),
+        model, export_dir, dataset=card_dataset, metrics=card_metrics, label_names=list(classes), preprocessing=spec,
         metrics_note=f'Measured by mednext-zoo finetune on the {dataset["split"]} split '
                      f'(n={sizes[dataset["split"]]}) with {dataset["scored_with"]}; expected calibration error '
                      f'{metrics["ece"]:.3f}.',
     )
     return export_dir
+
+
+def _card_dataset(cfg: Dict[str, Any], result: Dict[str, Any], mean: Sequence[float], std: Sequence[float]
+                  ) -> Dict[str, Any]:
+    """The training facts the model card prints, from the run's settings (``config.json``) and report
+    (``metrics.json``)."""
+    return {'name': os.path.basename(os.path.normpath(cfg['data'])), 'classes': list(result['classes']),
+            'split': result['headline_split'], 'sizes': result['sizes'], 'split_by': result['split_by'],
+            'scored_with': result['scored_with'],
+            'training': f'mednext-zoo finetune: {cfg["epochs"]} epochs, AdamW lr {cfg["lr"]:g} wd '
+                        f'{cfg["weight_decay"]:g}, cosine, batch {cfg["batch_size"]}, img {cfg["img_size"]}, '
+                        f'in_chans {cfg["in_chans"]}, seed {cfg["seed"]}',
+            'preprocessing': f'window {cfg["window"] or "min-max per image"}, resized to {cfg["img_size"]}, '
+                             f'normalised with mean {list(mean)} / std {list(std)}'}
+
+
+def export_run(run_dir: str, out_dir: str) -> str:
+    """Write a finished run's Hub folder again, to ``out_dir``: what ``fit`` writes to ``RUN_DIR/export`` -- the
+    best weights, class names, evaluation resize, preprocessing (window included) and the card's metrics, all
+    read from the run's records (``config.json``, ``metrics.json``), none from defaults."""
+    model, rc = load_run_model(run_dir)
+    path = os.path.join(run_dir, 'metrics.json')
+    if not os.path.isfile(path):
+        raise UserInputError(f'{run_dir} has no metrics.json: the run has not finished; finish or resume it first.')
+    with open(path) as f:
+        result = json.load(f)
+    mean, std = run_norm_stats(run_dir, model, rc['in_chans'])
+    return _export(model.cpu(), out_dir, metrics=_headline(result[result['headline_split']]),
+                   dataset=_card_dataset(rc, result, mean, std), classes=rc['classes'], mean=mean, std=std,
+                   in_chans=rc['in_chans'], img_size=rc['img_size'], multi_label=bool(rc.get('multi_label')),
+                   window=rc['window'], temperature=float(result.get('temperature', 1.0)))
+
+
+def run_norm_stats(run_dir: str, model: nn.Module, in_chans: int) -> Tuple[List[float], List[float]]:
+    """The mean / std the run trained with: its export's record when there is one, else the model's."""
+    try:
+        with open(os.path.join(run_dir, 'export', 'config.json')) as f:
+            pcfg = json.load(f)['pretrained_cfg']
+        mean, std = [float(v) for v in pcfg['mean']], [float(v) for v in pcfg['std']]
+        if len(mean) == len(std) == in_chans:
+            return mean, std
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return _norm_stats(model, in_chans)
 
 
 def _headline(report: Dict[str, Any]) -> Dict[str, Any]:
@@ -614,15 +663,9 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
             plot_confusion(rep, os.path.join(plots, f'confusion_{split}.png'), f'confusion matrix ({split})')
     if cfg.export:
         _export(final.cpu(), os.path.join(cfg.out, 'export'), metrics=_headline(reports[main_split]),
-                dataset={'name': os.path.basename(os.path.normpath(cfg.data)), 'classes': classes,
-                         'split': main_split, 'sizes': result['sizes'], 'split_by': result['split_by'],
-                         'scored_with': result['scored_with'],
-                         'training': f'mednext-zoo finetune: {cfg.epochs} epochs, AdamW lr {cfg.lr:g} wd '
-                                     f'{cfg.weight_decay:g}, cosine, batch {cfg.batch_size}, img {cfg.img_size}, '
-                                     f'in_chans {cfg.in_chans}, seed {cfg.seed}',
-                         'preprocessing': f'window {cfg.window or "min-max per image"}, resized to {cfg.img_size}, '
-                                          f'normalised with mean {mean} / std {std}'},
-                classes=classes, mean=mean, std=std, in_chans=cfg.in_chans, img_size=cfg.img_size, multi_label=multi)
+                dataset=_card_dataset(cfg.to_dict(), result, mean, std),
+                classes=classes, mean=mean, std=std, in_chans=cfg.in_chans, img_size=cfg.img_size, multi_label=multi,
+                window=cfg.window, temperature=temperature)
     print(format_report(reports[main_split], f'[mednext-zoo] {main_split} metrics of {result["scored_with"]}'),
           flush=True)
     print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)

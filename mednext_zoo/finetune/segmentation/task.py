@@ -69,7 +69,7 @@ from .report import dice_boxplot, markdown_table, write_case_csv
 
 __all__ = ['SegConfig', 'SliceDataset', 'SegmentationTask', 'fit', 'evaluate', 'predict', 'load_run_model',
            'evaluate_volumes', 'resolve_label_map', 'assign_case_splits', 'create_segmenter', 'load_case',
-           'resolve_intensity']
+           'resolve_intensity', 'export_run', 'run_settings']
 
 RUN_KIND = 'segmentation'
 PRED_EXTS = ('.nii.gz', '.png', '.nrrd', '.mha')  # what save_prediction writes as <case>_pred<ext>
@@ -467,6 +467,7 @@ def _export(model: nn.Module, export_dir: str, label_map: LabelMap, settings: Di
     # the network sees the intensities of segmentation.json directly: no further (x - mean) / std
     model.pretrained_cfg = {**getattr(model, 'pretrained_cfg', {}), 'label_names': list(label_map.classes),
                             'mean': (0.0,) * n, 'std': (1.0,) * n}
+    from ...data.preprocessing import segmentation_spec
     try:
         from ...hub import save_pretrained
     except ImportError:
@@ -474,7 +475,7 @@ def _export(model: nn.Module, export_dir: str, label_map: LabelMap, settings: Di
     if save_pretrained is not None:
         params = inspect.signature(save_pretrained).parameters
         kw = {'metrics': headline, 'metrics_note': note, 'label_names': list(label_map.classes), 'flops': False,
-              'dataset': dataset}
+              'dataset': dataset, 'preprocessing': segmentation_spec(settings)}
         save_pretrained(model, export_dir, **{k: v for k, v in kw.items() if k in params and v is not None})
     else:
         from timm.models import save_for_hf
@@ -483,6 +484,71 @@ def _export(model: nn.Module, export_dir: str, label_map: LabelMap, settings: Di
                  (json.dumps({**settings, 'label_map': label_map.name, 'classes': list(label_map.classes)},
                              indent=2) + '\n').encode())
     return export_dir
+
+
+def _card_inputs(cfg: Dict[str, Any], result: Dict[str, Any], modality: Optional[str], split_sizes: Dict[str, int],
+                 protocol: Optional[Protocol]) -> Tuple[Dict[str, Any], str, Dict[str, Any]]:
+    """(headline metrics, their note, the dataset facts) of the model card, from the run's settings
+    (``config.json``) and report (``metrics.json``)."""
+    headline, note = {}, 'no 3D evaluation'
+    eval_split = result.get('eval_split')
+    if 'summaries' in result:
+        s = result['summaries']
+        headline = {'dice_legacy': s['legacy']['mean_dice'], 'hd95_legacy_voxels': s['legacy']['mean_hd95'],
+                    'dice_strict': s['strict']['mean_dice'],
+                    f'hd95_strict_{s["strict"]["hd95_unit"]}': s['strict']['mean_hd95']}
+        note = (f'3D per-volume metrics on the {eval_split} split ({result["sizes"][eval_split]} volumes'
+                f'{", protocol " + protocol.name if protocol else ""}) with {result["scored_with"]}; legacy and '
+                f'strict modes as in docs/segmentation.md')
+    from .metrics import MODE_NOTES
+    intensity = cfg['intensity']
+    mode, overlap = ('patch' if cfg.get('patch_size') else 'resize'), float(cfg.get('sw_overlap', 0.5))
+    dataset = {'name': os.path.basename(os.path.normpath(cfg['data'])), 'task': 'segmentation',
+               'modality': modality or '', 'label_names': list(result['classes']),
+               'split': ', '.join(f'{k} {n} volumes' for k, n in split_sizes.items())
+               + (f' ({protocol.reference})' if protocol else ' (patient-grouped)'),
+               'protocol': f'slice-wise 2D training, {_describe_spatial(mode, cfg["img_size"], overlap)}, '
+                           f'intensity {intensity}, {cfg["epochs"]} epochs, loss {cfg["ce_weight"]} CE + '
+                           f'{cfg["dice_weight"]} soft Dice',
+               'preprocessing': _describe_intensity(intensity, cfg['window'], cfg['img_size'], cfg['context'],
+                                                    cfg.get('patch_size'), overlap),
+               'metric_conventions': '; '.join(MODE_NOTES[m] for m in MODES)}
+    return headline, note, dataset
+
+
+def export_run(run_dir: str, out_dir: str) -> str:
+    """Write a finished segmentation run's Hub folder again, to ``out_dir``: what ``fit`` writes to
+    ``RUN_DIR/export`` (best weights, class names, ``segmentation.json``, the preprocessing description and the
+    card's metrics), all read from the run's records, none from defaults."""
+    model, rc = load_run_model(run_dir)
+    path = os.path.join(run_dir, 'metrics.json')
+    if not os.path.isfile(path):
+        raise UserInputError(f'{run_dir} has no metrics.json: the run has not finished; finish or resume it first.')
+    with open(path) as f:
+        result = json.load(f)
+    settings = run_settings(run_dir, rc)
+    protocol = get_protocol(rc['protocol']) if rc.get('protocol') else None
+    try:  # the modality the card names comes from the dataset's metadata (dataset.json), when it is still there
+        modality = discover(rc['data'], rc.get('layout', 'auto')).modality
+    except (UserInputError, OSError):
+        modality = None
+    headline, note, dataset = _card_inputs(rc, result, modality, rc.get('split_sizes') or {}, protocol)
+    return _export(model.cpu(), out_dir, LabelMap(rc['label_map'], tuple(rc['classes'])), settings, headline, note,
+                   dataset)
+
+
+def run_settings(run_dir: str, rc: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The preprocessing settings a run trained with: its ``export/segmentation.json`` when there is one (written
+    from the very settings of training), else the same keys of its ``config.json``."""
+    seg_json = os.path.join(run_dir, 'export', 'segmentation.json')
+    if os.path.isfile(seg_json):
+        with open(seg_json) as f:
+            found = json.load(f)
+        return {k: v for k, v in found.items() if k not in ('label_map', 'classes')}
+    rc = rc if rc is not None else _read_run_config(run_dir)
+    keys = ('task', 'img_size', 'intensity', 'window', 'context', 'slice_axis', 'in_chans', 'remap_labels',
+            'patch_size', 'sw_overlap', 'sw_mode')
+    return {k: rc[k] for k in keys if k in rc}
 
 
 def _describe_spatial(mode: str, size: int, overlap: float) -> str:
@@ -683,26 +749,8 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
     result['wall_time_s'] = round(time.time() - t_start, 1)
     eng.atomic_write_json(os.path.join(cfg.out, 'metrics.json'), result)
     if cfg.export:
-        headline, note = {}, 'no 3D evaluation'
-        if 'summaries' in result:
-            s = result['summaries']
-            headline = {'dice_legacy': s['legacy']['mean_dice'], 'hd95_legacy_voxels': s['legacy']['mean_hd95'],
-                        'dice_strict': s['strict']['mean_dice'],
-                        f'hd95_strict_{s["strict"]["hd95_unit"]}': s['strict']['mean_hd95']}
-            note = (f'3D per-volume metrics on the {eval_split} split ({result["sizes"][eval_split]} volumes'
-                    f'{", protocol " + protocol.name if protocol else ""}) with {result["scored_with"]}; legacy and '
-                    f'strict modes as in docs/segmentation.md')
-        from .metrics import MODE_NOTES
-        dataset = {'name': os.path.basename(os.path.normpath(cfg.data)), 'task': 'segmentation',
-                   'modality': ds.modality or '', 'label_names': list(label_map.classes),
-                   'split': ', '.join(f'{k} {len(v)} volumes' for k, v in splits.items())
-                   + (f' ({protocol.reference})' if protocol else ' (patient-grouped)'),
-                   'protocol': f'slice-wise 2D training, {_describe_spatial(mode, model_size, cfg.sw_overlap)}, '
-                               f'intensity {intensity}, {cfg.epochs} epochs, loss {cfg.ce_weight} CE + '
-                               f'{cfg.dice_weight} soft Dice',
-                   'preprocessing': _describe_intensity(intensity, cfg.window, model_size, cfg.context,
-                                                        settings['patch_size'], cfg.sw_overlap),
-                   'metric_conventions': '; '.join(MODE_NOTES[m] for m in MODES)}
+        headline, note, dataset = _card_inputs(
+            {**cfg.to_dict(), **settings}, result, ds.modality, {k: len(v) for k, v in splits.items()}, protocol)
         _export(final.cpu(), os.path.join(cfg.out, 'export'), label_map, settings, headline, note, dataset)
     print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
     return result
