@@ -25,8 +25,8 @@ def test_committed_matrix_covers_every_model_and_column():
 
 def test_docs_page_is_the_committed_json_rendered():
     rows, doc = caps.load_committed()
-    assert caps.DOCS_PAGE.read_text() == caps.render_markdown(rows, doc), f'docs/capabilities.md edited by hand? ' \
-                                                                           f'{REGENERATE}'
+    assert caps.DOCS_PAGE.read_text() == caps.render_page(rows, doc), f'docs/capabilities.md edited by hand? ' \
+                                                                       f'{REGENERATE}'
     models_page = (REPO / 'docs' / 'models.md').read_text()
     assert '--8<-- "docs/capabilities.md"' in models_page  # docs/models.md includes it
 

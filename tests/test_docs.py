@@ -405,3 +405,18 @@ def test_default_bench_time_is_stated_once():
         assert values, f'{page.name} does not state the default bench time as "about N s on two idle cores"'
         found[page.name] = set(values)
     assert len(set().union(*found.values())) == 1, f'the default bench time disagrees: {found}'
+
+
+def test_reproduce_dry_run_transcripts_show_the_recipe_the_command_prints():
+    """docs/reproduce.md and benchmarks/results/reproduce_dry_runs.txt quote `reproduce --dry-run` at
+    --img-size 32: their recipe lines are what the command prints now (lr, gradient clipping and all)."""
+    from mednext_zoo.reproduce import PROTOCOLS
+    from mednext_zoo.reproduce.runner import _recipe_text, build_config
+    transcript = (ROOT / 'benchmarks' / 'results' / 'reproduce_dry_runs.txt').read_text()
+    page = (ROOT / 'docs' / 'reproduce.md').read_text()
+    for tag, protocol in PROTOCOLS.items():
+        line = f'  recipe      {_recipe_text(protocol, build_config(protocol, 0, "RUN", "DATA", img_size=32))}'
+        assert line in transcript, f'{tag}: regenerate benchmarks/results/reproduce_dry_runs.txt ({line})'
+        if tag == 'mednext_base.sarscov2_ct':
+            assert line in page, f'docs/reproduce.md, "A dry run": {line}'
+    assert 'gradient norm clipped to 1' in page

@@ -68,6 +68,22 @@ def test_finetune_dicom(dicom_run):
     assert card['accuracy'] == pytest.approx(result['test']['accuracy'], abs=1e-6)
 
 
+def test_finetune_dicom_offers_only_windows_that_exist(tmp_path, capsys):
+    """The help lists the real CT presets; an unknown one is a usage message, not a traceback from the run."""
+    from mednext_zoo.data.io import CT_WINDOWS
+    example = runpy.run_path(str(EXAMPLES / 'finetune_dicom.py'), run_name='example_finetune_dicom')['main']
+    with pytest.raises(SystemExit) as e:
+        example(['--help'])
+    assert e.value.code == 0
+    text = ' '.join(capsys.readouterr().out.split())
+    assert 'soft_tissue' not in text and f"a preset ({', '.join(CT_WINDOWS)})" in text
+    with pytest.raises(SystemExit) as e:
+        example([str(tmp_path), str(tmp_path / 'run'), '--window', 'soft_tissue'])
+    assert e.value.code == 2
+    assert "argument --window: Unknown window 'soft_tissue': use a preset (lung, " in capsys.readouterr().err
+    assert not (tmp_path / 'run').exists()
+
+
 def test_load_export(dicom_run, tmp_path):
     data, run, _, _ = dicom_run
     files = [data / 'ct' / 'ct_00.dcm', data / 'mr' / 'mr_01.dcm']

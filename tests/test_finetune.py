@@ -761,12 +761,13 @@ def test_divergence_stops_the_run_and_resume_takes_a_lower_lr(tmp_path, folder, 
     capsys.readouterr()
     res = fit(small_cfg(folder, tmp_path / 'run', lr=1e-4, resume=True, **kw))
     out = capsys.readouterr().out
-    assert 'resuming at step 3 with changed settings: lr 0.001 -> 0.0001' in out
+    assert 'resuming at step 3 from checkpoint step-00000003: epoch 2 of 2, from its first batch' in out
+    assert 'resuming with changed settings: --lr 0.001 -> 0.0001 (learning rate now' in out
     assert res['epochs_run'] == 2
     log = [json.loads(ln) for ln in open(tmp_path / 'run' / 'metrics.jsonl')]
     assert [r['epoch'] for r in log] == [1, 2] and log[0]['lr'] > 1e-4 >= log[1]['lr'] > 0  # the new lr is used
     run = json.load(open(tmp_path / 'run' / 'run.json'))
-    assert run['resumes'][-1]['step'] == 3 and 'lr 0.001 -> 0.0001' in run['resumes'][-1]['changed']
+    assert run['resumes'][-1]['step'] == 3 and run['resumes'][-1]['changed'] == ['--lr 0.001 -> 0.0001']
 
 
 def test_failed_start_leaves_no_folder_and_never_touches_an_earlier_run(tmp_path, folder, monkeypatch, capsys):

@@ -6,13 +6,25 @@
 
     python finetune_dicom.py DATA runs/dicom --model mednext_tiny --epochs 20 --img-size 224
 
-DICOM pixels are read as Hounsfield units (RescaleSlope / Intercept applied) and windowed with --window (a CT preset
-such as 'lung', 'LEVEL,WIDTH', or 'file' for the file's own window; default: min-max per slice). The run folder
-gets metrics.json (test metrics with 95% CIs), checkpoints and export/ (loadable with timm's local-dir:).
+DICOM pixels are read as Hounsfield units (RescaleSlope / Intercept applied) and windowed with --window (a CT preset:
+lung, mediastinum, abdomen, brain or bone; 'LEVEL,WIDTH' in HU; or 'file' for the file's own window; default: min-max
+per slice). The run folder gets metrics.json (test metrics with 95% CIs), checkpoints and export/ (loadable with
+timm's local-dir:).
 """
 import argparse
 
+from mednext_zoo.data.io import CT_WINDOWS, parse_window
+from mednext_zoo.errors import UserInputError
 from mednext_zoo.finetune import FinetuneConfig, fit
+
+
+def window(text):
+    """--window, checked here so that a typo is a usage message, not a traceback from inside the run."""
+    try:
+        parse_window(text)
+    except UserInputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def main(argv=None):
@@ -23,7 +35,8 @@ def main(argv=None):
     p.add_argument('--epochs', type=int, default=20)
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--batch-size', type=int, default=16)
-    p.add_argument('--window', default=None, help="CT window: 'lung', 'soft_tissue', 'LEVEL,WIDTH', 'file'")
+    p.add_argument('--window', type=window, default=None,
+                   help=f"CT window: a preset ({', '.join(CT_WINDOWS)}), 'LEVEL,WIDTH' in HU, or 'file'")
     p.add_argument('--bootstrap', type=int, default=1000, help='bootstrap resamples for the 95%% CIs')
     args = p.parse_args(argv)
 

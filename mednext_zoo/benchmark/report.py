@@ -11,7 +11,8 @@ from .._atomic import atomic_path
 from .._cpuload import busy as cpu_busy
 from .runner import ROW_FIELDS, BenchResult
 
-__all__ = ['write_results', 'to_markdown', 'plot_results', 'bench_figure', 'load_results', 'CONVENTIONS']
+__all__ = ['write_results', 'to_markdown', 'plot_results', 'bench_figure', 'load_results', 'CONVENTIONS',
+           'conventions']
 
 CONVENTIONS = [
     'Params: every parameter element, in millions, with the head named in the "classes" column '
@@ -22,7 +23,7 @@ CONVENTIONS = [
     'softmax, max-pool: under 1% of the total for every model here).',
     'Activations: fvcore ActivationCountAnalysis, output elements of convolutions and matrix products, batch 1.',
     'Latency: batch-1 forward, torch.inference_mode, median and 90th percentile over all timed runs.',
-    'Throughput: images/s of a batch-N forward (N in the "batch" column), median over rounds.',
+    'Throughput: images/s of a batch-N forward (N in the column header, "(bN)"), median over rounds.',
     'Peak memory: CPU, growth of the process resident set (RSS) during one batch-N forward over its level '
     'just before (freed heap returned to the OS first, RSS sampled every 0.5 ms; allocator caching can hide '
     'some growth, so read it as approximate); CUDA, torch.cuda.max_memory_allocated during the forward minus '
@@ -42,6 +43,36 @@ CONVENTIONS = [
     'round from the per-round medians, and the median over rounds is reported. On a shared or busy machine '
     'the absolute times drift; the ratios are the figures to compare across machines.',
 ]
+
+
+_BACKENDS = {'eager': 'eager PyTorch', 'compile': 'torch.compile', 'onnxruntime': 'ONNX Runtime (CPU provider)',
+             'openvino': 'OpenVINO (CPU)'}
+_DTYPES = {'fp32': 'fp32', 'bf16': 'bf16 (PyTorch autocast / OpenVINO inference precision)', 'fp16': 'fp16',
+           'int8': 'int8 (onnxruntime static QDQ / NNCF post-training quantisation, calibrated on sample images)'}
+
+
+def conventions(result: BenchResult) -> List[str]:
+    """:data:`CONVENTIONS` for the rows of ``result``: the backends, dtypes and memory notes of what it shows."""
+    rows = result.rows
+    backends = list(dict.fromkeys(r.get('backend') or 'eager' for r in rows)) or ['eager']
+    dtypes = list(dict.fromkeys(r.get('dtype') or 'fp32' for r in rows)) or ['fp32']
+    out = []
+    for c in CONVENTIONS:
+        if c.startswith('Peak memory'):
+            if all(r.get('peak_mem_mb') is None for r in rows if not (r.get('skipped') or r.get('error'))):
+                c = 'Peak memory: not measured in this run (--no-memory), so its columns show "-".'
+            elif not set(backends) & {'onnxruntime', 'openvino'}:
+                c = c[:c.index(' Not measured for onnxruntime')]
+        elif c.startswith('Backends and dtypes'):
+            c = (f'Backends and dtypes: {", ".join(_BACKENDS.get(b, b) for b in backends)} in '
+                 f'{", ".join(_DTYPES.get(d, d) for d in dtypes)}.'
+                 + (' A combination that cannot run here is a row marked "skipped" with the reason.'
+                    if any(r.get('skipped') for r in rows) else '')
+                 + ' "x eager fp32": throughput over the same model\'s eager fp32 row, per round'
+                 + (' (1.00 on every row here: only eager fp32 was run).' if backends == ['eager'] and
+                    dtypes == ['fp32'] else '.'))
+        out.append(c)
+    return out
 
 
 def _atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
@@ -107,7 +138,7 @@ def to_markdown(result: BenchResult) -> str:
             f"{_fmt(agree, 3)} |"
         )
     skipped = list(dict.fromkeys(f"`{r['name']}`: {r['skipped_ops']}" for r in result.rows if r.get('skipped_ops')))
-    lines += ['', 'Conventions:', ''] + [f'- {c}' for c in CONVENTIONS]
+    lines += ['', 'Conventions:', ''] + [f'- {c}' for c in conventions(result)]
     if skipped:
         lines += ['', 'Op types fvcore skipped (op:calls):', ''] + [f'- {s}' for s in skipped]
     return '\n'.join(lines) + '\n'

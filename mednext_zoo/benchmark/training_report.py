@@ -21,9 +21,11 @@ def _f(v: Optional[float], digits: int = 3) -> str:
 
 
 def _pm(s: Optional[Dict[str, Any]], digits: int = 3) -> str:
-    """``mean ± std [min-max]`` of a spread."""
+    """``mean ± std [min-max]`` of a spread; the value alone for a single seed (no spread to show)."""
     if not s or s.get('mean') is None:
         return '-'
+    if s.get('n', 0) == 1:
+        return _f(s['mean'], digits)
     txt = f"{_f(s['mean'], digits)} ± {_f(s['std'], digits)}"
     return txt + (f" [{_f(s['min'], digits)}-{_f(s['max'], digits)}]" if s.get('n', 0) > 1 else '')
 
@@ -74,6 +76,7 @@ def training_markdown(result: Dict[str, Any]) -> str:
     meta = result['meta']
     seg = meta['task'] == 'seg'
     out = [f"# {meta['title']} ({'segmentation' if seg else 'classification'})", '', *_settings_lines(result), '']
+    any_early = False
     for name, info in result['tasks'].items():
         classes = info['classes'][1:] if seg else ['accuracy', 'auc']
         out.append(f"## {name}" + (f": {info['description']}" if info.get('description') else ''))
@@ -95,6 +98,7 @@ def training_markdown(result: Dict[str, Any]) -> str:
             f"AUC >= {meta['settings']['target']}"
         clock = meta['settings']['clock']
         early = _early_steps(result, name)
+        any_early |= bool(early)
         focus = info.get('smallest') if seg else 'auc'
         early_cols = [f"{'Dice ' + focus if seg else 'AUC'} @ step {s}" for s in early]
         out.append('| row | params (M) | ' + ' | '.join(early_cols + cols) + f' | steps to {tgt} | {clock} seconds '
@@ -121,10 +125,16 @@ def training_markdown(result: Dict[str, Any]) -> str:
         for label, seed, err in bad:
             out.append(f'\n_{label}, seed {seed}: {err}_')
         out.append('')
-    out.append('Cells: mean ± sample std [min-max] over seeds. "@ step N": the smallest structure (seg) or AUC (cls) '
-               'at the evaluation step nearest a third and two thirds of the budget, what a row learns per step; '
-               'the other metric columns are at the last step. "steps to": the first evaluation step where the '
-               'mean curve over seeds reaches the target, then the per-seed range and how many seeds reached it.')
+    seeds = meta['settings']['seeds']
+    several = (len(seeds) if isinstance(seeds, (list, tuple)) else int(seeds)) > 1
+    out.append(('Cells: mean ± sample std [min-max] over seeds. ' if several else
+                'Cells: the value of the single seed (no spread: run more --seeds for mean ± std). ')
+               + ('"@ step N": the smallest structure (seg) or AUC (cls) at the evaluation step nearest a third and '
+                  'two thirds of the budget, what a row learns per step; the other metric columns are at the last '
+                  'step. ' if any_early else 'The metric columns are at the last step. ')
+               + '"steps to": the first evaluation step where the '
+               + ('mean curve over seeds reaches the target, then the per-seed range and how many seeds reached it.'
+                  if several else 'curve reaches the target.'))
     return '\n'.join(out) + '\n'
 
 

@@ -6,9 +6,12 @@ parser it creates sets ``func`` (called with the parsed namespace, returns an ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import pkgutil
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from ..errors import MedNeXtZooError
@@ -46,6 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """Warnings as one line each, ``mednext-zoo CMD: warning: MESSAGE``, instead of Python's source location and
+    code line; a library's own warnings name it: ``... (UserWarning from torch)``."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = ' '.join(str(message).split())
+        parts = os.path.normpath(str(filename)).split(os.sep)
+        where = parts[parts.index('site-packages') + 1] if 'site-packages' in parts[:-1] else parts[-1]
+        origin = '' if 'mednext_zoo' in parts else f' ({category.__name__} from {where})'
+        print(f'mednext-zoo {command}: warning: {text}{origin}', file=file or sys.stderr, flush=True)
+
+    saved = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -53,12 +75,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _one_line_warnings(args.command):
+            return int(args.func(args) or 0)
     except MedNeXtZooError as e:
         print(f'mednext-zoo {args.command}: error: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f'mednext-zoo {args.command}: interrupted', file=sys.stderr)
+        hint = getattr(args, 'on_interrupt', None)  # e.g. finetune: the last checkpoint and the resume command
+        more = hint(args, list(sys.argv[1:] if argv is None else argv)) if hint else ''
+        print(f'mednext-zoo {args.command}: interrupted{". " + more if more else ""}', file=sys.stderr)
         return 130
 
 

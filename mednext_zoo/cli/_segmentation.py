@@ -140,7 +140,7 @@ def finetune(args: argparse.Namespace) -> int:
         amp=args.amp, device=args.device, seed=args.seed, clip_grad=args.clip_grad, ema_decay=args.ema,
         patience=args.patience, ckpt_every_steps=args.ckpt_every, num_workers=args.workers,
         progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite, export=not args.no_export,
-        on_bad_file=args.on_bad_file)
+        on_bad_file=args.on_bad_file, strict_columns=args.strict_columns)
     fit(cfg)
     return 0
 
@@ -165,7 +165,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from ..finetune.segmentation import evaluate as seg_evaluate
     res = seg_evaluate(args.run, args.data, split=args.split, out=args.out, tta=args.tta, overlays=args.overlays,
                        device=args.device, protocol=args.protocol, progress=not args.no_progress,
-                       include_training_data=args.include_training_data)
+                       include_training_data=args.include_training_data, strict_columns=args.strict_columns)
     if args.json:
         print(json.dumps(res['summaries'], indent=2, default=str))
     return 0
@@ -180,6 +180,6 @@ def add_predict_args(q: argparse.ArgumentParser) -> None:
 def predict(args: argparse.Namespace) -> int:
     from ..finetune.segmentation import predict as seg_predict
     for r in seg_predict(args.run, args.inputs, out=args.out, tta=args.tta, overlays=args.overlays,
-                         device=args.device):
+                         device=args.device, overwrite=args.overwrite):
         print(f'{r["input"]}\t{r["prediction"]}')
     return 0

@@ -8,7 +8,11 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
+import shlex
+from typing import List
 
 from ..data.io import CT_WINDOWS
 from . import _segmentation as _seg
@@ -40,11 +44,34 @@ def _finetune(args: argparse.Namespace) -> int:
         drop_path=args.drop_path, monitor=args.monitor, patience=args.patience,
         temperature_scaling=args.temperature_scaling, positive_class=args.positive_class, crop_scale=args.crop_scale,
         hflip=args.hflip, num_workers=args.workers, on_bad_file=args.on_bad_file, labels=args.labels,
-        n_bootstrap=args.bootstrap,
+        n_bootstrap=args.bootstrap, strict_columns=args.strict_columns,
         ckpt_every_steps=args.ckpt_every, progress=not args.no_progress, resume=args.resume,
         overwrite=args.overwrite, export=not args.no_export)
     fit(cfg)
     return 0
+
+
+def _interrupted(args: argparse.Namespace, argv: List[str]) -> str:
+    """After Ctrl-C: the run's last checkpoint and the exact command that continues from it."""
+    latest = None
+    for d in [args.out] + sorted(glob.glob(os.path.join(args.out, 'fold-*'))):  # --folds: the newest fold
+        path = os.path.join(d, 'checkpoints', 'latest.json')
+        try:
+            with open(path) as f:
+                info = json.load(f)
+            if latest is None or os.path.getmtime(path) >= latest[0]:
+                latest = (os.path.getmtime(path), d, info)
+        except (OSError, ValueError):
+            continue
+    if latest is None:
+        return 'No checkpoint was written yet: run the same command again to start over.'
+    _, run_dir, info = latest
+    cmd = [a for a in argv if a != '--overwrite'] + ([] if '--resume' in argv else ['--resume'])
+    where = (f'{info.get("epochs_completed", "?")} epoch(s) completed'
+             + (f', {info["batches_into_next_epoch"]} batch(es) into the next' if info.get('batches_into_next_epoch')
+                else ''))
+    return (f'The last checkpoint is {os.path.join(run_dir, "checkpoints", info.get("weights", ""))} (step '
+            f'{info.get("step", "?")}, {where}). Continue from it with:\n  {shlex.join(["mednext-zoo", *cmd])}')
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -53,7 +80,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..finetune import evaluate
     res = evaluate(args.run, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
                    device=args.device, n_bootstrap=args.bootstrap, on_bad_file=args.on_bad_file,
-                   progress=not args.no_progress, include_training_data=args.include_training_data)
+                   progress=not args.no_progress, include_training_data=args.include_training_data,
+                   strict_columns=args.strict_columns)
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != 'roc'}, indent=2))
     return 0
@@ -64,7 +92,8 @@ def _predict(args: argparse.Namespace) -> int:
         return _seg.predict(args)
     from ..finetune import predict
     rows = predict(args.run, args.inputs, out=args.out, cam=args.cam, cam_layer=args.cam_layer,
-                   batch_size=args.batch_size, device=args.device, on_bad_file=args.on_bad_file)
+                   batch_size=args.batch_size, device=args.device, on_bad_file=args.on_bad_file,
+                   overwrite=args.overwrite)
     for r in rows:
         where = r['path'] + (f'#{r["slice"]}' if r['slice'] != '' else '') + (f'#{r["item"]}' if r.get('item') else '')
         print(f'{where}\t{r["prediction"]}\t{r["confidence"]:.3f}' + (f'\t{r["cam"]}' if 'cam' in r else ''))
@@ -99,6 +128,9 @@ def register(subparsers) -> None:
     g.add_argument('--on-bad-file', choices=('error', 'skip'), default='error',
                    help='unreadable image or volume (damaged, truncated, missing): stop with an error, or skip it '
                         'and report the count')
+    g.add_argument('--strict-columns', action='store_true',
+                   help='a CSV column mednext-zoo does not use is an error (default: a warning; a near miss of a '
+                        'known column, such as "patient id" or "spilt", is always an error)')
     g.add_argument('--workers', type=int, default=0, help='data loader worker processes')
     o = p.add_argument_group('optimisation (defaults: the paper recipe, AdamW + cosine)')
     o.add_argument('--epochs', type=int, default=30, help='training epochs')
@@ -140,7 +172,7 @@ def register(subparsers) -> None:
     r.add_argument('--no-export', action='store_true', help='skip writing RUN_DIR/export')
     r.add_argument('--no-progress', action='store_true', help='no progress bars')
     _seg.add_finetune_args(p)
-    p.set_defaults(func=_finetune)
+    p.set_defaults(func=_finetune, on_interrupt=_interrupted)
 
     e = subparsers.add_parser('evaluate', help='score a fine-tuned run on held-out labelled images or volumes',
                               description='Metrics with bootstrap 95% CIs, ECE, ROC and confusion matrix of a run '
@@ -163,6 +195,8 @@ def register(subparsers) -> None:
     e.add_argument('--bootstrap', type=int, default=1000, help='bootstrap resamples for the 95%% CIs')
     e.add_argument('--on-bad-file', choices=('error', 'skip'), default='error',
                    help='unreadable image: stop with an error, or skip it and report the count')
+    e.add_argument('--strict-columns', action='store_true',
+                   help='a CSV column mednext-zoo does not use is an error (default: a warning)')
     e.add_argument('--json', action='store_true', help='also print the report as JSON')
     e.add_argument('--no-progress', action='store_true', help='no progress bars')
     _seg.add_evaluate_args(e)
@@ -175,6 +209,8 @@ def register(subparsers) -> None:
     q.add_argument('inputs', nargs='+', help='image files or folders; a MedMNIST FILE.npz (its test split), '
                    'FILE.npz#SPLIT or FILE.npz#SPLIT/INDEX')
     q.add_argument('--out', default=None, help='output folder (default RUN_DIR/predictions)')
+    q.add_argument('--overwrite', action='store_true',
+                   help='replace the predictions of an earlier call in --out (without it, such a folder is refused)')
     q.add_argument('--cam', action='store_true', help='save Grad-CAM overlays (default layer per model family)')
     q.add_argument('--cam-layer', default=None, help='module name for Grad-CAM, e.g. stages.3 or layer4')
     q.add_argument('--batch-size', type=int, default=16, help='images per forward pass')

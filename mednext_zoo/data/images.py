@@ -22,12 +22,13 @@ from torch.utils.data import Dataset, Sampler
 
 from ..errors import UserInputError
 from ._untrusted import read_csv_rows
+from .columns import check_columns, did_you_mean
 from .io import SUPPORTED_EXTS, Window, image_kind, load_image, nifti_num_slices, parse_window, probe_image
 
 __all__ = [
     'Sample', 'DataSource', 'discover', 'read_csv_manifest', 'read_image_folder', 'assign_splits',
     'kfold_assignments', 'hold_out_test', 'check_patient_splits', 'ImageClassificationDataset', 'EpochSampler',
-    'build_transforms', 'SPLITS', 'load_sample', 'multi_hot',
+    'build_transforms', 'SPLITS', 'load_sample', 'multi_hot', 'OneClassError',
 ]
 
 SPLITS = ('train', 'val', 'test')
@@ -104,6 +105,14 @@ def _expand(path: str, label: str, patient: Optional[str], split: Optional[str],
     return [Sample(path, label, patient, split, slice_index)]
 
 
+class OneClassError(UserInputError):
+    """The data holds a single class: an error for training, not for scoring (``evaluate`` uses ``source``)."""
+
+    def __init__(self, message: str, source: DataSource):
+        super().__init__(message)
+        self.source = source
+
+
 def _scan(entries: List[Tuple[str, str, Optional[str], Optional[str], Optional[int]]], on_bad_file: str,
           origin: str, skipped: Optional[List[Tuple[str, str]]] = None) -> DataSource:
     if on_bad_file not in ('error', 'skip'):
@@ -127,11 +136,11 @@ def _scan(entries: List[Tuple[str, str, Optional[str], Optional[str], Optional[i
     if not samples:
         raise UserInputError(f'No readable images in {origin} (supported: {", ".join(SUPPORTED_EXTS)}).')
     classes = sorted({s.label for s in samples})
-    if len(classes) < 2:
-        raise UserInputError(
-            f'Only one class ({classes[0]!r}) found in {origin}; classification needs at least two. '
-            f'An ImageFolder tree needs one sub-folder per class.')
     src = DataSource(samples, classes, channels, skipped, origin)
+    if len(classes) < 2:
+        raise OneClassError(
+            f'Only one class ({classes[0]!r}) found in {origin}; classification needs at least two. '
+            f'An ImageFolder tree needs one sub-folder per class.', src)
     check_patient_splits(src.samples)
     return src
 
@@ -174,16 +183,19 @@ def read_image_folder(root: str, on_bad_file: str = 'error') -> DataSource:
     return _scan(entries, on_bad_file, root)
 
 
-def read_csv_manifest(csv_path: str, on_bad_file: str = 'error') -> DataSource:
+def read_csv_manifest(csv_path: str, on_bad_file: str = 'error', strict_columns: bool = False) -> DataSource:
     """CSV manifest with columns ``path,label[,patient_id][,split][,slice]`` (UTF-8).
 
     With ``on_bad_file='skip'`` rows naming a missing file are skipped and counted in ``DataSource.skipped``
     like unreadable files; a damaged manifest (not UTF-8, too many fields, a bad split or slice) always stops.
+    A misspelled column (``patient id``, ``spilt``) is refused; other unknown columns are ignored with a warning,
+    refused with ``strict_columns`` (see :func:`mednext_zoo.data.columns.check_columns`).
     """
     if not os.path.isfile(csv_path):
         raise UserInputError(f'CSV manifest {csv_path} does not exist.')
     base = os.path.dirname(os.path.abspath(csv_path))
     cols, rows = read_csv_rows(csv_path)
+    check_columns(cols, ('path', 'label'), ('patient_id', 'split', 'slice'), csv_path, strict_columns, 'CSV manifest')
     missing = [c for c in ('path', 'label') if c not in cols]
     if missing:
         raise UserInputError(f'CSV manifest {csv_path} lacks column(s) {", ".join(missing)}; it has '
@@ -219,11 +231,12 @@ def read_csv_manifest(csv_path: str, on_bad_file: str = 'error') -> DataSource:
 
 
 def discover(data: Union[str, os.PathLike], on_bad_file: str = 'error',
-             labels: Union[None, str, Sequence[str]] = None) -> DataSource:
+             labels: Union[None, str, Sequence[str]] = None, strict_columns: bool = False) -> DataSource:
     """An ImageFolder tree (a directory), a CSV manifest (a ``.csv`` file) or a MedMNIST ``.npz`` (a path, or a
     name such as ``pneumoniamnist_64`` found in ``$MEDMNIST_ROOT`` / ``~/.medmnist``).
 
     ``labels`` (class names, MedMNIST only) overrides the built-in table; see :func:`.medmnist.read_medmnist`.
+    ``strict_columns``: a CSV manifest's unknown columns are an error (see :func:`read_csv_manifest`).
     """
     data = os.fspath(data)
     from .medmnist import is_array_source, read_medmnist
@@ -232,8 +245,10 @@ def discover(data: Union[str, os.PathLike], on_bad_file: str = 'error',
     if labels is not None:
         raise UserInputError('--labels names the classes of a MedMNIST .npz file; folders and CSV manifests take '
                              'their class names from the folder names / the label column.')
+    if not os.path.exists(data):
+        raise UserInputError(f'--data {data} does not exist.{did_you_mean(data)}')
     if os.path.isfile(data) and data.lower().endswith('.csv'):
-        return read_csv_manifest(data, on_bad_file)
+        return read_csv_manifest(data, on_bad_file, strict_columns)
     if os.path.isdir(data):
         return read_image_folder(data, on_bad_file)
     raise UserInputError(f'--data {data} is neither a folder of class sub-folders nor a .csv manifest.')

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import UserInputError
 from ._untrusted import SKIP_HINT, check_declared_size, check_finite, read_csv_rows, reading
+from .columns import check_columns, did_you_mean
 from .io import _nib_load, load_image
 from .labels import LabelMap, check_label_values, patient_id, read_dataset_json
 
@@ -296,9 +297,11 @@ def _discover_folders(root: str, problems: _Problems) -> SegDataset:
     return SegDataset(root, 'folders', records)
 
 
-def _discover_csv(path: str, problems: _Problems) -> SegDataset:
+def _discover_csv(path: str, problems: _Problems, strict_columns: bool = False) -> SegDataset:
     base = os.path.dirname(os.path.abspath(path))
     cols, rows = read_csv_rows(path)
+    check_columns(cols, ('image',), ('label', 'case_id', 'patient_id', 'split', 'roi'), path, strict_columns,
+                  aliases={'patient': 'patient_id'})
     if 'image' not in cols:
         raise UserInputError(f'{path}: the CSV needs an "image" column (and "label"; optional case_id, '
                              f'patient_id, split); found columns {cols}.')
@@ -328,8 +331,10 @@ def _discover_csv(path: str, problems: _Problems) -> SegDataset:
     return SegDataset(path, 'csv', records)
 
 
-def discover(source: str, layout: str = 'auto', on_bad_file: str = 'error') -> SegDataset:
-    """Index the cases of a dataset folder or CSV (see the module docstring for the layouts).
+def discover(source: str, layout: str = 'auto', on_bad_file: str = 'error', strict_columns: bool = False
+             ) -> SegDataset:
+    """Index the cases of a dataset folder or CSV (see the module docstring for the layouts; a CSV's columns are
+    checked by :func:`mednext_zoo.data.columns.check_columns`, ``strict_columns`` refusing unknown ones).
 
     Every case is checked at header level (:func:`probe_volume`: files exist and open, declared sizes fit the
     files, image and label agree) so that a bad file stops the run before any training. With
@@ -340,11 +345,11 @@ def discover(source: str, layout: str = 'auto', on_bad_file: str = 'error') -> S
     if layout not in LAYOUTS:
         raise UserInputError(f'Unknown layout {layout!r}; choose one of {", ".join(LAYOUTS)}.')
     if not os.path.exists(source):
-        raise UserInputError(f'{source}: no such file or folder.')
+        raise UserInputError(f'{source}: no such file or folder.{did_you_mean(source)}')
     if os.path.isfile(source):
         if layout not in ('auto', 'csv') or not source.lower().endswith('.csv'):
             raise UserInputError(f'{source}: give a dataset folder or a .csv of image / label pairs.')
-        ds = _discover_csv(source, problems)
+        ds = _discover_csv(source, problems, strict_columns)
     else:
         if layout == 'auto':
             has = lambda d: os.path.isdir(os.path.join(source, d))  # noqa: E731
@@ -373,8 +378,8 @@ def discover(source: str, layout: str = 'auto', on_bad_file: str = 'error') -> S
     ds.records = good
     ds.skipped = problems.items
     if ds.skipped:
-        warnings.warn(f'Skipped {len(ds.skipped)} case(s) of {source} with unreadable or missing files '
-                      f'(first: {ds.skipped[0][0]}).', stacklevel=2)
+        warnings.warn(f'Skipped {len(ds.skipped)} case(s) of {source} with unreadable or missing files while '
+                      f'indexing it (first: {ds.skipped[0][0]}).', stacklevel=2)
     if not ds.records:
         raise UserInputError(f'{source}: the dataset is empty (no {"readable " if ds.skipped else ""}cases found '
                              f'in the {ds.layout} layout).')

@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ __all__ = [
     'EngineConfig', 'Task', 'Engine', 'DistInfo', 'setup_distributed', 'cleanup_distributed', 'prepare_run_dir',
     'check_run_dir', 'create_run_dir', 'RunDirGuard', 'holds_checkpoints', 'TrainingDivergedError',
     'describe_weights', 'read_metrics_log', 'atomic_write_bytes', 'atomic_write_json', 'seed_everything',
-    'resolve_device', 'unwrap',
+    'resolve_device', 'unwrap', 'format_duration', 'format_epoch_line', 'config_changes', 'plain_schedule_warnings',
 ]
 
 
@@ -87,6 +87,107 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
+
+
+def format_duration(seconds: float) -> str:
+    """``'3 h 05 min'``, ``'12 min 30 s'`` or ``'8.2 s'``."""
+    if seconds != seconds or seconds == float('inf'):
+        return 'unknown'
+    if seconds >= 3600:
+        h, rem = divmod(int(round(seconds)), 3600)
+        return f'{h} h {rem // 60:02d} min'
+    if seconds >= 60:
+        m, s = divmod(int(round(seconds)), 60)
+        return f'{m} min {s:02d} s'
+    return f'{seconds:.1f} s'
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return 'nan' if v != v else f'{v:.4f}' if abs(v) < 1000 else f'{v:.4g}'
+    return str(v)
+
+
+def format_epoch_line(record: Dict[str, Any], epochs: int, metrics: Sequence[str] = (), best: Optional[str] = None,
+                      eta_s: Optional[float] = None) -> str:
+    """One line per epoch, for the console and log files: epoch, train loss, the validation metrics named in
+    ``metrics`` (keys of ``record`` without their ``val_`` prefix; ``best``, the monitored one, marked ``*`` when it
+    improved), lr, seconds and ETA, e.g. ``[mednext-zoo] epoch 3/10  train loss 0.4123  val loss 0.3512*  val auc
+    0.9310  lr 2.91e-03  12.4 s  ETA 1 min 27 s``.
+    """
+    parts = [f'[mednext-zoo] epoch {record["epoch"]}/{epochs}', f'train loss {_fmt_value(record["train_loss"])}']
+    for k in metrics:
+        if f'val_{k}' in record:
+            parts.append(f'val {k} {_fmt_value(record[f"val_{k}"])}' + ('*' if k == best else ''))
+    parts.append(f'lr {record["lr"]:.2e}')
+    parts.append(f'{record.get("time_s", 0.0):.1f} s')
+    if eta_s is not None:
+        parts.append(f'ETA {format_duration(eta_s)}' if eta_s > 0 else 'done')
+    return '  '.join(parts)
+
+
+# settings whose command-line option is not ``--name-with-dashes`` (booleans print as on / off)
+OPTION_NAMES = {'ema_decay': '--ema', 'num_workers': '--workers', 'n_bootstrap': '--bootstrap',
+                'ckpt_every_steps': '--ckpt-every', 'augment': 'augmentation', 'export': 'export'}
+
+
+def config_changes(run_dir: str, new: Dict[str, Any], option_names: Optional[Dict[str, str]] = None,
+                   ignore: Iterable[str] = ('resume', 'overwrite', 'progress', 'out')) -> List[str]:
+    """What the user changed since the last start of a run: ``--option OLD -> NEW`` for every setting of ``new``
+    that differs from the run's ``config.json`` (nothing when the file is missing or unreadable).
+
+    ``option_names`` maps a setting to its command-line option where they differ (default :data:`OPTION_NAMES`;
+    others are shown as ``--name-with-dashes``).
+    """
+    try:
+        with open(os.path.join(run_dir, 'config.json')) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return []
+    names, skip, out = OPTION_NAMES if option_names is None else option_names, set(ignore), []
+
+    def fmt(x: Any) -> str:
+        if isinstance(x, list):
+            return ','.join(fmt(v) for v in x)
+        if isinstance(x, bool):
+            return 'on' if x else 'off'
+        return 'none' if x is None else f'{x:g}' if isinstance(x, float) else str(x)
+
+    norm = lambda v: json.loads(json.dumps(v, default=_json_default))  # noqa: E731  (tuples as lists, as stored)
+    for k, v in new.items():
+        if k in skip or k.startswith('_') or k not in old or norm(v) == old[k]:
+            continue
+        out.append(f'{names.get(k, "--" + k.replace("_", "-"))} {fmt(old[k])} -> {fmt(norm(v))}')
+    return out
+
+
+@contextlib.contextmanager
+def plain_schedule_warnings(total_steps: int, warmup_steps: int):
+    """Build a timm cosine / poly scheduler inside this context: timm's log line "Cosine annealing scheduler will
+    have no effect on the learning rate since t_initial = t_mul = eta_mul = 1" is held back, and a run too short to
+    decay gets a plain warning instead (its warm-up takes every step but the last)."""
+    import logging
+    import warnings
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return 'will have no effect' not in record.getMessage()
+
+    loggers = [logging.getLogger(f'timm.scheduler.{m}') for m in ('cosine_lr', 'poly_lr')]
+    drop = _Drop()
+    for lg in loggers:
+        lg.addFilter(drop)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(drop)
+    if total_steps - warmup_steps <= 1:
+        what = (f'its {warmup_steps}-step warm-up takes every step but the last' if warmup_steps else
+                'a schedule needs more than one step')
+        warnings.warn(f'The run is {total_steps} optimiser step(s) long and {what}: the learning rate never decays '
+                      f'(it rises to its peak, or stays there). Train more epochs, or shorten the warm-up, for a '
+                      f'decaying schedule.', stacklevel=3)
 
 
 def resolve_device(device: str = 'auto', local_rank: int = 0) -> torch.device:
@@ -262,7 +363,12 @@ class RunDirGuard:
 
 # ---------------------------------------------------------------- task and config
 class Task:
-    """What the engine needs from a task. Subclass and override."""
+    """What the engine needs from a task. Subclass and override.
+
+    ``log_metrics``: validation metrics shown in the one-line epoch summary after ``loss`` and the monitored one.
+    """
+
+    log_metrics: Tuple[str, ...] = ()
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Training loss of one micro-batch (a scalar)."""
@@ -352,15 +458,16 @@ class _Progress:
     loss_n: int = 0
 
 
-_SETTING_NAMES = {'base_values': 'lr', 'lr_min': 'min lr', 'warmup_lr_init': 'warm-up start lr',
-                  'warmup_t': 'warm-up steps', 't_initial': 'schedule length (steps)', 'initial_lr': 'lr',
-                  'weight_decay': 'weight decay'}
+_SETTING_NAMES = {'base_values': 'lr', 'lr_min': 'min lr', 'weight_decay': 'weight decay'}
+# what timm's schedulers derive from the settings above and the run length (e.g. ``warmup_steps``, the lr added
+# per warm-up step): never shown, a task names what the user changed instead (Engine.fit(changes=...))
+_DERIVED = ('warmup_lr_init', 'warmup_t', 'warmup_steps', 't_initial', 'initial_lr', 'decay_t')
 
 
 def _setting_changes(old: Dict[str, Any], new: Dict[str, Any], skip: Tuple[str, ...] = ()) -> List[str]:
     out = []
     for k in sorted(set(old) | set(new)):
-        if k in skip or old.get(k) == new.get(k):
+        if k in skip or k in _DERIVED or old.get(k) == new.get(k):
             continue
         a, b = old.get(k), new.get(k)
         if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(set(map(str, a))) == 1 \
@@ -589,9 +696,13 @@ class Engine:
                 if os.path.exists(path):
                     os.replace(path, path + '.unreadable')
 
-    def load_checkpoint(self) -> None:
+    def load_checkpoint(self, changes: Optional[Sequence[str]] = None) -> None:
         """Restore everything from the newest complete checkpoint (falling back past unreadable ones); the
-        optimiser's hyper-parameters and the schedule of the current configuration apply from here on."""
+        optimiser's hyper-parameters and the schedule of the current configuration apply from here on.
+
+        Prints where training resumes (step, epoch, batch). ``changes``: what the user changed since the last start,
+        in their terms (:func:`config_changes`), printed and recorded in ``run.json``; without it, the changed
+        optimiser / schedule settings are named."""
         tag, weights, state = self._find_checkpoint()
         try:
             self.model.load_state_dict(weights)
@@ -601,14 +712,14 @@ class Engine:
         fresh_sched = self.scheduler.state_dict() if self.scheduler is not None else None
         self.optimizer.load_state_dict(state['optimizer'])
         saved_groups = [{k: v for k, v in g.items() if k != 'params'} for g in self.optimizer.param_groups]
-        changes: List[str] = []
+        internal: List[str] = []
         for g, fresh, saved in zip(self.optimizer.param_groups, fresh_groups, saved_groups):
             g.update(fresh)  # the current configuration's hyper-parameters (lr is set by the schedule below)
             for c in _setting_changes(saved, fresh, skip=('lr',) if self.scheduler is not None else ()):
-                if c not in changes:
-                    changes.append(c)
+                if c not in internal:
+                    internal.append(c)
         if self.scheduler is not None and state['scheduler'] is not None:
-            changes += [c for c in _setting_changes(state['scheduler'], fresh_sched) if c not in changes]
+            internal += [c for c in _setting_changes(state['scheduler'], fresh_sched) if c not in internal]
             self.scheduler.load_state_dict(fresh_sched)
         if self.scaler is not None and state['scaler'] is not None:
             self.scaler.load_state_dict(state['scaler'])
@@ -618,11 +729,13 @@ class Engine:
         if self.scheduler is not None:
             self.scheduler.step_update(num_updates=self.progress.step)  # this step's lr under the schedule
         _set_rng_state(state['rng'])
+        changes = list(changes) if changes is not None else internal
         self.resume_changes = changes
         if self.dist.is_main:
+            print(self._resume_line(tag), flush=True)
             if changes:
-                print(f'[mednext-zoo] resuming at step {self.progress.step} with changed settings: '
-                      f'{"; ".join(changes)}. Learning rate now {self._lr():.3g}.', flush=True)
+                print(f'[mednext-zoo] resuming with changed settings: {"; ".join(changes)} (learning rate now '
+                      f'{self._lr():.3g})', flush=True)
             self._record_resume(tag, changes)
             for n in os.listdir(self.ckpt_dir):  # temporary files of a write that was killed half-way
                 if n.startswith('.') and '.tmp-' in n:
@@ -633,6 +746,15 @@ class Engine:
             if os.path.isfile(log):
                 kept = [r for r in read_metrics_log(log) if r.get('epoch', 0) <= self.progress.epoch]
                 atomic_write_bytes(log, ''.join(json.dumps(r, default=_json_default) + '\n' for r in kept).encode())
+
+    def _resume_line(self, tag: str) -> str:
+        """Where training resumes, for people: step, epoch (from 1) and batch."""
+        p, epochs = self.progress, self.cfg.epochs
+        head = f'[mednext-zoo] resuming at step {p.step} from checkpoint {tag}'
+        if p.epoch >= epochs:
+            return f'{head}: all {epochs} epochs are trained already (raise --epochs to train longer)'
+        where = f'after batch {p.batch} of {len(self.train_loader)}' if p.batch else 'from its first batch'
+        return f'{head}: epoch {p.epoch + 1} of {epochs}, {where}'
 
     def _record_resume(self, tag: str, changes: List[str]) -> None:
         path = os.path.join(self.run_dir, 'run.json')
@@ -710,15 +832,19 @@ class Engine:
             dist.all_reduce(bad)
         return not bool(bad.item())
 
-    def fit(self, resume: bool = False) -> Dict[str, Any]:
+    def fit(self, resume: bool = False, changes: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         """Train until ``cfg.epochs`` (or early stopping); returns a summary with the best score and its
-        (1-based) epoch. A NaN / inf loss stops the run with :class:`TrainingDivergedError`."""
+        (1-based) epoch. A NaN / inf loss stops the run with :class:`TrainingDivergedError`.
+
+        Every epoch ends with one line on stdout (rank 0, also with ``progress`` off): see
+        :func:`format_epoch_line`. ``changes``: on resume, what the user changed (see :meth:`load_checkpoint`)."""
         cfg = self.cfg
         if cfg.monitor_mode not in ('min', 'max'):
             raise UserInputError(f'monitor mode must be "min" or "max", got {cfg.monitor_mode!r}.')
         self.resume_changes: List[str] = []
         if resume:
-            self.load_checkpoint()
+            self.load_checkpoint(changes)
+        epoch_s: List[float] = []  # seconds per whole epoch in this session (a resumed partial one scaled up)
         p = self.progress
         accum = max(1, int(cfg.accum_steps))
         sampler = self.train_loader.sampler
@@ -734,7 +860,7 @@ class Engine:
             self.task.on_train_mode(self.model)
             if self.ema is not None:
                 self.ema.module.eval()
-            t0 = time.time()
+            t0, first_batch = time.time(), p.batch
             bar = self._bar(self.train_loader, f'epoch {p.epoch + 1}/{cfg.epochs}', total=total, initial=p.batch)
             self.optimizer.zero_grad(set_to_none=True)
             for inputs, targets in bar:
@@ -788,6 +914,7 @@ class Engine:
                 train_loss = float(t[0] / t[1].clamp(min=1))
             record: Dict[str, Any] = {'epoch': p.epoch + 1, 'step': p.step,
                                       'lr': self.optimizer.param_groups[-1]['lr'], 'train_loss': train_loss}
+            improved = False
             if self.val_loader is not None:
                 out, tgt = self.infer(self.val_loader, desc='val')
                 metrics = self.task.evaluate(out, tgt)
@@ -796,18 +923,25 @@ class Engine:
                 if cfg.monitor not in metrics:
                     raise UserInputError(f'Unknown metric {cfg.monitor!r} to monitor; choose one of '
                                          f'{", ".join(k for k, v in metrics.items() if np.isscalar(v))}.')
-                if self._improved(score):
+                improved = self._improved(score)
+                if improved:
                     p.best, p.best_epoch, p.bad_epochs = score, p.epoch + 1, 0
                     self.save_weights(os.path.join(self.ckpt_dir, 'best.safetensors'))
                 else:
                     p.bad_epochs += 1
             record['time_s'] = round(time.time() - t0, 3)
+            epoch_s.append(record['time_s'] * total / max(1, total - first_batch))
             p.epoch += 1
             p.batch = 0
             p.loss_sum, p.loss_n = 0.0, 0
             stop = bool(cfg.patience and p.bad_epochs >= cfg.patience)
             self._log(record)
             self.save_checkpoint()
+            if self.dist.is_main:
+                shown = dict.fromkeys(['loss', cfg.monitor, *self.task.log_metrics])
+                eta = float(np.mean(epoch_s)) * (cfg.epochs - p.epoch) if not stop else 0.0
+                print(format_epoch_line(record, cfg.epochs, list(shown), cfg.monitor if improved else None, eta)
+                      + (f'  (early stop: no improvement in {cfg.patience} epochs)' if stop else ''), flush=True)
             _barrier(self.dist)
             if stop:
                 stopped_early = True

@@ -73,14 +73,16 @@ def build_config(protocol: TagProtocol, seed: int, out: str, data: str, *, epoch
 
 
 def _recipe_text(protocol: TagProtocol, cfg) -> str:
+    """The training recipe of the plan, as the run will use it (the resolved config: lr, clipping ...)."""
+    clip = f'gradient norm clipped to {cfg.clip_grad:g}' if cfg.clip_grad else 'no gradient clipping'
     if protocol.task == 'classification':
         return (f'{protocol.arch} from scratch at {cfg.img_size}x{cfg.img_size}, {protocol.in_chans} channels; AdamW '
                 f'lr {cfg.lr:g} (cosine to {cfg.min_lr:g}, {cfg.warmup_epochs:g} warm-up epochs), weight decay '
-                f'{cfg.weight_decay:g}; batch {cfg.batch_size}; random resized crop (scale {cfg.crop_scale[0]:g}-'
-                f'{cfg.crop_scale[1]:g}) + horizontal flip (p {cfg.hflip:g}); {cfg.epochs} epochs; best checkpoint '
-                f'by validation {cfg.monitor if cfg.monitor != "auto" else "loss"}')
+                f'{cfg.weight_decay:g}, {clip}; batch {cfg.batch_size}; random resized crop (scale '
+                f'{cfg.crop_scale[0]:g}-{cfg.crop_scale[1]:g}) + horizontal flip (p {cfg.hflip:g}); {cfg.epochs} '
+                f'epochs; best checkpoint by validation {cfg.monitor if cfg.monitor != "auto" else "loss"}')
     return (f'{protocol.arch} from scratch at {cfg.img_size}x{cfg.img_size}, 1 channel; {cfg.opt} lr {cfg.lr:g} '
-            f'(cosine to {cfg.min_lr:g}), weight decay {cfg.weight_decay:g}; batch {cfg.batch_size}; loss '
+            f'(cosine to {cfg.min_lr:g}), weight decay {cfg.weight_decay:g}, {clip}; batch {cfg.batch_size}; loss '
             f'{cfg.ce_weight:g} CE + {cfg.dice_weight:g} soft Dice; augmentation {"on" if cfg.augment else "off"}; '
             f'intensity {cfg.intensity}; {cfg.epochs} epochs')
 

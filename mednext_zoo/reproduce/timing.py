@@ -8,20 +8,9 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ..finetune.engine import format_duration
+
 __all__ = ['Estimate', 'StepTime', 'measure_step_time', 'format_duration', 'steps_per_epoch']
-
-
-def format_duration(seconds: float) -> str:
-    """``'3 h 05 min'``, ``'12 min 30 s'`` or ``'8.2 s'``."""
-    if seconds != seconds or seconds == float('inf'):
-        return 'unknown'
-    if seconds >= 3600:
-        h, rem = divmod(int(round(seconds)), 3600)
-        return f'{h} h {rem // 60:02d} min'
-    if seconds >= 60:
-        m, s = divmod(int(round(seconds)), 60)
-        return f'{m} min {s:02d} s'
-    return f'{seconds:.1f} s'
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Grad-CAM (Selvaraju et al. 2017) with forward / backward hooks, and overlays of the heatmap on the input."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -47,6 +48,7 @@ class GradCAM:
             if target_layer not in modules:
                 raise ValueError(f'Unknown Grad-CAM layer {target_layer!r}.')
             self.layer_name, layer = target_layer, modules[target_layer]
+        self._warned = False
         self._acts: Optional[torch.Tensor] = None
         self._grads: Optional[torch.Tensor] = None
         self._handles = [layer.register_forward_hook(self._fwd)]
@@ -76,6 +78,15 @@ class GradCAM:
         acts, grads = self._acts, self._grads
         if acts.shape[-1] != grads.shape[-1] or acts.ndim != 4:
             raise ValueError('Grad-CAM needs a (B, C, H, W) feature map at the target layer.')
+        if acts.shape[-2:] == (1, 1) and not self._warned:  # one value per image: the overlay is a flat tint
+            self._warned = True
+            name = self.layer_name
+            earlier = (f' (e.g. --cam-layer stages.{int(name.split(".")[1]) - 1})'
+                       if name.startswith('stages.') and name.split('.')[1].isdigit() and int(name.split('.')[1])
+                       else '')
+            warnings.warn(f'Grad-CAM: layer {name} gives a 1 x 1 map for {x.shape[-2]} x {x.shape[-1]} inputs, so '
+                          f'every heatmap is one uniform tint. Use a larger image size, or an earlier layer{earlier}.',
+                          stacklevel=2)
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cam = torch.relu((weights * acts).sum(1, keepdim=True))
         cam = nn.functional.interpolate(cam, size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0]

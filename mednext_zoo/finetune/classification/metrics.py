@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 __all__ = ['classification_report', 'fit_temperature', 'expected_calibration_error', 'point_metrics',
-           'multilabel_point_metrics', 'multilabel_report']
+           'undefined_metrics', 'multilabel_point_metrics', 'multilabel_report']
 
 METRICS = ('accuracy', 'precision', 'recall', 'f1', 'auc')
 
@@ -52,6 +52,29 @@ def point_metrics(y: np.ndarray, probs: np.ndarray, num_classes: int, positive: 
             out[k] = float(np.mean([per_class[c][k] for c in labels]))
         aucs = [auc[c] for c in labels if np.isfinite(auc[c])]
         out['auc'] = float(np.mean(aucs)) if aucs else float('nan')
+    return out
+
+
+def undefined_metrics(y: np.ndarray, pred: np.ndarray, classes: Sequence[str], positive: Optional[int]
+                      ) -> Dict[str, str]:
+    """The headline metrics that a data set of a single class (an all-positive external set, say) cannot define,
+    each with the reason; ``{}`` when ``y`` holds two classes or more."""
+    present = np.unique(y)
+    if len(present) != 1:
+        return {}
+    only = classes[int(present[0])]
+    out = {'auc': f'ROC AUC needs positive and negative images; the data holds only {only!r}'}
+    if positive is None:
+        for k in ('precision', 'recall', 'f1'):
+            out[k] = f'a macro average needs every class; the data holds only {only!r} (its row is in per_class)'
+    elif int(present[0]) != positive:
+        pos = classes[positive]
+        out['recall'] = f'sensitivity needs {pos!r} images; the data holds only {only!r} (accuracy is the specificity)'
+        out['f1'] = f'F1 needs the recall, undefined without {pos!r} images'
+        if not (pred == positive).any():
+            out['precision'] = f'no image was called {pos!r}'
+    elif not (pred == positive).any():
+        out['precision'] = f'no image was called {only!r}'
     return out
 
 
@@ -170,6 +193,9 @@ def classification_report(
 ) -> Dict[str, Any]:
     """Full report: headline metrics with bootstrap CIs, per-class metrics, confusion matrix, ECE.
 
+    Data of a single class leaves some headline metrics undefined (always AUC): they are ``None`` and
+    ``undefined`` names each with the reason (:func:`undefined_metrics`).
+
     Args:
         logits: ``(N, num_classes)`` raw model outputs.
         targets: ``(N,)`` class indices.
@@ -206,6 +232,9 @@ def classification_report(
         vals = np.asarray(boots[k], dtype=float)
         vals = vals[np.isfinite(vals)]
         ci_out[k] = [float(np.quantile(vals, alpha)), float(np.quantile(vals, 1 - alpha))] if len(vals) else None
+    undefined = undefined_metrics(y, probs.argmax(1), classes, positive)
+    for k in undefined:  # one class in the data: these are not 0, they do not exist
+        base[k], ci_out[k] = None, None
     cm = confusion_matrix(y, probs.argmax(1), labels=list(range(num_classes)))
     roc = {}
     for c in range(num_classes):
@@ -223,6 +252,7 @@ def classification_report(
                  'precision/recall/f1/auc are unweighted means over classes (macro); auc is one-vs-rest'),
         **{k: base[k] for k in METRICS},
         'ci95': ci_out,
+        **({'undefined': undefined} if undefined else {}),
         'ci_method': f'percentile bootstrap over images, {n_bootstrap} resamples, seed {seed}',
         'per_class': {classes[c]: v for c, v in base['per_class'].items()},
         'confusion_matrix': cm.tolist(),

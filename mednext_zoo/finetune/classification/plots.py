@@ -55,7 +55,10 @@ def plot_roc(report: Dict[str, Any], out_path: str, title: str = '') -> None:
     ax.set_xlabel('false positive rate')
     ax.set_ylabel('true positive rate')
     ax.set_title(title or 'ROC (one-vs-rest)')
-    ax.legend(loc='lower right')
+    if report.get('roc'):
+        ax.legend(loc='lower right')
+    else:  # a single class in the data: no curve exists
+        ax.text(0.5, 0.5, 'undefined: the data holds one class', ha='center', va='center')
     _save(fig, out_path)
     plt.close(fig)
 

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -38,7 +39,7 @@ from ...data import (
     kfold_assignments,
     parse_window,
 )
-from ...data.images import load_sample
+from ...data.images import OneClassError, load_sample
 from ...data.io import SUPPORTED_EXTS, image_kind, nifti_num_slices
 from ...data.medmnist import array_item_id, is_array_source
 from ...errors import UserInputError
@@ -53,13 +54,16 @@ from ..engine import (
     atomic_write_json,
     check_run_dir,
     cleanup_distributed,
+    config_changes,
     create_run_dir,
     describe_weights,
+    plain_schedule_warnings,
     resolve_device,
     seed_everything,
     setup_distributed,
 )
 from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
+from ..outputs import claim_output_dir, remove_stale, unique_inputs
 from .metrics import classification_report, fit_temperature, multilabel_point_metrics, multilabel_report, point_metrics
 
 __all__ = ['FinetuneConfig', 'ClassificationTask', 'build_optimizer', 'fit', 'evaluate', 'predict', 'cross_validate',
@@ -115,6 +119,7 @@ class FinetuneConfig:
     hflip: float = 0.5
     num_workers: int = 0
     on_bad_file: str = 'error'
+    strict_columns: bool = False  # a CSV manifest's unknown columns are an error (else a warning)
     labels: Optional[str] = None  # MedMNIST .npz: class names "a,b,c" (or "multi-label:a,b,c") over the built-in table
     n_bootstrap: int = 1000
     ckpt_every_steps: int = 0
@@ -209,9 +214,10 @@ def build_optimizer(model: nn.Module, cfg: FinetuneConfig, updates_per_epoch: in
                                     layer_decay=cfg.layer_decay)
     total_updates = cfg.epochs * updates_per_epoch
     warmup = min(int(round(cfg.warmup_epochs * updates_per_epoch)), max(0, total_updates - 1))
-    scheduler = CosineLRScheduler(optimizer, t_initial=total_updates - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
-                                  warmup_lr_init=cfg.lr * 1e-3 if warmup else cfg.lr, warmup_prefix=True,
-                                  t_in_epochs=False)
+    with plain_schedule_warnings(total_updates, warmup):  # a run shorter than its warm-up never decays: say so
+        scheduler = CosineLRScheduler(optimizer, t_initial=total_updates - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
+                                      warmup_lr_init=cfg.lr * 1e-3 if warmup else cfg.lr, warmup_prefix=True,
+                                      t_in_epochs=False)
     scheduler.step_update(num_updates=0)  # apply the warm-up start and layer-decay scales before the first step
     return optimizer, scheduler
 
@@ -220,6 +226,8 @@ def build_optimizer(model: nn.Module, cfg: FinetuneConfig, updates_per_epoch: in
 class ClassificationTask(Task):
     """Cross-entropy (optionally class-weighted, label-smoothed), or with ``multi_label`` one binary cross-entropy per
     label (``pos_weight`` from ``class_weights``); freezing; accuracy / P / R / F1 / AUC."""
+
+    log_metrics = ('accuracy', 'auc')  # shown in the per-epoch line beside val loss and the monitored metric
 
     def __init__(self, classes: Sequence[str], class_weights: Optional[torch.Tensor] = None,
                  label_smoothing: float = 0.0, positive: Optional[int] = None, linear_probe: bool = False,
@@ -476,6 +484,9 @@ def format_report(report: Dict[str, Any], title: str = '') -> str:
         report['averaging'], 'macro average over classes (AUC one-vs-rest)')
     lines = [f'{title} (n={report["n"]}; {avg})' if title else f'n={report["n"]}; {avg}']
     for k in ('accuracy', 'precision', 'recall', 'f1', 'auc'):
+        if k in report.get('undefined', {}):
+            lines.append(f'  {k:9s} undefined: {report["undefined"][k]}')
+            continue
         ci = report['ci95'][k]
         ci_s = f' [95% CI {ci[0]:.3f}-{ci[1]:.3f}]' if ci else ''
         lines.append(f'  {k:9s} {report[k]:.3f}{ci_s}')
@@ -510,7 +521,7 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
         raise UserInputError(f'--imbalance must be none, weights or sampler, got {cfg.imbalance!r}.')
     parse_window(cfg.window)
     if source is None:
-        source = discover(cfg.data, cfg.on_bad_file, cfg.labels)
+        source = discover(cfg.data, cfg.on_bad_file, cfg.labels, strict_columns=cfg.strict_columns)
         source = assign_splits(source, cfg.val_frac, cfg.test_frac, cfg.seed)
     _check_in_chans(source, cfg.in_chans)
     classes = source.classes
@@ -572,6 +583,8 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
                         progress=cfg.progress)
     engine = Engine(model, task, train_loader, val_loader, optimizer, scheduler, cfg.out, ecfg, info,
                     callbacks=getattr(cfg, '_callbacks', ()))
+    changes = config_changes(cfg.out, {**cfg.to_dict(), 'monitor': monitor, 'positive_class': classes[positive]
+                                       if positive is not None else None}) if resumed else None  # in the user's terms
     if info.is_main:  # set-up succeeded: now the run folder is written
         if not resumed:
             create_run_dir(cfg.out, identity, cfg.overwrite)
@@ -588,7 +601,7 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
               f'test {len(test_s)} images; {cfg.epochs} epochs on {engine.device}'
               f'{f" x{info.world_size} ranks" if info.enabled else ""}{"; resuming" if resumed else ""}{skipped}',
               flush=True)
-    summary = engine.fit(resume=resumed)
+    summary = engine.fit(resume=resumed, changes=changes)
 
     # final evaluation with the best weights
     from safetensors.torch import load_file
@@ -673,7 +686,8 @@ def cross_validate(cfg: FinetuneConfig) -> Dict[str, Any]:
 
 
 def _cross_validate(cfg: FinetuneConfig, k: int, info: DistInfo, guard: RunDirGuard) -> Dict[str, Any]:
-    source = hold_out_test(discover(cfg.data, cfg.on_bad_file), cfg.test_frac, cfg.seed)
+    source = hold_out_test(discover(cfg.data, cfg.on_bad_file, cfg.labels, strict_columns=cfg.strict_columns),
+                           cfg.test_frac, cfg.seed)
     folds = kfold_assignments(source, k, cfg.seed)
     identity = {'model': cfg.model, 'folds': k, 'classes': source.classes}
     resumed = _on_main(info, check_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
@@ -756,11 +770,12 @@ def _temperature(run_dir: str) -> float:
 
 def evaluate(run_dir: str, data: str, split: Optional[str] = None, out: Optional[str] = None, batch_size: int = 32,
              device: str = 'cpu', n_bootstrap: int = 1000, on_bad_file: str = 'error', progress: bool = True,
-             include_training_data: bool = False) -> Dict[str, Any]:
+             include_training_data: bool = False, strict_columns: bool = False) -> Dict[str, Any]:
     """Metrics (with bootstrap CIs, plots) of a finished run on a labelled folder or manifest.
 
     ``split`` restricts to one split of ``data`` (``test``, ...); results go to ``out``
-    (default ``RUN_DIR/eval-<data name>``).
+    (default ``RUN_DIR/eval-<data name>``). Data of one class is scored too: the metrics it cannot define
+    (AUC, ...) are reported as undefined, with the reason.
 
     Images the run trained or validated on (recognised by content, see :mod:`..heldout`) are left out and the
     console says so; with none held out it refuses. ``include_training_data`` scores them too, and the report
@@ -769,7 +784,11 @@ def evaluate(run_dir: str, data: str, split: Optional[str] = None, out: Optional
     model, rc = load_run_model(run_dir, device)
     classes = rc['classes']
     multi = bool(rc.get('multi_label'))
-    source = discover(data, on_bad_file, rc.get('labels') if is_array_source(data) else None)
+    try:
+        source = discover(data, on_bad_file, rc.get('labels') if is_array_source(data) else None,
+                          strict_columns=strict_columns)
+    except OneClassError as e:  # one class is fine to score (e.g. sensitivity on an all-positive set)
+        source = e.source
     if source.multi_label != multi:
         raise UserInputError(f'{data} is a {source.task} set but the run trained a '
                              f'{"multi-label" if multi else "single-label"} classifier.')
@@ -892,19 +911,27 @@ def _expand_inputs(inputs: Sequence[str]) -> List[Tuple[str, Optional[int], Opti
                 files.extend((p, k, None) for k in range(nifti_num_slices(p)))
             else:
                 files.append((p, None, None))
-    return files
+    unique = unique_inputs(files, key=lambda f: (os.path.realpath(f[0]), f[1], f[2]))
+    if len(unique) < len(files):
+        print(f'[mednext-zoo] {len(files) - len(unique)} image(s) named more than once (e.g. a file given directly '
+              f'and through its folder) are predicted once', file=sys.stderr)
+    return unique
 
 
 def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, cam: bool = False,
-            cam_layer: Optional[str] = None, batch_size: int = 16, device: str = 'cpu', on_bad_file: str = 'error'
-            ) -> List[Dict[str, Any]]:
-    """Class probabilities for images (files or folders); ``cam`` also saves Grad-CAM overlays.
+            cam_layer: Optional[str] = None, batch_size: int = 16, device: str = 'cpu', on_bad_file: str = 'error',
+            overwrite: bool = False) -> List[Dict[str, Any]]:
+    """Class probabilities for images (files or folders, each file once); ``cam`` also saves Grad-CAM overlays.
 
-    Writes ``out/predictions.csv`` (default ``RUN_DIR/predictions``) and, with ``cam``, ``out/cam/*.png``.
+    Writes ``out/predictions.csv`` (default ``RUN_DIR/predictions``) and, with ``cam``, ``out/cam/*.png``, and says
+    where on stderr. A folder holding an earlier call's outputs is refused unless ``overwrite``, which replaces them
+    (earlier files this call does not write again are removed once the new ones are written).
     """
     from PIL import Image
 
     from .cam import GradCAM, overlay
+    earlier = claim_output_dir(out or os.path.join(run_dir, 'predictions'), ('predictions.csv', 'cam/*.png'),
+                               overwrite)
     model, rc = load_run_model(run_dir, device)
     classes = rc['classes']
     temperature = _temperature(run_dir)
@@ -969,6 +996,10 @@ def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, cam:
         w.writeheader()
         w.writerows(rows)
         atomic_write_bytes(os.path.join(out, 'predictions.csv'), buf.getvalue().encode())
+    remove_stale(earlier, [os.path.join(out, 'predictions.csv')] * bool(rows) + [r['cam'] for r in rows if 'cam' in r])
     if skipped:
         print(f'[mednext-zoo] skipped {skipped} unreadable file(s)')
+    print(f'[mednext-zoo] wrote {len(rows)} prediction(s) to {os.path.join(out, "predictions.csv")}'
+          + (f', Grad-CAM overlays to {os.path.join(out, "cam")}' if gc is not None else '') if rows else
+          '[mednext-zoo] no predictions written: every input was skipped', file=sys.stderr)
     return rows

@@ -130,12 +130,20 @@ def save_nifti(pred: np.ndarray, vol: Volume, path: str) -> str:
     return path
 
 
+# matplotlib's tab10, the overlays' colours: class c is drawn in colour c (class 0, background, black)
+_TAB10 = ('1f77b4', 'ff7f0e', '2ca02c', 'd62728', '9467bd', '8c564b', 'e377c2', '7f7f7f', 'bcbd22', '17becf')
+MASK_PALETTE = [0, 0, 0] + [int(h[i:i + 2], 16) for c in range(1, 256) for h in [_TAB10[c % 10]] for i in (0, 2, 4)]
+
+
 def save_png_mask(pred: np.ndarray, path: str) -> str:
-    """Write a 2D label map as an 8-bit PNG (class indices as pixel values)."""
+    """Write a 2D label map as an 8-bit palette PNG: the pixel values are the class indices (what PIL / numpy read
+    back), and image viewers show them in colour (:data:`MASK_PALETTE`) instead of near-black greys."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(pred, dtype=np.uint8)).save(buf, format='PNG')
+    img = Image.fromarray(np.asarray(pred, dtype=np.uint8))
+    img.putpalette(MASK_PALETTE)  # an 'L' image becomes 'P': same bytes, shown through the palette
+    img.save(buf, format='PNG')
     atomic_write_bytes(path, buf.getvalue())
     return path
 

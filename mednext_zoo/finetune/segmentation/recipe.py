@@ -194,11 +194,14 @@ def build_optimizer(model: nn.Module, recipe: SegRecipe, total_steps: int) -> Tu
     warmup = recipe.warmup_for(total)
     common = dict(warmup_t=warmup, warmup_lr_init=recipe.lr * 1e-3 if warmup else recipe.lr, warmup_prefix=True,
                   t_in_epochs=False)
+    from ..engine import plain_schedule_warnings
     if recipe.schedule == 'cosine':
-        scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=recipe.min_lr, **common)
+        with plain_schedule_warnings(total, warmup):  # a run shorter than its warm-up never decays: say so
+            scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=recipe.min_lr, **common)
     elif recipe.schedule == 'poly':
-        scheduler = PolyLRScheduler(optimizer, t_initial=max(1, total - warmup), power=recipe.poly_power,
-                                    lr_min=recipe.min_lr, **common)
+        with plain_schedule_warnings(total, warmup):
+            scheduler = PolyLRScheduler(optimizer, t_initial=max(1, total - warmup), power=recipe.poly_power,
+                                        lr_min=recipe.min_lr, **common)
     else:  # constant after the warm-up
         scheduler = StepLRScheduler(optimizer, decay_t=math.inf, decay_rate=1.0, **common)
     scheduler.step_update(num_updates=0)

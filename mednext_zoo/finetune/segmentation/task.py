@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -38,6 +39,7 @@ from ...data.volumes import SegDataset, Volume, VolumeRecord, discover, iter_vol
 from ...errors import UserInputError
 from ..engine import Task
 from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
+from ..outputs import claim_output_dir, remove_stale, unique_inputs
 from .data import PatchDataset, SliceDataset, TileDataset, choose_spatial_mode, prepare_volume
 from .inference import predict_volume, save_overlays, save_prediction
 from .losses import DiceCELoss
@@ -70,6 +72,7 @@ __all__ = ['SegConfig', 'SliceDataset', 'SegmentationTask', 'fit', 'evaluate', '
            'resolve_intensity', 'export_run', 'run_settings']
 
 RUN_KIND = 'segmentation'
+PRED_EXTS = ('.nii.gz', '.png', '.nrrd', '.mha')  # what save_prediction writes as <case>_pred<ext>
 
 
 @dataclass
@@ -135,6 +138,7 @@ class SegConfig:
     overwrite: bool = False
     export: bool = True
     on_bad_file: str = 'error'  # 'skip': leave out cases whose files are unreadable, and count them
+    strict_columns: bool = False  # a CSV's unknown columns are an error (else a warning)
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as a plain dict (what ``config.json`` records)."""
@@ -292,6 +296,8 @@ class SegmentationTask(Task):
     """The recipe's loss (default 0.5 CE + 0.5 soft Dice, see :mod:`.recipe`); validation: loss and per-class
     Dice pooled over all validation slices
     (at model resolution -- the 3D per-volume metrics are computed after training)."""
+
+    log_metrics = ('dice',)  # shown in the per-epoch line beside val loss
 
     def __init__(self, label_map: LabelMap, ce_weight: float = 0.5, dice_weight: float = 0.5,
                  loss_fn: Optional[nn.Module] = None):
@@ -619,7 +625,7 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
             raise UserInputError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(cfg, name)}.')
     recipe = recipe_from_config(cfg)  # loss / sampler settings, checked before any data is read
     protocol = get_protocol(cfg.protocol) if cfg.protocol else None
-    ds = discover(cfg.data, cfg.layout, cfg.on_bad_file)
+    ds = discover(cfg.data, cfg.layout, cfg.on_bad_file, cfg.strict_columns)
     _check_remap(cfg.remap_labels)
     label_map = resolve_label_map(ds, protocol, cfg.labels, cfg.slice_axis, cfg.remap_labels)
     intensity = resolve_intensity(cfg.intensity, ds, protocol)
@@ -639,11 +645,14 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
     if len(skipped) > len(ds.skipped):  # cases that failed to load leave the split lists too
         failed = {path for path, _ in skipped[len(ds.skipped):]}
         splits = {k: [r for r in v if r.image not in failed] for k, v in splits.items()}
+    n_index, n_load = len(ds.skipped), len(skipped) - len(ds.skipped)  # the indexing warning counted the first
+    why = (f'{len(skipped)} case(s) skipped' + (f': {n_index} when the dataset was indexed, {n_load} when loaded'
+                                                if n_index and n_load else ''))
     if not prepared['train']:
-        raise UserInputError(f'{cfg.data}: no readable training volumes ({len(skipped)} skipped).')
+        raise UserInputError(f'{cfg.data}: no readable training volumes ({why}).')
     if skipped and info.is_main:
-        print(f'[mednext-zoo] skipped {len(skipped)} case(s) with unreadable or missing files (listed in '
-              f'config.json); first: {skipped[0][1]}', flush=True)
+        print(f'[mednext-zoo] {why}, unreadable or missing files (listed in config.json); first: {skipped[0][1]}',
+              flush=True)
     channels = prepared['train'][0].image.shape[1]
     if channels == 3 and cfg.context != 1:
         raise UserInputError('2.5D --context needs grayscale volumes; the data holds colour images.')
@@ -688,6 +697,7 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
                             ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress)
     engine = eng.Engine(model, task, train_loader, val_loader, optimizer, scheduler, cfg.out, ecfg, info,
                         callbacks=getattr(cfg, '_callbacks', ()))
+    changes = eng.config_changes(cfg.out, {**cfg.to_dict(), **settings}) if resumed else None  # user's terms
     if info.is_main:  # set-up succeeded: now the run folder is written
         if not resumed:
             eng.create_run_dir(cfg.out, identity, cfg.overwrite)
@@ -699,12 +709,14 @@ def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
             'skipped_files': skipped})  # [file, reason] pairs, as classification runs record them
         if not resumed or not os.path.isfile(os.path.join(cfg.out, 'splits.csv')):
             _write_splits(os.path.join(cfg.out, 'splits.csv'), splits)
+        flat = all(r.fmt == 'image2d' for r in splits['train'])  # 2D images: no volumes, no slices
         print(f'[mednext-zoo] {cfg.model} segmentation: {label_map.num_classes} classes {list(label_map.classes)}; '
-              f'{ds.layout} data, intensity {intensity}; train {len(splits["train"])} volumes '
-              f'({len(train_ds)} slices), val {len(splits.get("val", []))}, test {len(splits.get("test", []))}; '
+              f'{ds.layout} data, intensity {intensity}; train {len(splits["train"])} '
+              + ('images' if flat else f'volumes ({len(train_ds)} slices)')
+              + f', val {len(splits.get("val", []))}, test {len(splits.get("test", []))}; '
               f'{_describe_spatial(mode, model_size, cfg.sw_overlap)}; '
               f'{cfg.epochs} epochs on {engine.device}{"; resuming" if resumed else ""}', flush=True)
-    summary = engine.fit(resume=bool(resumed))
+    summary = engine.fit(resume=bool(resumed), changes=changes)
     if not info.is_main:
         return {}
     from safetensors.torch import load_file
@@ -770,7 +782,8 @@ def load_run_model(run_dir: str, device: str = 'cpu') -> Tuple[nn.Module, Dict[s
 
 def evaluate(run_dir: str, data: Optional[str] = None, split: Optional[str] = None, out: Optional[str] = None,
              tta: bool = False, overlays: int = 2, device: str = 'cpu', protocol: Optional[str] = None,
-             progress: bool = True, include_training_data: bool = False) -> Dict[str, Any]:
+             progress: bool = True, include_training_data: bool = False, strict_columns: bool = False
+             ) -> Dict[str, Any]:
     """3D metrics (both modes) of a run on labelled volumes: ``data`` (default: the run's own data) restricted
     to ``split`` (the protocol's ``test`` list with a protocol; all labelled cases otherwise).
 
@@ -780,7 +793,7 @@ def evaluate(run_dir: str, data: Optional[str] = None, split: Optional[str] = No
     model, rc = load_run_model(run_dir, device)
     label_map = LabelMap(rc['label_map'], tuple(rc['classes']))
     data = data or rc['data']
-    ds = discover(data, 'auto')
+    ds = discover(data, 'auto', strict_columns=strict_columns)
     proto_name = protocol or rc.get('protocol')
     recs = [r for r in ds.records if r.label]
     if proto_name:
@@ -827,8 +840,12 @@ def _expand_volumes(inputs: Sequence[str]) -> List[VolumeRecord]:
             files = [item]
         else:
             raise UserInputError(f'Input {item} does not exist.')
-        for f in files:
-            recs.append(VolumeRecord(case_id_of(f), f, None, _fmt_of(f)))
+        recs.extend(VolumeRecord(case_id_of(f), f, None, _fmt_of(f)) for f in files)
+    unique = unique_inputs(recs, key=lambda r: os.path.realpath(r.image))  # a file given twice: once
+    if len(unique) < len(recs):
+        print(f'[mednext-zoo] {len(recs) - len(unique)} input file(s) given more than once (e.g. directly and '
+              f'through their folder) are predicted once', file=sys.stderr)
+    recs = unique
     seen: Dict[str, str] = {}
     for r in recs:
         other = seen.setdefault(r.case_id, r.image)
@@ -839,14 +856,17 @@ def _expand_volumes(inputs: Sequence[str]) -> List[VolumeRecord]:
 
 
 def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, tta: bool = False, overlays: int = 3,
-            device: str = 'cpu') -> List[Dict[str, Any]]:
-    """Segment volumes (files or folders): ``out/<case>_pred.nii.gz`` in each source's geometry (PNG masks for
-    2D images) and ``out/overlays/*.png`` of the ``overlays`` slices with the most foreground.
+            device: str = 'cpu', overwrite: bool = False) -> List[Dict[str, Any]]:
+    """Segment volumes (files or folders, each file once): ``out/<case>_pred.nii.gz`` in each source's geometry
+    (palette PNG masks for 2D images: class indices as pixel values, shown in colour) and ``out/overlays/*.png`` of
+    the ``overlays`` slices with the most foreground; says where on stderr.
 
     ``<case>`` is the file name without extension and without the nnU-Net channel suffix ``_0000``
-    (``liver_7_0000.nii.gz`` -> ``liver_7_pred.nii.gz``)."""
-    model, rc = load_run_model(run_dir, device)
+    (``liver_7_0000.nii.gz`` -> ``liver_7_pred.nii.gz``). A folder holding an earlier call's predictions is refused
+    unless ``overwrite``, which replaces them (earlier files not written again are removed at the end)."""
     out = out or os.path.join(run_dir, 'predictions')
+    earlier = claim_output_dir(out, [f'*_pred{e}' for e in PRED_EXTS] + ['overlays/*.png'], overwrite)
+    model, rc = load_run_model(run_dir, device)
     rows = []
     for r in _expand_volumes(inputs):
         vol = load_volume(r, None, rc.get('slice_axis', 2))
@@ -858,4 +878,8 @@ def predict(run_dir: str, inputs: Sequence[str], out: Optional[str] = None, tta:
         counts = np.bincount(pred.ravel().astype(np.int64), minlength=len(rc['classes']))
         rows.append({'input': r.image, 'prediction': path, 'overlays': ov,
                      **{f'voxels_{c}': int(n) for c, n in zip(rc['classes'][1:], counts[1:])}})
+    remove_stale(earlier, [p for row in rows for p in [row['prediction'], *row['overlays']]])
+    print(f'[mednext-zoo] wrote {len(rows)} prediction(s) to {out} (label maps: pixel / voxel values are class '
+          f'indices, {", ".join(f"{i} {c}" for i, c in enumerate(rc["classes"]))}'
+          + (f'; overlays in {os.path.join(out, "overlays")}' if overlays else '') + ')', file=sys.stderr)
     return rows
