@@ -154,7 +154,8 @@ def test_monai_metrics_output_is_committed():
 
 
 TESTED = {'finetune_dicom.py', 'load_export.py', 'export_onnx.py', 'smp_encoder.py', 'compare_flops.py',
-          'monai_sliding_window.py', 'monai_train.py', 'monai_metrics.py'}
+          'monai_sliding_window.py', 'monai_train.py', 'monai_metrics.py',
+          'medmnist_finetune.py', 'native_resolution_seg.py'}  # these two: tests/test_examples_real_data.py
 
 
 def test_every_example_is_tested_and_in_the_docs():
