@@ -525,7 +525,9 @@ class Engine:
         self.ema = None
         if cfg.ema_decay and cfg.ema_decay > 0:
             from timm.utils import ModelEmaV3
-            self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
+            # timm's warm-up form: the average starts close to the model (decay 1 - (1 + step) ** -2/3, capped at
+            # ema_decay) instead of carrying the random start for thousands of steps
+            self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay, use_warmup=True)
         self.progress = _Progress()
         self._ddp: Optional[nn.Module] = None
         self._wrap()
