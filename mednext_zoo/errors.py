@@ -7,3 +7,15 @@ class MedNeXtZooError(Exception):
 
 class UserInputError(MedNeXtZooError, ValueError):
     """A file, value or option given by the user cannot be used."""
+
+
+class PretrainedWeightsNotFoundError(UserInputError):
+    """``pretrained=True`` but the weights are not where timm looked."""
+
+
+class PretrainedMismatchError(UserInputError):
+    """The checkpoint does not belong to this architecture / configuration."""
+
+
+class PickleCheckpointError(UserInputError):
+    """The checkpoint needs full (unsafe) unpickling and was not explicitly allowed."""

@@ -213,8 +213,8 @@ def _print_hub(out: Path, spec) -> None:
 
 def _seed_cache(args: argparse.Namespace, out: Path, arch: str, dataset) -> int:
     if args.seed_cache:
+        from ..catalog import hub_id
         from ..hub import DATASETS, seed_hf_cache
-        from ..models._pretrained import hub_id
 
         repo = args.repo_id or (hub_id(arch, dataset) if dataset in DATASETS else None)
         if repo is None:
@@ -246,8 +246,8 @@ def _model_with_checkpoint(args: argparse.Namespace):
     """MODEL built with ``--checkpoint``'s weights as they are (no head / input adaptation), and its dataset."""
     import timm
 
+    from ..catalog import PRETRAINED_TAGS
     from ..hub import DATASETS, load_state_dict
-    from ..models._pretrained import PRETRAINED_TAGS
 
     name = args.model
     arch = name.split('.', 1)[0]

@@ -446,9 +446,9 @@ def _read_image(path: str, spec: PreprocessingSpec, slice_index: Optional[int]) 
 
 
 def _read_volume(path: str, spec: PreprocessingSpec, slice_index: Optional[int]) -> np.ndarray:
-    from .volumes import VolumeRecord, _fmt_of, case_id_of, load_volume
+    from .volumes import load_volume, record_of
 
-    vol = load_volume(VolumeRecord(case_id_of(path), path, None, _fmt_of(path)), None, spec.slice_axis)
+    vol = load_volume(record_of(path), None, spec.slice_axis)
     h, w = vol.image.shape[1:3]
     if h < MIN_SIDE or w < MIN_SIDE:
         raise UserInputError(f'{path}: slices of {h}x{w} voxels are too small for the model; each in-plane side '

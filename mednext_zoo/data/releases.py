@@ -27,10 +27,10 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .._atomic import atomic_write_text
+from ..catalog import DATASETS, SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_SLICES
 from ..errors import UserInputError
-from ..models._pretrained import DATASETS
 from .io import PIL_EXTS
-from .volumes import _read_info_cfg
+from .volumes import read_info_cfg
 
 __all__ = [
     'Release', 'Item', 'Case', 'Recognised', 'ContentReport', 'RELEASES', 'SYNAPSE_TRAIN_SLICES',
@@ -49,7 +49,7 @@ class ReleaseContentError(UserInputError):
 @dataclass(frozen=True)
 class Release:
     """How one public dataset is distributed (every field is a documented fact, with ``sources``)."""
-    key: str  # the DATASETS key of mednext_zoo.models._pretrained
+    key: str  # the DATASETS key of mednext_zoo.catalog
     name: str
     task: str  # 'classification' | 'segmentation'
     download: str  # the page to download from
@@ -115,12 +115,7 @@ class ContentReport:
 
 
 # ---------------------------------------------------------------- the five releases
-# Training slices per case of TransUNet's lists/lists_Synapse/train.txt (2,211 in all).
-SYNAPSE_TRAIN_SLICES: Dict[int, int] = {
-    5: 117, 6: 131, 7: 163, 9: 149, 10: 148, 21: 143, 23: 96, 24: 124, 26: 131, 27: 88, 28: 89, 30: 153,
-    31: 93, 33: 104, 34: 98, 37: 99, 39: 90, 40: 195,
-}
-SYNAPSE_TEST = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
+SYNAPSE_TEST = SYNAPSE_TEST_CASES  # the case lists and slice counts live in mednext_zoo.catalog
 
 RELEASES: Dict[str, Release] = {
     'sarscov2_ct': Release(
@@ -483,7 +478,7 @@ def _recognise_acdc(release: Release, root: str, allow_partial: bool) -> Recogni
     problems: List[str] = []
     for pdir in patients_in(base):
         folder = os.path.join(base, pdir)
-        info = _read_info_cfg(os.path.join(folder, 'Info.cfg'))
+        info = read_info_cfg(os.path.join(folder, 'Info.cfg'))
         if set(info) != {'ED', 'ES'}:
             problems.append(f'{pdir}/Info.cfg does not name the ED and ES frames')
             continue

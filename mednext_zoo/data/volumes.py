@@ -37,7 +37,8 @@ from .io import _nib_load, load_image
 from .labels import LabelMap, check_label_values, patient_id, read_dataset_json
 
 __all__ = ['VolumeRecord', 'Volume', 'SegDataset', 'discover', 'load_volume', 'probe_volume', 'iter_volumes',
-           'case_id_of', 'NIFTI_EXTS', 'SITK_EXTS', 'IMAGE_EXTS', 'ON_BAD_FILE']
+           'case_id_of', 'file_format', 'record_of', 'read_info_cfg', 'NIFTI_EXTS', 'SITK_EXTS', 'IMAGE_EXTS',
+           'ON_BAD_FILE']
 
 NIFTI_EXTS = ('.nii.gz', '.nii')
 SITK_EXTS = ('.nrrd', '.nhdr', '.mha', '.mhd')  # read with SimpleITK
@@ -139,7 +140,9 @@ def case_id_of(path: str) -> str:
     return stem[:-5] if re.search(r'.+_0000$', stem) else stem
 
 
-def _fmt_of(path: str) -> str:
+def file_format(path: str) -> str:
+    """The reader of ``path`` by its extension: ``nifti``, ``sitk``, ``h5``, ``npz`` or ``image2d``; UserInputError for
+    any other file type."""
     low = path.lower()
     if low.endswith(NIFTI_EXTS):
         return 'nifti'
@@ -154,6 +157,14 @@ def _fmt_of(path: str) -> str:
     raise UserInputError(f'{path}: unsupported file type; use NIfTI (.nii/.nii.gz), NRRD / MetaImage (.nrrd, '
                          f'.mha, .mhd), TransUNet .npz / .npy.h5, '
                          f'or a 2D image ({", ".join(IMAGE_EXTS)}).')
+
+
+_fmt_of = file_format  # the name before 0.2
+
+
+def record_of(path: str) -> VolumeRecord:
+    """An unlabelled :class:`VolumeRecord` of one file, named by :func:`case_id_of` (prediction inputs)."""
+    return VolumeRecord(case_id_of(path), path, None, file_format(path))
 
 
 # ---------------------------------------------------------------- discovery
@@ -202,7 +213,7 @@ def _discover_nnunet(root: str, problems: _Problems) -> SegDataset:
                     problems.report(p, f'{p}: missing label file {cands[0]} (every image in '
                                        f'{os.path.basename(img_dir)}/ needs one in {os.path.basename(lab_dir)}/).')
                     continue
-            records.append(VolumeRecord(stem, p, label, _fmt_of(p), split=split))
+            records.append(VolumeRecord(stem, p, label, file_format(p), split=split))
     modality = meta.get('modality') or meta.get('channel_names')
     if isinstance(modality, dict):
         modality = next(iter(modality.values()), None)
@@ -232,7 +243,8 @@ def _discover_synapse(root: str, problems: _Problems) -> SegDataset:
                       info={'spacing': 'not stored in TransUNet files (HD95 in voxels in both modes)'})
 
 
-def _read_info_cfg(path: str) -> Dict[str, int]:
+def read_info_cfg(path: str) -> Dict[str, int]:
+    """The ED / ES frame numbers of an ACDC ``Info.cfg`` (``{'ED': 1, 'ES': 12}``); ``{}`` when unreadable."""
     out = {}
     try:
         with open(path) as f:
@@ -260,7 +272,7 @@ def _discover_acdc(root: str, problems: _Problems) -> SegDataset:
             problems.report(p, f'{p}: missing label file {os.path.join(folder, stem + "_gt.nii.gz")}.')
             continue
         frame = int(re.search(r'frame(\d+)', stem).group(1))
-        info = _read_info_cfg(os.path.join(folder, 'Info.cfg'))
+        info = read_info_cfg(os.path.join(folder, 'Info.cfg'))
         phase = next((k for k, v in info.items() if v == frame), None)
         records.append(VolumeRecord(stem, p, label, 'nifti', patient=stem.split('_')[0], phase=phase))
     return SegDataset(root, 'acdc', records, modality='MRI')
@@ -326,7 +338,8 @@ def _discover_csv(path: str, problems: _Problems, strict_columns: bool = False) 
         if roi is not None and not os.path.isfile(roi):
             problems.report(img, f'{path} line {i}: missing region-of-interest file {roi}.')
             continue
-        records.append(VolumeRecord(cid, img, lab, _fmt_of(img), patient=r.get('patient_id') or r.get('patient') or '',
+        records.append(VolumeRecord(cid, img, lab, file_format(img),
+                                    patient=r.get('patient_id') or r.get('patient') or '',
                                     split=_SPLIT_ALIASES[split] if split else None, roi=roi))
     return SegDataset(path, 'csv', records)
 

@@ -53,9 +53,9 @@ def training_inputs(path: os.PathLike, record: Mapping[str, Any], slice_index: O
                                         build_transforms(int(record['img_size']), record['mean'], record['std'], False),
                                         int(record['in_chans']), record.get('window'))
         return torch.stack([ds[i][0] for i in range(len(ds))])
-    from ..data.volumes import VolumeRecord, _fmt_of, case_id_of, load_volume
+    from ..data.volumes import load_volume, record_of
     from ..finetune.segmentation.inference import volume_inputs
-    vol = load_volume(VolumeRecord(case_id_of(path), path, None, _fmt_of(path)), None, int(record.get('slice_axis', 2)))
+    vol = load_volume(record_of(path), None, int(record.get('slice_axis', 2)))
     window = tuple(record.get('window') or (-125.0, 275.0))
     size = None if record.get('patch_size') else int(record['img_size'])  # patch runs: native resolution
     x = volume_inputs(vol, size, record['intensity'], window, int(record.get('context', 1)))

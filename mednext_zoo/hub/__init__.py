@@ -6,19 +6,12 @@ Loading itself is timm's: ``import mednext_zoo, timm`` then
 those read (:func:`save_pretrained`; classifiers also load in Hugging Face transformers), carries it
 offline (:func:`seed_hf_cache`), repairs folders from older versions (:func:`fix_config`) and uploads it
 (:func:`push_to_hub`). The weight registry (Hub org, tags, status) lives in
-``mednext_zoo.models._pretrained`` so that the models can use it without importing this layer.
+``mednext_zoo.catalog`` and the guarded loader in ``mednext_zoo.models`` so that the models can use them without
+importing this layer.
 """
-from ..models._pretrained import (
-    DATASETS,
-    HF_HUB_ORG,
-    PRETRAINED_TAGS,
-    PickleCheckpointError,
-    PretrainedMismatchError,
-    PretrainedWeightsNotFoundError,
-    check_state_dict,
-    hub_id,
-    weight_status,
-)
+from ..catalog import DATASETS, HF_HUB_ORG, PRETRAINED_TAGS, hub_id, weight_status
+from ..errors import PickleCheckpointError, PretrainedMismatchError, PretrainedWeightsNotFoundError
+from ..models import check_state_dict
 from ._hub import (
     FIX_RECORD_NAME,
     HUB_FILES,

@@ -19,9 +19,9 @@ from timm.models._hub import save_config_for_hf
 
 from .. import models  # noqa: F401  (registers the architectures)
 from .._atomic import atomic_path, atomic_write_text
+from ..catalog import DATASETS, HF_HUB_ORG, PRETRAINED_TAGS, hub_id, weight_status
 from ..data.preprocessing import PreprocessingSpec, as_spec
 from ..errors import UserInputError
-from ..models._pretrained import DATASETS, HF_HUB_ORG, PRETRAINED_TAGS, hub_id, weight_status
 from ._io import PathLike, sha256_file
 from .card import render_model_card
 

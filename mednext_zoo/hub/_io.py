@@ -12,8 +12,7 @@ from typing import Any, Dict, Union
 import safetensors.torch
 import torch
 
-from ..errors import UserInputError
-from ..models._pretrained import PickleCheckpointError
+from ..errors import PickleCheckpointError, UserInputError
 
 PathLike = Union[str, os.PathLike]
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from ..models._pretrained import HF_HUB_ORG, PAPER_CITATION, PAPER_DOI
+from ..catalog import HF_HUB_ORG, PAPER_CITATION, PAPER_DOI
 from ..version import __version__
 
 __all__ = ['render_model_card', 'eval_results']

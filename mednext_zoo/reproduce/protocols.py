@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Tuple
 
+from ..catalog import DATASETS, PRETRAINED_TAGS
 from ..errors import UserInputError
-from ..models._pretrained import DATASETS, PRETRAINED_TAGS
 
 __all__ = ['SplitRule', 'TagProtocol', 'PROTOCOLS', 'get_protocol']
 

@@ -25,9 +25,9 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .._atomic import atomic_write_text
+from ..catalog import hub_id
 from ..data.releases import ContentReport, Recognised, check_contents, recognise
 from ..errors import UserInputError
-from ..models._pretrained import hub_id
 from . import record as rec_mod
 from .protocols import TagProtocol, get_protocol
 from .splits import SplitRow, split_release, split_table, to_data_source, write_split_file

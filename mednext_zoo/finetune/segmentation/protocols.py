@@ -11,6 +11,13 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...catalog import (
+    ACDC_TEST_PATIENTS,
+    ACDC_TRAIN_PATIENTS,
+    ACDC_VAL_PATIENTS,
+    SYNAPSE_TEST_CASES,
+    SYNAPSE_TRAIN_CASES,
+)
 from ...data.labels import (  # noqa: F401  (re-exported: the protocol API has always offered them)
     ACDC_LABEL_MAP,
     BTCV_LABEL_MAP,
@@ -33,11 +40,6 @@ __all__ = [
     'get_label_map', 'case_number', 'patient_id', 'check_label_values', 'check_label_names', 'remap_labels',
 ]
 
-_SYN_TEST = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
-_SYN_TRAIN = (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
-_ACDC_TEST = (2, 3, 8, 9, 12, 14, 17, 24, 42, 48, 49, 53, 55, 64, 67, 79, 81, 88, 92, 95)
-_ACDC_VAL = (19, 21, 29, 33, 41, 50, 61, 71, 76, 80)
-_ACDC_TRAIN = tuple(i for i in range(1, 101) if i not in _ACDC_TEST + _ACDC_VAL)
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,14 @@ class Protocol:
 
 
 SYNAPSE = Protocol(
-    'synapse', SYNAPSE_LABEL_MAP, {'train': _SYN_TRAIN, 'test': _SYN_TEST}, intensity='ct',
+    'synapse', SYNAPSE_LABEL_MAP, {'train': SYNAPSE_TRAIN_CASES, 'test': SYNAPSE_TEST_CASES}, intensity='ct',
     reference='TransUNet (Chen et al. 2021) / Swin-Unet: 18 train / 12 test BTCV CT volumes',
     notes=('HU clipped to [-125, 275] and scaled to [0, 1] per volume',
            'loss 0.5 CE + 0.5 soft Dice over all 9 classes; 224x224 slices'),
 )
 ACDC = Protocol(
-    'acdc', ACDC_LABEL_MAP, {'train': _ACDC_TRAIN, 'val': _ACDC_VAL, 'test': _ACDC_TEST}, intensity='zscore',
+    'acdc', ACDC_LABEL_MAP, {'train': ACDC_TRAIN_PATIENTS, 'val': ACDC_VAL_PATIENTS, 'test': ACDC_TEST_PATIENTS},
+    intensity='zscore',
     group_by_patient=True,
     reference='TransUNet-lineage ACDC split: 70 / 10 / 20 patients (ED + ES frames)',
     notes=('another common 70/10/20 list uses different patients; numbers across lists do not compare',),

@@ -827,7 +827,7 @@ def evaluate(run_dir: str, data: Optional[str] = None, split: Optional[str] = No
 def _expand_volumes(inputs: Sequence[str]) -> List[VolumeRecord]:
     """One record per input file (folders walked), named by :func:`case_id_of`; two inputs that would write the
     same prediction file are refused."""
-    from ...data.volumes import IMAGE_EXTS, NIFTI_EXTS, SITK_EXTS, _fmt_of, case_id_of
+    from ...data.volumes import IMAGE_EXTS, NIFTI_EXTS, SITK_EXTS, record_of
     recs = []
     for item in inputs:
         if os.path.isdir(item):
@@ -840,7 +840,7 @@ def _expand_volumes(inputs: Sequence[str]) -> List[VolumeRecord]:
             files = [item]
         else:
             raise UserInputError(f'Input {item} does not exist.')
-        recs.extend(VolumeRecord(case_id_of(f), f, None, _fmt_of(f)) for f in files)
+        recs.extend(record_of(f) for f in files)
     unique = unique_inputs(recs, key=lambda r: os.path.realpath(r.image))  # a file given twice: once
     if len(unique) < len(recs):
         print(f'[mednext-zoo] {len(recs) - len(unique)} input file(s) given more than once (e.g. directly and '
