@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..errors import UserInputError
 from ..models.mednext import FFNS, MODEL_ARGS, TOKEN_MIXERS, MedNeXt
 from .counting import count_model
-from .machine import machine_info, machine_label
+from ..machine import machine_info, machine_label
 from .report import _atomic_write, _fmt, rows_table
 from .specs import build_model, resolve_models
 

@@ -52,7 +52,7 @@ from ..finetune.segmentation.recipe import (
     class_frequencies,
     slice_class_presence,
 )
-from .machine import machine_info, machine_label
+from ..machine import machine_info, machine_label
 
 __all__ = ['TrainRow', 'TrainSuiteConfig', 'TaskData', 'run_training_suite', 'default_rows', 'spread', 'parse_value',
            'SEG_DEFAULT_ROWS', 'CLS_DEFAULT_ROWS', 'DEFAULT_PHANTOMS', 'DEFAULT_CLS_TASKS', 'NAMED_BASELINES',

@@ -34,7 +34,7 @@ def git_commit() -> str:
 
 def environment(device: str, world_size: int, amp_dtype: Optional[str]) -> Dict[str, Any]:
     """Commit, library versions and the device the run used."""
-    from ..benchmark.machine import machine_info
+    from ..machine import machine_info
     info = machine_info(device)
     keep = ('device', 'cpu', 'gpu', 'gpu_memory_gb', 'cuda', 'cudnn', 'os', 'python', 'torch', 'timm', 'mednext_zoo')
     env = {k: info[k] for k in keep if info.get(k) is not None}

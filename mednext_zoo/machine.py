@@ -43,7 +43,7 @@ def _version(dist: str) -> str | None:
 
 def machine_info(device: str = 'cpu') -> Dict[str, Any]:
     """Machine, library versions and thread settings (recorded with every result)."""
-    from ..version import __version__
+    from .version import __version__
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
