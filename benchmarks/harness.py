@@ -10,8 +10,8 @@ import sys
 
 from _common import RESULTS, slug
 
-from mednext_zoo.benchmark.machine import machine_info
 from mednext_zoo.cli import main
+from mednext_zoo.machine import machine_info
 
 if __name__ == '__main__':
     args = sys.argv[1:]

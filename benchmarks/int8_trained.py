@@ -219,11 +219,11 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     from mednext_zoo._atomic import atomic_write_text
-    from mednext_zoo.benchmark.machine import _version, machine_info, machine_label
     from mednext_zoo.cli import main as cli
     from mednext_zoo.data.volumes import discover, load_volume
     from mednext_zoo.deploy import load_artefact
     from mednext_zoo.finetune.segmentation.task import load_run_model
+    from mednext_zoo.machine import machine_info, machine_label, package_version
 
     with tempfile.TemporaryDirectory(prefix='int8-trained-') as tmp:
         work = a.work or Path(tmp)
@@ -270,7 +270,8 @@ def main(argv=None) -> int:
             calibration={'slices_written': n_calib, 'train_cases': [r.case_id for r in train],
                          'limit': a.calibration_limit, 'read_with': 'the run\'s recorded preprocessing'},
             exports=exports, batch_size=a.batch_size, input_dtype='fp32', threads=torch.get_num_threads(),
-            machine=machine_info('cpu'), versions={k: _version(k) for k in ('onnx', 'onnxruntime', 'openvino', 'nncf')},
+            machine=machine_info('cpu'),
+            versions={k: package_version(k) for k in ('onnx', 'onnxruntime', 'openvino', 'nncf')},
             load_average=os.getloadavg(), command='python benchmarks/int8_trained.py ' + ' '.join(
                 argv if argv is not None else sys.argv[1:]))
     a.out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,8 @@
-"""What a result was measured on: machine, library versions, threads."""
+"""What a result was measured on: machine, library versions, threads.
+
+The bottom floor of the package (it imports only ``mednext_zoo.version``): the benchmark harness, the
+training-efficiency suite and the reproduction records all describe the machine with it.
+"""
 from __future__ import annotations
 
 import os
@@ -8,7 +12,7 @@ from typing import Any, Dict
 
 import torch
 
-__all__ = ['machine_info', 'machine_label']
+__all__ = ['machine_info', 'machine_label', 'package_version']
 
 
 def _cpu_model() -> str:
@@ -34,11 +38,15 @@ def _ram_gb() -> float | None:
         return None
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (e.g. ``'onnxruntime'``), or None when it is not installed."""
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+_version = package_version  # the name before 0.2
 
 
 def machine_info(device: str = 'cpu') -> Dict[str, Any]:
@@ -57,10 +65,10 @@ def machine_info(device: str = 'cpu') -> Dict[str, Any]:
         'os': platform.platform(),
         'python': platform.python_version(),
         'torch': torch.__version__,
-        'timm': _version('timm'),
-        'fvcore': _version('fvcore'),
+        'timm': package_version('timm'),
+        'fvcore': package_version('fvcore'),
         'mednext_zoo': __version__,
-        'segmentation_models_pytorch': _version('segmentation-models-pytorch'),
+        'segmentation_models_pytorch': package_version('segmentation-models-pytorch'),
         'torch_num_threads': torch.get_num_threads(),
         'torch_num_interop_threads': torch.get_num_interop_threads(),
         'mkldnn': torch.backends.mkldnn.is_available(),

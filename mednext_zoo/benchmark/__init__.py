@@ -15,8 +15,8 @@ above fine-tuning: it uses ``data.synthetic``, ``finetune.segmentation.recipe`` 
 sampler) and the models, so the order for it is models -> data -> finetune -> benchmark.training -> cli. Nothing
 below imports ``benchmark``; the training suite is loaded only on first use (``run_training_suite``).
 """
-from .counting import Counts, count_model, count_params
 from ..machine import machine_info, machine_label
+from .counting import Counts, count_model, count_params
 from .report import CONVENTIONS, load_results, plot_results, to_markdown, write_results
 from .runner import ROW_FIELDS, BenchConfig, BenchResult, run_benchmark
 from .specs import NAMED_SPECS, ModelSpec, build_model, default_model_names, resolve_models

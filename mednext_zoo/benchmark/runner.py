@@ -39,8 +39,8 @@ from .._cpuload import load_average
 from ..deploy import BACKENDS, DTYPES, BackendUnavailable, drift, prepare_runner, sample_images
 from ..deploy.preprocessing import normalise_for_model
 from ..errors import UserInputError
-from .counting import count_model
 from ..machine import machine_info, machine_label
+from .counting import count_model
 from .specs import REFERENCE, SEG_REFERENCE, ModelSpec, build_model, resolve_models
 
 __all__ = ['BenchConfig', 'BenchResult', 'run_benchmark', 'ROW_FIELDS']

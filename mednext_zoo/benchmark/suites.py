@@ -15,9 +15,9 @@ import timm
 import torch.nn as nn
 
 from ..errors import UserInputError
+from ..machine import machine_info, machine_label
 from ..models.mednext import FFNS, MODEL_ARGS, TOKEN_MIXERS, MedNeXt
 from .counting import count_model
-from ..machine import machine_info, machine_label
 from .report import _atomic_write, _fmt, rows_table
 from .specs import build_model, resolve_models
 
