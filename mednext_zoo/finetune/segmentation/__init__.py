@@ -8,9 +8,9 @@
 The data, preprocessing, metric, protocol, inference and report modules work without the training engine.
 """
 from ...data.volumes import SegDataset, Volume, VolumeRecord, discover, load_volume
+from ...metrics.segmentation import MODES, binary_metrics, evaluate_case, hd95, summarize
 from .inference import predict_volume, save_nifti, save_overlays
 from .losses import DiceCELoss, SoftDiceLoss
-from .metrics import MODES, binary_metrics, evaluate_case, hd95, summarize
 from .protocols import ACDC, LABEL_MAPS, PROTOCOLS, SYNAPSE, LabelMap, Protocol, get_label_map, grouped_kfold
 from .report import dice_boxplot, markdown_table, write_case_csv
 

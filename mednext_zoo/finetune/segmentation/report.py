@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..._atomic import atomic_write_bytes
-from .metrics import MODE_NOTES, CaseMetrics
+from ...metrics.segmentation import MODE_NOTES, CaseMetrics
 
 __all__ = ['write_case_csv', 'markdown_table', 'format_summaries', 'dice_boxplot']
 

@@ -37,13 +37,13 @@ from torch.utils.data import DataLoader
 from ..._atomic import atomic_write_bytes
 from ...data.volumes import SegDataset, Volume, VolumeRecord, discover, iter_volumes, load_volume
 from ...errors import UserInputError
+from ...metrics.segmentation import MODES, evaluate_case, summarize
 from ..engine import Task
 from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
 from ..outputs import claim_output_dir, remove_stale, unique_inputs
 from .data import PatchDataset, SliceDataset, TileDataset, choose_spatial_mode, prepare_volume
 from .inference import predict_volume, save_overlays, save_prediction
 from .losses import DiceCELoss
-from .metrics import MODES, evaluate_case, summarize
 from .preprocess import INTENSITY_MODES, SYNAPSE_WINDOW
 from .protocols import (
     BTCV_TO_SYNAPSE,
@@ -500,7 +500,7 @@ def _card_inputs(cfg: Dict[str, Any], result: Dict[str, Any], modality: Optional
         note = (f'3D per-volume metrics on the {eval_split} split ({result["sizes"][eval_split]} volumes'
                 f'{", protocol " + protocol.name if protocol else ""}) with {result["scored_with"]}; legacy and '
                 f'strict modes as in docs/segmentation.md')
-    from .metrics import MODE_NOTES
+    from ...metrics.segmentation import MODE_NOTES
     intensity = cfg['intensity']
     mode, overlap = ('patch' if cfg.get('patch_size') else 'resize'), float(cfg.get('sw_overlap', 0.5))
     dataset = {'name': os.path.basename(os.path.normpath(cfg['data'])), 'task': 'segmentation',

@@ -26,7 +26,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...errors import UserInputError
+from ..errors import UserInputError
 
 __all__ = [
     'MODES', 'MODE_NOTES', 'dice', 'surface_distances', 'hd95', 'volume_diagonal', 'binary_metrics',
