@@ -8,8 +8,8 @@ import pytest
 from scipy import ndimage
 
 from mednext_zoo.errors import UserInputError
-from mednext_zoo.finetune.segmentation import metrics as M
 from mednext_zoo.finetune.segmentation.report import dice_boxplot, markdown_table, write_case_csv
+from mednext_zoo.metrics import segmentation as M
 
 medpy_binary = pytest.importorskip('medpy.metric.binary')
 
@@ -175,3 +175,30 @@ def test_reports(tmp_path):
     assert len(rows) == 3 * 2 * 2 and {r['mode'] for r in rows} == {'legacy', 'strict'}
     png = dice_boxplot([c['legacy'] for c in cases], str(tmp_path / 'box.png'))
     assert open(png, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_one_dice_with_named_empty_mask_rules():
+    """Every Dice of the package is dice_from_counts; the rules differ only where a mask is empty."""
+    import torch
+    empty, full, half = np.zeros((2, 3), bool), np.ones((2, 3), bool), np.eye(2, 3, dtype=bool)
+    expect = [  # (pred, gt, rule -> Dice)
+        (empty, empty, {'medpy': 1.0, 'exclude': math.nan, 'exclude_absent': math.nan, 'legacy': 0.0}),
+        (full, empty, {'medpy': 0.0, 'exclude': 0.0, 'exclude_absent': math.nan, 'legacy': 1.0}),
+        (empty, full, {'medpy': 0.0, 'exclude': 0.0, 'exclude_absent': 0.0, 'legacy': 0.0}),
+        (half, full, {r: 2 * 2 / (2 + 6) for r in M.EMPTY_RULES}),
+    ]
+    assert set(M.EMPTY_RULES) == {'medpy', 'exclude', 'exclude_absent', 'legacy'}
+    for pred, gt, by_rule in expect:
+        for rule, want in by_rule.items():
+            for a, b in ((pred, gt), (torch.from_numpy(pred), torch.from_numpy(gt))):  # numpy or torch, same figure
+                got = M.dice(a, b, rule)
+                assert (math.isnan(got) and math.isnan(want)) or got == want, (rule, got, want)
+    with pytest.raises(UserInputError, match='empty-mask rule'):
+        M.dice(full, full, 'zero')
+    # the legacy and strict modes use the legacy and exclude rules
+    assert M.binary_metrics(full, empty, 'legacy')[0] == M.dice(full, empty, 'legacy') == 1.0
+    assert math.isnan(M.binary_metrics(empty, empty, 'strict')[0])
+    # per class over label maps (pooled over every slice), and the mean of the scored ones
+    pred, gt = torch.tensor([[[0, 1], [2, 2]]]), torch.tensor([[[0, 1], [1, 2]]])
+    assert M.class_dice(pred, gt, range(1, 4)) == pytest.approx([2 / 3, 2 / 3, math.nan], nan_ok=True)
+    assert M.mean_scored([0.5, math.nan, 1.0]) == 0.75 and M.mean_scored([math.nan], default=0.0) == 0.0

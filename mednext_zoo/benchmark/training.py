@@ -20,7 +20,8 @@ optimiser steps (the engine evaluates per epoch) and a clock that counts trainin
 optimiser step, batch assembly and augmentation), not evaluation, checkpointing or logging. Everything the
 loop trains with comes from the recipe module.
 
-Metrics. Segmentation: per-class Dice computed in 3D per held-out volume (at the training resolution), averaged
+Metrics. Segmentation: per-class Dice computed in 3D per held-out volume (at the training resolution; the
+``exclude_absent`` rule of :mod:`mednext_zoo.metrics.segmentation`), averaged
 over the held-out volumes that hold the class; volumes without it count in ``absent_fp`` (the share of them where
 the model predicted the class anyway). The *smallest structure* is the foreground class with the fewest training
 voxels; "steps to Dice 0.9" is the first evaluation step at which its Dice reaches 0.9, per seed and on the mean
@@ -53,6 +54,7 @@ from ..finetune.segmentation.recipe import (
     slice_class_presence,
 )
 from ..machine import machine_info, machine_label
+from ..metrics.segmentation import dice_from_counts, mean_scored
 
 __all__ = ['TrainRow', 'TrainSuiteConfig', 'TaskData', 'run_training_suite', 'default_rows', 'spread', 'parse_value',
            'SEG_DEFAULT_ROWS', 'CLS_DEFAULT_ROWS', 'DEFAULT_PHANTOMS', 'DEFAULT_CLS_TASKS', 'NAMED_BASELINES',
@@ -475,16 +477,25 @@ def per_volume_dice(pred: torch.Tensor, target: torch.Tensor, case: torch.Tensor
     ``absent_fp`` (share of the volumes without ``k`` where ``k`` was predicted; NaN if every volume holds it).
     ``pred`` / ``target`` ``N, H, W`` slices, ``case`` ``N`` volume indices."""
     n_case = int(case.max()) + 1 if len(case) else 0
-    out = {}
+    counts = np.zeros((3, n_case, num_classes), dtype=np.int64)  # overlap, predicted, true voxels per volume
     for k in range(1, num_classes):
         p, g = (pred == k).flatten(1), (target == k).flatten(1)
-        inter = torch.zeros(n_case).index_add_(0, case, (p & g).sum(1).double().float())
-        ps = torch.zeros(n_case).index_add_(0, case, p.sum(1).float())
-        gs = torch.zeros(n_case).index_add_(0, case, g.sum(1).float())
-        held = gs > 0
-        dice = (2 * inter[held] / (ps[held] + gs[held])).mean().item() if held.any() else float('nan')
-        fp = (ps[~held] > 0).float().mean().item() if (~held).any() else float('nan')
-        out[k] = {'dice': dice, 'absent_fp': fp}
+        for j, m in enumerate((p & g, p, g)):
+            counts[j, :, k] = torch.zeros(n_case, dtype=torch.long).index_add_(0, case, m.sum(1)).numpy()
+    return _volume_scores(*counts, num_classes)
+
+
+def _volume_scores(overlap: np.ndarray, n_pred: np.ndarray, n_gt: np.ndarray, num_classes: int
+                   ) -> Dict[int, Dict[str, float]]:
+    """:func:`per_volume_dice`'s figures from per-volume voxel counts ``V, K``: Dice with the ``exclude_absent``
+    rule (:mod:`mednext_zoo.metrics.segmentation`), averaged over the volumes holding the class, and ``absent_fp``."""
+    out = {}
+    for k in range(1, num_classes):
+        dices = [dice_from_counts(int(i), int(p), int(g), 'exclude_absent')
+                 for i, p, g in zip(overlap[:, k], n_pred[:, k], n_gt[:, k])]
+        absent = n_gt[:, k] == 0
+        fp = float(np.mean(n_pred[absent, k] > 0)) if absent.any() else float('nan')
+        out[k] = {'dice': mean_scored(dices), 'absent_fp': fp}
     return out
 
 
@@ -504,8 +515,7 @@ def _patch_dice(model: nn.Module, data: TaskData, device: torch.device) -> Dict[
     """:func:`per_volume_dice` of sliding-window predictions over the native test volumes (inside their ROIs)."""
     from ..finetune.segmentation.inference import sliding_window_probs
     model.eval()
-    inter = np.zeros((len(data.test_vols), data.num_classes))
-    ps, gs = np.zeros_like(inter), np.zeros_like(inter)
+    counts = np.zeros((3, len(data.test_vols), data.num_classes), dtype=np.int64)
     for i, (vol, roi) in enumerate(zip(data.test_vols, data.test_rois)):
         pred = sliding_window_probs(model, vol.image, data.patch, 0.5, 16, device=device).argmax(1).numpy()
         gt = vol.label.numpy()
@@ -513,15 +523,9 @@ def _patch_dice(model: nn.Module, data: TaskData, device: torch.device) -> Dict[
             pred, gt = np.where(roi, pred, 0), np.where(roi, gt, 0)
         for k in range(1, data.num_classes):
             p, g = pred == k, gt == k
-            inter[i, k], ps[i, k], gs[i, k] = (p & g).sum(), p.sum(), g.sum()
+            counts[:, i, k] = (p & g).sum(), p.sum(), g.sum()
     model.train()
-    out = {}
-    for k in range(1, data.num_classes):
-        held = gs[:, k] > 0
-        dice = float(np.mean(2 * inter[held, k] / (ps[held, k] + gs[held, k]))) if held.any() else float('nan')
-        fp = float(np.mean(ps[~held, k] > 0)) if (~held).any() else float('nan')
-        out[k] = {'dice': dice, 'absent_fp': fp}
-    return out
+    return _volume_scores(*counts, data.num_classes)
 
 
 def _evaluate(model: nn.Module, data: TaskData, device: torch.device) -> Dict[str, Any]:
@@ -532,9 +536,8 @@ def _evaluate(model: nn.Module, data: TaskData, device: torch.device) -> Dict[st
             res = per_volume_dice(_predict(model, data.test_x, device).argmax(1), data.test_y, data.test_case,
                                   data.num_classes)
         dice = {data.classes[k]: v['dice'] for k, v in res.items()}
-        valid = [v for v in dice.values() if not math.isnan(v)]
         return {'dice': dice, 'absent_fp': {data.classes[k]: v['absent_fp'] for k, v in res.items()},
-                'mean_dice': float(np.mean(valid)) if valid else float('nan'),
+                'mean_dice': mean_scored(dice.values()),
                 'target': dice[data.classes[data.smallest]] if data.smallest is not None else float('nan')}
     from ..finetune.classification.metrics import point_metrics
     probs = _predict(model, data.test_x, device).softmax(1).numpy()

@@ -10,20 +10,17 @@ from typing import Dict
 
 import torch
 
+from ..metrics.segmentation import class_dice, mean_scored
+
 __all__ = ['drift', 'DRIFT_FIELDS', 'label_map_dice']
 
 DRIFT_FIELDS = ['max_abs_dlogit', 'top1_agreement', 'dice_vs_fp32']
 
 
 def label_map_dice(a: torch.Tensor, b: torch.Tensor, num_classes: int) -> float:
-    """Mean Dice over the classes present in ``a`` or ``b`` (label maps of the same shape)."""
-    scores = []
-    for k in range(num_classes):
-        pa, pb = a == k, b == k
-        total = int(pa.sum()) + int(pb.sum())
-        if total:
-            scores.append(2.0 * int((pa & pb).sum()) / total)
-    return float(sum(scores) / len(scores)) if scores else 1.0
+    """Mean Dice over the classes present in ``a`` or ``b`` (label maps of the same shape; the ``exclude`` empty-mask
+    rule of :mod:`mednext_zoo.metrics.segmentation`); 1.0 when none is (both maps one identical class)."""
+    return mean_scored(class_dice(a, b, range(num_classes), empty='exclude'), default=1.0)
 
 
 def drift(reference: torch.Tensor, output: torch.Tensor, task: str) -> Dict[str, float]:

@@ -1,4 +1,17 @@
-"""Per-class, per-case Dice and HD95 on 3D label volumes, in two named modes.
+"""Dice and HD95: one Dice with named empty-mask rules, and per-class, per-case metrics of 3D label volumes in two
+named modes.
+
+Dice is ``2|P n G| / (|P| + |G|)`` everywhere (:func:`dice_from_counts`); what differs between uses is only what a
+structure absent from one or both masks scores, and that rule has a name (:data:`EMPTY_RULES`):
+
+* ``medpy`` -- both empty: 1.0 (medpy's ``dc``; :func:`dice`'s default);
+* ``exclude`` -- both empty: NaN, the structure is not scored (strict mode; the segmentation task's per-epoch
+  validation; the deploy drift figures);
+* ``exclude_absent`` -- ground truth empty: NaN whatever the prediction, the structure is scored only where it is
+  present (the training-efficiency suite, which counts predictions of an absent structure as ``absent_fp``);
+* ``legacy`` -- TransUNet / Swin-Unet: prediction empty 0, prediction without ground truth 1 (legacy mode).
+
+The two modes of 3D per-case metrics (:func:`binary_metrics`, :func:`evaluate_case`):
 
 ``legacy`` -- the TransUNet / Swin-Unet convention that published Synapse / ACDC tables use:
     * HD95 in voxel units (the spacing is ignored), computed as medpy's ``hd95``;
@@ -29,8 +42,8 @@ import numpy as np
 from ..errors import UserInputError
 
 __all__ = [
-    'MODES', 'MODE_NOTES', 'dice', 'surface_distances', 'hd95', 'volume_diagonal', 'binary_metrics',
-    'CaseMetrics', 'evaluate_case', 'summarize',
+    'MODES', 'MODE_NOTES', 'EMPTY_RULES', 'dice_from_counts', 'dice', 'class_dice', 'mean_scored', 'surface_distances',
+    'hd95', 'volume_diagonal', 'binary_metrics', 'CaseMetrics', 'evaluate_case', 'summarize',
 ]
 
 MODES = ('legacy', 'strict')
@@ -42,11 +55,52 @@ MODE_NOTES = {
 }
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two binary masks (medpy's ``dc``): 2|A n B| / (|A| + |B|); 1.0 when both are empty."""
-    a, b = a.astype(bool), b.astype(bool)
-    denom = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 2.0 * int(np.count_nonzero(a & b)) / denom if denom else 1.0
+EMPTY_RULES = {
+    'medpy': 'both masks empty -> 1.0 (medpy.metric.dc)',
+    'exclude': 'both masks empty -> NaN (not scored)',
+    'exclude_absent': 'ground truth empty -> NaN (not scored), whatever the prediction',
+    'legacy': 'prediction empty -> 0.0; prediction without ground truth -> 1.0 (TransUNet / Swin-Unet)',
+}
+"""What a structure absent from one or both masks scores, by rule name (see the module docstring)."""
+
+
+def dice_from_counts(overlap: int, n_pred: int, n_gt: int, empty: str = 'medpy') -> float:
+    """Dice ``2 * overlap / (n_pred + n_gt)`` from voxel counts, with the empty-mask rule ``empty``
+    (a key of :data:`EMPTY_RULES`)."""
+    if empty not in EMPTY_RULES:
+        raise UserInputError(f'Unknown empty-mask rule {empty!r}; choose one of {", ".join(EMPTY_RULES)}.')
+    if empty == 'legacy' and not (n_pred and n_gt):
+        return 1.0 if n_pred else 0.0
+    if empty == 'exclude_absent' and not n_gt:
+        return float('nan')
+    denom = n_pred + n_gt
+    if not denom:
+        return 1.0 if empty == 'medpy' else float('nan')
+    return 2.0 * overlap / denom
+
+
+def _mask(x):
+    """A bool mask of ``x`` (numpy array or torch tensor; non-zero is foreground)."""
+    return (x if hasattr(x, 'shape') else np.asarray(x)) != 0
+
+
+def dice(a, b, empty: str = 'medpy') -> float:
+    """Dice of two binary masks of the same shape (numpy arrays or torch tensors): ``2|A n B| / (|A| + |B|)``, with
+    the empty-mask rule ``empty`` (default ``medpy``: 1.0 when both are empty, as medpy's ``dc``)."""
+    a, b = _mask(a), _mask(b)
+    return dice_from_counts(int((a & b).sum()), int(a.sum()), int(b.sum()), empty)
+
+
+def class_dice(pred, gt, classes: Iterable[int], empty: str = 'exclude') -> List[float]:
+    """Dice of each label value in ``classes`` between two label maps of the same shape (numpy arrays or torch
+    tensors, any number of dimensions: ``N, H, W`` slices pool over all of them)."""
+    return [dice(pred == k, gt == k, empty) for k in classes]
+
+
+def mean_scored(values: Iterable[float], default: float = float('nan')) -> float:
+    """Mean of the scored (non-NaN) values; ``default`` when none is scored."""
+    scored = [float(v) for v in values if not math.isnan(v)]
+    return float(np.mean(scored)) if scored else default
 
 
 def _crop_to_union(a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -96,19 +150,15 @@ def binary_metrics(pred: np.ndarray, gt: np.ndarray, mode: str = 'legacy',
         raise UserInputError(f'prediction shape {pred.shape} differs from ground truth shape {gt.shape}.')
     p, g = bool(pred.any()), bool(gt.any())
     if mode == 'legacy':
-        if p and g:
-            return dice(pred, gt), hd95(pred, gt)
-        if p and not g:
-            return 1.0, 0.0
-        return 0.0, 0.0
+        return dice(pred, gt, 'legacy'), hd95(pred, gt) if p and g else 0.0
     if mode == 'strict':
         if spacing is not None and len(spacing) != pred.ndim:
             raise UserInputError(f'spacing {tuple(spacing)} does not match a {pred.ndim}-D volume.')
         if p and g:
-            return dice(pred, gt), hd95(pred, gt, spacing)
-        if not p and not g:
-            return float('nan'), float('nan')
-        return 0.0, volume_diagonal(pred.shape, spacing)
+            h = hd95(pred, gt, spacing)
+        else:  # both empty: not scored; one empty: the worst-case distance
+            h = volume_diagonal(pred.shape, spacing) if p or g else float('nan')
+        return dice(pred, gt, 'exclude'), h
     raise UserInputError(f'Unknown metric mode {mode!r}; choose one of {", ".join(MODES)}.')
 
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from ..._atomic import atomic_write_bytes
 from ...data.volumes import SegDataset, Volume, VolumeRecord, discover, iter_volumes, load_volume
 from ...errors import UserInputError
-from ...metrics.segmentation import MODES, evaluate_case, summarize
+from ...metrics.segmentation import MODES, class_dice, evaluate_case, mean_scored, summarize
 from ..engine import Task
 from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
 from ..outputs import claim_output_dir, remove_stale, unique_inputs
@@ -313,17 +313,10 @@ class SegmentationTask(Task):
         """Split metrics from logits ``N, K, H, W`` and labels ``N, H, W``: ``loss``, 2D Dice per foreground class
         pooled over all slices (``dice_<class>``, NaN when absent from both) and their mean ``dice``."""
         loss = float(self.loss_fn(outputs, targets)) if outputs.numel() else float('nan')
-        pred = outputs.argmax(1)
+        dices = class_dice(outputs.argmax(1), targets, range(1, self.label_map.num_classes), empty='exclude')
         out: Dict[str, float] = {'loss': loss}
-        dices = []
-        for c in range(1, self.label_map.num_classes):
-            p, g = pred == c, targets == c
-            denom = int(p.sum()) + int(g.sum())
-            d = 2.0 * int((p & g).sum()) / denom if denom else float('nan')
-            out[f'dice_{self.label_map.classes[c].replace(" ", "_")}'] = d
-            dices.append(d)
-        valid = [d for d in dices if not math.isnan(d)]
-        out['dice'] = float(np.mean(valid)) if valid else 0.0
+        out.update({f'dice_{c.replace(" ", "_")}': d for c, d in zip(self.label_map.classes[1:], dices)})
+        out['dice'] = mean_scored(dices, default=0.0)
         return out
 
 
