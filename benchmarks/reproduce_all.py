@@ -111,11 +111,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def steps(args: argparse.Namespace) -> int:
-    from mednext_zoo.finetune.engine import _amp_dtype, resolve_device
+    from mednext_zoo.finetune.distributed import resolve_amp_dtype, resolve_device
     from mednext_zoo.hub import count_params_flops
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    amp = _amp_dtype(args.amp, device)
+    amp = resolve_amp_dtype(args.amp, device)
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     cfgs = {t: build_config(p, 0, '.', '.') for t, p in PROTOCOLS.items()}
     times: Dict[str, List[float]] = {t: [] for t in PROTOCOLS}

@@ -215,6 +215,21 @@ def test_create_segmenter_checks():
     assert m(torch.zeros(1, 3, 32, 32)).shape == (1, 4, 32, 32)
 
 
+def test_create_segmenter_reads_the_pretrained_folders_the_classifier_reads(tmp_path):
+    """One pretrained resolver for both factories: a folder with pytorch_model.bin (and no model.safetensors), as
+    Hugging Face writes, loads into a segmenter too (it used to be refused as a missing file)."""
+    torch.manual_seed(0)
+    src = create_segmenter('medunext_tiny', 3, 1, 32)
+    torch.save(src.state_dict(), tmp_path / 'pytorch_model.bin')
+    m = create_segmenter('medunext_tiny', 3, 1, 32, pretrained=str(tmp_path))
+    head = m.pretrained_cfg['classifier']  # timm keeps a new head when the classes differ from the tag's
+    loaded = {k: torch.equal(v, m.state_dict()[k]) for k, v in src.state_dict().items() if not k.startswith(head)}
+    assert len(loaded) > 300 and all(loaded.values())
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(UserInputError, match='holds no model.safetensors'):
+        create_segmenter('medunext_tiny', 3, 1, 32, pretrained=str(tmp_path / 'empty'))
+
+
 def test_fit_bad_inputs(tmp_path):
     data = write_phantom_dataset(str(tmp_path / 'd'), n_cases=3, shape=(12, 12, 3))
     with pytest.raises(UserInputError, match=r'phantom_00\d_0000\.nii\.gz: slices of 12x12 voxels are too small'):

@@ -83,12 +83,12 @@ def test_no_progress_log_file_has_one_line_per_epoch(tmp_path, folder):
 def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path, folder, monkeypatch, capsys):
     from mednext_zoo.finetune import engine
     out = str(tmp_path / 'run')
-    barrier = engine._barrier
+    barrier = engine.barrier
 
     def ctrl_c(info):  # Ctrl-C right after the first epoch (its checkpoint written, its line printed)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, '_barrier', ctrl_c)
+    monkeypatch.setattr(engine, 'barrier', ctrl_c)
     argv = ['finetune', '--data', folder, '--out', out, '--epochs', '2', '--no-progress', *CLI]
     assert main(argv) == 130
     cap = capsys.readouterr()
@@ -99,7 +99,7 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path, folder, mo
             f'completed). Continue from it with:') in cap.err
     command = cap.err.strip().splitlines()[-1].strip()
     assert command == shlex.join(['mednext-zoo', *argv, '--resume'])
-    monkeypatch.setattr(engine, '_barrier', barrier)
+    monkeypatch.setattr(engine, 'barrier', barrier)
     # the printed command continues the run; --resume says where, and lists only what the user changed
     resumed = shlex.split(command)[1:]
     resumed[resumed.index('--epochs') + 1] = '3'

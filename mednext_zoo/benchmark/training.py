@@ -44,6 +44,7 @@ from torch import nn
 
 from ..data import synthetic as syn
 from ..errors import UserInputError
+from ..finetune.batched import predict_batches
 from ..finetune.segmentation.preprocess import augment_pair
 from ..finetune.segmentation.recipe import (
     SegRecipe,
@@ -337,15 +338,10 @@ def _user_seg_data(path: str, img_size: int, patch_size: Optional[int] = None, r
     its test split (e.g. imagesTs with labels), else 20 % of the patients (seed 0)."""
     import os
 
+    from ..data.volumes import discover
     from ..finetune.segmentation import data as segdata
     from ..finetune.segmentation.preprocess import SYNAPSE_WINDOW
-    from ..finetune.segmentation.task import (
-        assign_case_splits,
-        discover,
-        load_case,
-        resolve_intensity,
-        resolve_label_map,
-    )
+    from ..finetune.segmentation.task import assign_case_splits, load_case, resolve_intensity, resolve_label_map
     ds = discover(path, 'auto')
     label_map = resolve_label_map(ds, None, None)
     intensity = resolve_intensity('auto', ds, None)
@@ -500,15 +496,7 @@ def _volume_scores(overlap: np.ndarray, n_pred: np.ndarray, n_gt: np.ndarray, nu
 
 
 def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, chunk: int = 64) -> torch.Tensor:
-    model.eval()
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(x), chunk):
-            o = model(x[i:i + chunk].to(device))
-            o = o[0] if isinstance(o, (list, tuple)) else o
-            outs.append(o.float().cpu())
-    model.train()
-    return torch.cat(outs)
+    return predict_batches(model, (x[i:i + chunk] for i in range(0, len(x), chunk)), device)[0]
 
 
 def _patch_dice(model: nn.Module, data: TaskData, device: torch.device) -> Dict[int, Dict[str, float]]:

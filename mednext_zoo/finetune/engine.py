@@ -1,30 +1,16 @@
-"""A task-agnostic training engine: loop, atomic checkpoints, exact resume, AMP, DDP, logging, progress bar.
+"""A task-agnostic training engine: the loop, with AMP, DDP, EMA, gradient accumulation and clipping, early
+stopping, exact resume and one line per epoch.
 
 The task supplies the model, data loaders, loss and metrics through :class:`Task`; the engine knows nothing
-about classification. Batches are ``(inputs, targets)`` pairs.
-
-Run directory layout written here::
-
-    RUN_DIR/run.json                 identity of the run (checked on --resume), and what each resume changed
-    RUN_DIR/metrics.jsonl            one JSON line per epoch (epochs counted from 1)
-    RUN_DIR/checkpoints/latest.json  pointer to the newest complete checkpoint (replaced atomically)
-    RUN_DIR/checkpoints/step-N.safetensors                     model weights after N optimiser steps
-    RUN_DIR/checkpoints/step-N.state.safetensors + .state.json optimiser, scheduler, scaler, EMA, RNG and loop
-                                                               state: tensors in safetensors, the rest JSON
-    RUN_DIR/checkpoints/best.safetensors                       weights at the best monitored score
-
-Nothing here is pickled, so resuming a run folder from elsewhere runs no code. The newest two checkpoints are
-kept; an unreadable or truncated one is set aside (``*.unreadable``) and the previous one is used.
+about classification. Batches are ``(inputs, targets)`` pairs. The run folder and its checkpoints are
+:mod:`.run_dir` and :mod:`.checkpoints`; the process group, seeding and device are :mod:`.distributed` (their
+names are re-exported here for older imports).
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import random
-import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -35,60 +21,48 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .._atomic import atomic_path, atomic_write_bytes
 from ..errors import UserInputError
-from .state import load_state, save_state
+from .batched import predict_batches
+from .checkpoints import CheckpointStore, save_weights
+from .distributed import (
+    DistInfo,
+    barrier,
+    cleanup_distributed,
+    resolve_amp_dtype,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup_distributed,
+    unwrap,
+)
+from .run_dir import (
+    OPTION_NAMES,
+    RunDirGuard,
+    append_metrics_log,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_run_dir,
+    config_changes,
+    create_run_dir,
+    holds_checkpoints,
+    prepare_run_dir,
+    read_metrics_log,
+    record_resume,
+    trim_metrics_log,
+)
 
 __all__ = [
-    'EngineConfig', 'Task', 'Engine', 'DistInfo', 'setup_distributed', 'cleanup_distributed', 'prepare_run_dir',
-    'check_run_dir', 'create_run_dir', 'RunDirGuard', 'holds_checkpoints', 'TrainingDivergedError',
-    'describe_weights', 'read_metrics_log', 'atomic_write_bytes', 'atomic_write_json', 'seed_everything',
-    'resolve_device', 'unwrap', 'format_duration', 'format_epoch_line', 'config_changes', 'plain_schedule_warnings',
+    'EngineConfig', 'Task', 'Engine', 'TrainingDivergedError', 'describe_weights', 'format_duration',
+    'format_epoch_line', 'plain_schedule_warnings',
+    # re-exported from .distributed, .run_dir and .checkpoints (their home since 0.2)
+    'DistInfo', 'setup_distributed', 'cleanup_distributed', 'seed_everything', 'resolve_device', 'unwrap',
+    'prepare_run_dir', 'check_run_dir', 'create_run_dir', 'RunDirGuard', 'holds_checkpoints', 'read_metrics_log',
+    'atomic_write_bytes', 'atomic_write_json', 'config_changes', 'OPTION_NAMES',
 ]
 
 
-# ---------------------------------------------------------------- small utilities
-def atomic_write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically; numpy scalars / arrays and tuples become numbers / lists, any other
-    unknown type its ``str``."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + '\n').encode())
-
-
-def _atomic_save(path: str, save_fn: Callable[[str], None]) -> None:
-    with atomic_path(path) as tmp:
-        save_fn(str(tmp))
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    return str(o)
-
-
-def read_metrics_log(path: str) -> List[Dict[str, Any]]:
-    """The records of a ``metrics.jsonl``; a line torn by a crash mid-write (unparseable JSON) is skipped."""
-    records = []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue
-    return records
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, numpy's and torch's global generators (numpy with ``seed % 2**32``)."""
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
+# ---------------------------------------------------------------- the epoch line
 def format_duration(seconds: float) -> str:
     """``'3 h 05 min'``, ``'12 min 30 s'`` or ``'8.2 s'``."""
     if seconds != seconds or seconds == float('inf'):
@@ -126,41 +100,6 @@ def format_epoch_line(record: Dict[str, Any], epochs: int, metrics: Sequence[str
     return '  '.join(parts)
 
 
-# settings whose command-line option is not ``--name-with-dashes`` (booleans print as on / off)
-OPTION_NAMES = {'ema_decay': '--ema', 'num_workers': '--workers', 'n_bootstrap': '--bootstrap',
-                'ckpt_every_steps': '--ckpt-every', 'augment': 'augmentation', 'export': 'export'}
-
-
-def config_changes(run_dir: str, new: Dict[str, Any], option_names: Optional[Dict[str, str]] = None,
-                   ignore: Iterable[str] = ('resume', 'overwrite', 'progress', 'out')) -> List[str]:
-    """What the user changed since the last start of a run: ``--option OLD -> NEW`` for every setting of ``new``
-    that differs from the run's ``config.json`` (nothing when the file is missing or unreadable).
-
-    ``option_names`` maps a setting to its command-line option where they differ (default :data:`OPTION_NAMES`;
-    others are shown as ``--name-with-dashes``).
-    """
-    try:
-        with open(os.path.join(run_dir, 'config.json')) as f:
-            old = json.load(f)
-    except (OSError, ValueError):
-        return []
-    names, skip, out = OPTION_NAMES if option_names is None else option_names, set(ignore), []
-
-    def fmt(x: Any) -> str:
-        if isinstance(x, list):
-            return ','.join(fmt(v) for v in x)
-        if isinstance(x, bool):
-            return 'on' if x else 'off'
-        return 'none' if x is None else f'{x:g}' if isinstance(x, float) else str(x)
-
-    norm = lambda v: json.loads(json.dumps(v, default=_json_default))  # noqa: E731  (tuples as lists, as stored)
-    for k, v in new.items():
-        if k in skip or k.startswith('_') or k not in old or norm(v) == old[k]:
-            continue
-        out.append(f'{names.get(k, "--" + k.replace("_", "-"))} {fmt(old[k])} -> {fmt(norm(v))}')
-    return out
-
-
 @contextlib.contextmanager
 def plain_schedule_warnings(total_steps: int, warmup_steps: int):
     """Build a timm cosine / poly scheduler inside this context: timm's log line "Cosine annealing scheduler will
@@ -188,177 +127,6 @@ def plain_schedule_warnings(total_steps: int, warmup_steps: int):
         warnings.warn(f'The run is {total_steps} optimiser step(s) long and {what}: the learning rate never decays '
                       f'(it rises to its peak, or stays there). Train more epochs, or shorten the warm-up, for a '
                       f'decaying schedule.', stacklevel=3)
-
-
-def resolve_device(device: str = 'auto', local_rank: int = 0) -> torch.device:
-    """``'auto'``: ``cuda:{local_rank}`` when a GPU is available, else CPU; anything else as ``torch.device``. Raises
-    UserInputError when CUDA is asked for and none is available."""
-    if device in ('auto', '', None):
-        return torch.device(f'cuda:{local_rank}') if torch.cuda.is_available() else torch.device('cpu')
-    dev = torch.device(device)
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise UserInputError(f'--device {device} asked for CUDA but no GPU is available; use --device cpu.')
-    return dev
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper, or ``model`` itself."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-# ---------------------------------------------------------------- distributed
-@dataclass
-class DistInfo:
-    """This process's place in a ``torchrun`` launch (``rank`` 0 of ``world_size`` 1 when not distributed)."""
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        """Whether more than one process takes part."""
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this is rank 0 (the process that writes files and logs)."""
-        return self.rank == 0
-
-
-_GROUP_USERS = 0  # setup_distributed calls not yet matched by cleanup_distributed
-
-
-def setup_distributed(device: str = 'auto') -> DistInfo:
-    """Join the process group started by ``torchrun`` (gloo on CPU, NCCL on CUDA); a no-op otherwise.
-
-    Calls nest: the group lives until every ``setup_distributed`` has had its ``cleanup_distributed``, so that a
-    caller running several fits in one launch (``mednext-zoo reproduce --seeds 3``) keeps one group throughout
-    (torchrun's store does not support creating the default group a second time).
-    """
-    global _GROUP_USERS
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    if world <= 1:
-        return DistInfo()
-    rank, local_rank = int(os.environ.get('RANK', '0')), int(os.environ.get('LOCAL_RANK', '0'))
-    _GROUP_USERS += 1
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device in ('auto', '', None) or str(device).startswith('cuda')
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
-    return DistInfo(rank, world, local_rank)
-
-
-def cleanup_distributed() -> None:
-    """Undo one :func:`setup_distributed`; the process group is destroyed when the last caller has cleaned up."""
-    global _GROUP_USERS
-    _GROUP_USERS = max(0, _GROUP_USERS - 1)
-    if _GROUP_USERS == 0 and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
-
-
-def _broadcast_obj(obj: Any, info: DistInfo) -> Any:
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-# ---------------------------------------------------------------- run directory
-def check_run_dir(run_dir: str, identity: Dict[str, Any], resume: bool = False, overwrite: bool = False) -> bool:
-    """Check that ``run_dir`` may be started, replaced or resumed, without touching it. Returns True when an
-    existing run is resumed.
-
-    An existing non-empty folder is never overwritten unless ``overwrite`` (and then only a run folder);
-    ``resume`` requires that the folder was made for the same ``identity`` (e.g. the same model and classes).
-    """
-    run_json = os.path.join(run_dir, 'run.json')
-    exists = os.path.isdir(run_dir) and bool(os.listdir(run_dir))
-    if resume and overwrite:
-        raise UserInputError('Give either --resume or --overwrite, not both.')
-    if resume:
-        if not os.path.isfile(run_json):
-            if not exists:
-                raise UserInputError(f'--resume: {run_dir} holds no run to resume; drop --resume to start one.')
-            raise UserInputError(f'--resume: {run_dir} is not a mednext-zoo run folder (no run.json).')
-        with open(run_json) as f:
-            old = json.load(f).get('identity', {})
-        diffs = [f'{k}: run has {old.get(k)!r}, now {v!r}' for k, v in identity.items() if old.get(k) != v]
-        if diffs:
-            raise UserInputError(f'--resume: {run_dir} was made for a different setup ({"; ".join(diffs)}). '
-                                 f'Use a new --out folder, or --overwrite to replace it.')
-        return True
-    if exists:
-        if not overwrite:
-            raise UserInputError(f'{run_dir} already exists and is not empty; pass --resume to continue that run, '
-                                 f'--overwrite to replace it, or choose another --out.')
-        if not os.path.isfile(run_json) and any(not n.startswith('.') for n in os.listdir(run_dir)):
-            raise UserInputError(f'--overwrite refuses to delete {run_dir}: it is not a mednext-zoo run folder.')
-    return False
-
-
-def create_run_dir(run_dir: str, identity: Dict[str, Any], overwrite: bool = False) -> None:
-    """Start a new run in ``run_dir`` (rank 0, once set-up has succeeded): an earlier run there is removed when
-    ``overwrite`` (already checked by :func:`check_run_dir`), then ``run.json`` is written."""
-    if overwrite and os.path.isdir(run_dir):
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    atomic_write_json(os.path.join(run_dir, 'run.json'),
-                      {'identity': identity, 'created': time.strftime('%Y-%m-%dT%H:%M:%S')})
-
-
-def prepare_run_dir(run_dir: str, identity: Dict[str, Any], resume: bool = False, overwrite: bool = False,
-                    is_main: bool = True) -> bool:
-    """:func:`check_run_dir`, then (new runs, rank 0) :func:`create_run_dir`. Returns True when resuming.
-
-    Tasks call the two separately, with the model and data built in between, so a start whose set-up fails
-    writes nothing (see :class:`RunDirGuard`)."""
-    resumed = check_run_dir(run_dir, identity, resume, overwrite)
-    if not resumed and is_main:
-        create_run_dir(run_dir, identity, overwrite)
-    return resumed
-
-
-def holds_checkpoints(run_dir: str) -> bool:
-    """True if ``run_dir`` (or a fold folder inside it) holds a training checkpoint or best weights."""
-    for _, _, files in os.walk(run_dir):
-        if any(f.startswith('step-') or f == 'best.safetensors' for f in files):
-            return True
-    return False
-
-
-class RunDirGuard:
-    """Context manager around one start of a run: if it fails (any exception, Ctrl-C included) after creating
-    the run folder but before writing a checkpoint, the folder is removed, so the same command can be run again
-    without ``--overwrite``. A folder this start did not create (``--resume``), or one holding checkpoints, is
-    never removed.
-
-    Call :meth:`created` right after :func:`create_run_dir`.
-    """
-
-    def __init__(self, run_dir: str, is_main: bool = True):
-        self.run_dir, self.is_main, self._created = run_dir, is_main, False
-
-    def created(self) -> None:
-        """Record that this start created the run folder (so a failure before the first checkpoint removes it)."""
-        self._created = True
-
-    def __enter__(self) -> RunDirGuard:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None and self._created and self.is_main and os.path.isdir(self.run_dir) \
-                and not holds_checkpoints(self.run_dir):
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            print(f'[mednext-zoo] removed {self.run_dir}: the run stopped before its first checkpoint',
-                  file=sys.stderr, flush=True)
-        return False
 
 
 # ---------------------------------------------------------------- task and config
@@ -402,38 +170,6 @@ class EngineConfig:
     ckpt_every_steps: int = 0  # also checkpoint every N optimiser steps mid-epoch; 0: end of epoch only
     keep_checkpoints: int = 2  # at least 2: an unreadable newest checkpoint falls back to the one before
     progress: bool = True
-
-
-def _amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    amp = (amp or 'none').lower()
-    if amp == 'auto':
-        if device.type != 'cuda':
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp in ('none', 'off', 'fp32', 'false'):
-        return None
-    if amp == 'bf16':
-        return torch.bfloat16
-    if amp == 'fp16':
-        if device.type != 'cuda':
-            raise UserInputError('--amp fp16 needs a CUDA device; on CPU use --amp bf16.')
-        return torch.float16
-    raise UserInputError(f'Unknown --amp {amp!r}; use auto, none, bf16 or fp16.')
-
-
-def _rng_state() -> Dict[str, Any]:
-    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
 
 
 class TrainingDivergedError(UserInputError):
@@ -513,7 +249,7 @@ class Engine:
         self.cfg = cfg
         self.dist = dist_info or DistInfo()
         self.device = resolve_device(cfg.device, self.dist.local_rank)
-        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
         self.model = model.to(self.device)
         self.task = task
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -521,16 +257,22 @@ class Engine:
         self.scaler = torch.amp.GradScaler('cuda') if self.amp_dtype == torch.float16 else None
         self.run_dir = run_dir
         self.ckpt_dir = os.path.join(run_dir, 'checkpoints')
+        self.checkpoints = CheckpointStore(self.ckpt_dir, cfg.keep_checkpoints, self.dist)
         self.callbacks = list(callbacks)
-        self.ema = None
-        if cfg.ema_decay and cfg.ema_decay > 0:
-            from timm.utils import ModelEmaV3
-            # timm's warm-up form: the average starts close to the model (decay 1 - (1 + step) ** -2/3, capped at
-            # ema_decay) instead of carrying the random start for thousands of steps
-            self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay, use_warmup=True)
+        self.ema = self._build_ema(cfg.ema_decay)
         self.progress = _Progress()
+        self.resume_changes: List[str] = []
         self._ddp: Optional[nn.Module] = None
         self._wrap()
+
+    def _build_ema(self, decay: float) -> Optional[nn.Module]:
+        """timm's ``ModelEmaV3`` of the weights when ``decay > 0`` (the EMA is what is evaluated and exported)."""
+        if not decay or decay <= 0:
+            return None
+        from timm.utils import ModelEmaV3
+        # timm's warm-up form: the average starts close to the model (decay 1 - (1 + step) ** -2/3, capped at
+        # ema_decay) instead of carrying the random start for thousands of steps
+        return ModelEmaV3(self.model, decay=decay, use_warmup=True)
 
     # ------------------------------------------------------------ model access
     def _wrap(self) -> None:
@@ -555,9 +297,6 @@ class Engine:
         return max(g['lr'] for g in self.optimizer.param_groups)
 
     # ------------------------------------------------------------ checkpoints
-    def _latest_path(self) -> str:
-        return os.path.join(self.ckpt_dir, 'latest.json')
-
     def _check_finite_weights(self, when: str) -> None:
         """Raise :class:`TrainingDivergedError` if a weight is NaN / inf (checked before anything is saved)."""
         bad = [n for n, t in self.model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
@@ -569,7 +308,7 @@ class Engine:
 
     def _diverged(self, what: str, where: str, step: int) -> None:
         lr = self._lr()
-        latest = self._read_latest()
+        latest = self.checkpoints.read_latest()
         base = max(getattr(self.scheduler, 'base_values', None) or [lr])
         peak = f', schedule peak {base:.3g}' if base != lr else ''
         if latest is not None:
@@ -589,114 +328,20 @@ class Engine:
         self._check_finite_weights(f'epoch {self.progress.epoch + 1}, before a checkpoint')
         if not self.dist.is_main:
             return
-        from safetensors.torch import save_file
         p = self.progress
-        tag = f'step-{p.step:08d}'
-        weights = os.path.join(self.ckpt_dir, f'{tag}.safetensors')
-        sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        _atomic_save(weights, lambda t: save_file(sd, t))
         state = {
             'progress': asdict(p),
             'optimizer': self.optimizer.state_dict(),
             'scheduler': self.scheduler.state_dict() if self.scheduler is not None else None,
             'scaler': self.scaler.state_dict() if self.scaler is not None else None,
             'ema': self.ema.module.state_dict() if self.ema is not None else None,
-            'rng': _rng_state(),
+            'rng': rng_state(),
         }
-        save_state(os.path.join(self.ckpt_dir, f'{tag}.state.safetensors'),
-                   os.path.join(self.ckpt_dir, f'{tag}.state.json'), state,
-                   extra={'weights': os.path.basename(weights), 'weights_bytes': os.path.getsize(weights)})
-        atomic_write_json(self._latest_path(), {'tag': tag, 'weights': os.path.basename(weights),
-                                                'state': f'{tag}.state.json', 'step': p.step,
-                                                'epochs_completed': p.epoch, 'batches_into_next_epoch': p.batch})
-        self._prune(keep=tag)
-
-    def _read_latest(self) -> Optional[Dict[str, Any]]:
-        try:
-            with open(self._latest_path()) as f:
-                latest = json.load(f)
-            return latest if isinstance(latest, dict) and 'tag' in latest else None
-        except (OSError, ValueError):
-            return None
-
-    def _tags(self) -> List[str]:
-        """Checkpoint tags on disk, newest first (names are zero-padded step counts)."""
-        if not os.path.isdir(self.ckpt_dir):
-            return []
-        return sorted({n.split('.', 1)[0] for n in os.listdir(self.ckpt_dir)
-                       if n.startswith('step-') and not n.endswith('.unreadable')}, reverse=True)
-
-    def _prune(self, keep: str) -> None:
-        for t in self._tags()[max(2, self.cfg.keep_checkpoints):]:
-            if t == keep:
-                continue
-            for ext in ('.safetensors', '.state.safetensors', '.state.json', '.state.pt'):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.ckpt_dir, t + ext))
+        self.checkpoints.write(self.model.state_dict(), state, p.step, p.epoch, p.batch)
 
     def has_checkpoint(self) -> bool:
         """Whether the run folder holds a checkpoint to resume from."""
-        return bool(self._tags())
-
-    def _read_checkpoint(self, tag: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-        """Weights and training state of ``tag``; ValueError / OSError if a file is missing, truncated or damaged."""
-        from safetensors.torch import load_file
-        state, doc = load_state(os.path.join(self.ckpt_dir, f'{tag}.state.safetensors'),
-                                os.path.join(self.ckpt_dir, f'{tag}.state.json'))
-        wpath = os.path.join(self.ckpt_dir, doc['weights'])
-        if os.path.getsize(wpath) != doc.get('weights_bytes'):
-            raise ValueError(f'{doc["weights"]} has {os.path.getsize(wpath)} bytes, the state says '
-                             f'{doc.get("weights_bytes")} (truncated or replaced)')
-        try:
-            weights = load_file(wpath)
-        except Exception as e:  # noqa: BLE001 -- safetensors' own error type for a damaged file
-            raise ValueError(f'{doc["weights"]}: {e}') from e
-        return weights, state
-
-    def _find_checkpoint(self) -> Tuple[str, Dict[str, torch.Tensor], Dict[str, Any]]:
-        """The newest checkpoint that reads completely; unreadable newer ones are reported and set aside."""
-        latest = self._read_latest()
-        order = self._tags()
-        if latest is not None and latest['tag'] in order:  # normally the newest; kept first if not
-            order.remove(latest['tag'])
-            order.insert(0, latest['tag'])
-        failures: List[Tuple[str, str]] = []
-        for tag in order:
-            if not os.path.isfile(os.path.join(self.ckpt_dir, f'{tag}.state.json')) and not os.path.isfile(
-                    os.path.join(self.ckpt_dir, f'{tag}.state.safetensors')):
-                continue  # an old-format (pickle) or half-pruned tag: not a candidate
-            try:
-                weights, state = self._read_checkpoint(tag)
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                failures.append((tag, str(e)))
-                continue
-            if failures and self.dist.is_main:
-                print(f'[mednext-zoo] --resume: checkpoint {", ".join(t for t, _ in failures)} is unreadable '
-                      f'({"; ".join(r for _, r in failures)}); falling back to {tag} '
-                      f'(step {state["progress"]["step"]}). The unreadable files are kept as *.unreadable.',
-                      file=sys.stderr, flush=True)
-            self._set_aside([t for t, _ in failures])
-            return tag, weights, state
-        if any(n.endswith('.state.pt') for n in (os.listdir(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else [])):
-            raise UserInputError(
-                f'--resume: {self.ckpt_dir} holds checkpoints in the old pickle format (step-*.state.pt), which '
-                f'--resume no longer loads: unpickling a file can run code. Start the run again with --overwrite, '
-                f'or keep its best weights (checkpoints/best.safetensors, no pickle) and pass them as --pretrained.')
-        if failures:
-            raise UserInputError(f'--resume: no readable checkpoint in {self.ckpt_dir} '
-                                 f'({"; ".join(f"{t}: {r}" for t, r in failures)}). Start again with --overwrite.')
-        raise UserInputError(f'--resume: no checkpoint in {self.ckpt_dir}; the run stopped before its first '
-                             f'checkpoint. Start it again with --overwrite.')
-
-    def _set_aside(self, tags: List[str]) -> None:
-        _barrier(self.dist)  # every rank has read its candidates before rank 0 renames any
-        if not self.dist.is_main:
-            return
-        for tag in tags:
-            for ext in ('.safetensors', '.state.safetensors', '.state.json'):
-                path = os.path.join(self.ckpt_dir, tag + ext)
-                if os.path.exists(path):
-                    os.replace(path, path + '.unreadable')
+        return bool(self.checkpoints.tags())
 
     def load_checkpoint(self, changes: Optional[Sequence[str]] = None) -> None:
         """Restore everything from the newest complete checkpoint (falling back past unreadable ones); the
@@ -705,11 +350,35 @@ class Engine:
         Prints where training resumes (step, epoch, batch). ``changes``: what the user changed since the last start,
         in their terms (:func:`config_changes`), printed and recorded in ``run.json``; without it, the changed
         optimiser / schedule settings are named."""
-        tag, weights, state = self._find_checkpoint()
+        tag, weights, state = self.checkpoints.find()
         try:
             self.model.load_state_dict(weights)
         except RuntimeError as e:
             raise UserInputError(f'--resume: checkpoint {tag} does not fit this model: {e}') from None
+        internal = self._restore_optimizer(state)
+        if self.scaler is not None and state['scaler'] is not None:
+            self.scaler.load_state_dict(state['scaler'])
+        if self.ema is not None and state['ema'] is not None:
+            self.ema.module.load_state_dict(state['ema'])
+        self.progress = _Progress(**state['progress'])
+        if self.scheduler is not None:
+            self.scheduler.step_update(num_updates=self.progress.step)  # this step's lr under the schedule
+        set_rng_state(state['rng'])
+        changes = list(changes) if changes is not None else internal
+        self.resume_changes = changes
+        if self.dist.is_main:
+            print(self._resume_line(tag), flush=True)
+            if changes:
+                print(f'[mednext-zoo] resuming with changed settings: {"; ".join(changes)} (learning rate now '
+                      f'{self._lr():.3g})', flush=True)
+            record_resume(self.run_dir, {'time': time.strftime('%Y-%m-%dT%H:%M:%S'), 'from': tag,
+                                         'step': self.progress.step, 'changed': changes})
+            self.checkpoints.remove_temporary()
+            trim_metrics_log(self.run_dir, self.progress.epoch)  # later lines will be written again
+
+    def _restore_optimizer(self, state: Dict[str, Any]) -> List[str]:
+        """Load the optimiser's and scheduler's state, keeping the current configuration's hyper-parameters and
+        schedule; returns the settings that differ from the checkpoint's (timm's derived ones left out)."""
         fresh_groups = [{k: v for k, v in g.items() if k != 'params'} for g in self.optimizer.param_groups]
         fresh_sched = self.scheduler.state_dict() if self.scheduler is not None else None
         self.optimizer.load_state_dict(state['optimizer'])
@@ -723,31 +392,7 @@ class Engine:
         if self.scheduler is not None and state['scheduler'] is not None:
             internal += [c for c in _setting_changes(state['scheduler'], fresh_sched) if c not in internal]
             self.scheduler.load_state_dict(fresh_sched)
-        if self.scaler is not None and state['scaler'] is not None:
-            self.scaler.load_state_dict(state['scaler'])
-        if self.ema is not None and state['ema'] is not None:
-            self.ema.module.load_state_dict(state['ema'])
-        self.progress = _Progress(**state['progress'])
-        if self.scheduler is not None:
-            self.scheduler.step_update(num_updates=self.progress.step)  # this step's lr under the schedule
-        _set_rng_state(state['rng'])
-        changes = list(changes) if changes is not None else internal
-        self.resume_changes = changes
-        if self.dist.is_main:
-            print(self._resume_line(tag), flush=True)
-            if changes:
-                print(f'[mednext-zoo] resuming with changed settings: {"; ".join(changes)} (learning rate now '
-                      f'{self._lr():.3g})', flush=True)
-            self._record_resume(tag, changes)
-            for n in os.listdir(self.ckpt_dir):  # temporary files of a write that was killed half-way
-                if n.startswith('.') and '.tmp-' in n:
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(self.ckpt_dir, n))
-            # drop log lines written after this checkpoint (they will be written again)
-            log = os.path.join(self.run_dir, 'metrics.jsonl')
-            if os.path.isfile(log):
-                kept = [r for r in read_metrics_log(log) if r.get('epoch', 0) <= self.progress.epoch]
-                atomic_write_bytes(log, ''.join(json.dumps(r, default=_json_default) + '\n' for r in kept).encode())
+        return internal
 
     def _resume_line(self, tag: str) -> str:
         """Where training resumes, for people: step, epoch (from 1) and batch."""
@@ -758,25 +403,11 @@ class Engine:
         where = f'after batch {p.batch} of {len(self.train_loader)}' if p.batch else 'from its first batch'
         return f'{head}: epoch {p.epoch + 1} of {epochs}, {where}'
 
-    def _record_resume(self, tag: str, changes: List[str]) -> None:
-        path = os.path.join(self.run_dir, 'run.json')
-        try:
-            with open(path) as f:
-                run = json.load(f)
-        except (OSError, ValueError):
-            return
-        run.setdefault('resumes', []).append({'time': time.strftime('%Y-%m-%dT%H:%M:%S'), 'from': tag,
-                                              'step': self.progress.step, 'changed': changes})
-        atomic_write_json(path, run)
-
     def save_weights(self, path: str, model: Optional[nn.Module] = None) -> None:
         """Write the weights of ``model`` (default :attr:`eval_model`: the EMA if enabled) as safetensors, atomically;
         only the main process writes."""
-        if not self.dist.is_main:
-            return
-        from safetensors.torch import save_file
-        sd = {k: v.detach().cpu().contiguous() for k, v in (model or self.eval_model).state_dict().items()}
-        _atomic_save(path, lambda t: save_file(sd, t))
+        if self.dist.is_main:
+            save_weights(path, (model or self.eval_model).state_dict())
 
     # ------------------------------------------------------------ inference
     @torch.no_grad()
@@ -784,17 +415,7 @@ class Engine:
               ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Outputs and targets of a whole (unshuffled) loader in dataset order, gathered over ranks."""
         model = model if model is not None else self.eval_model
-        was_training = model.training
-        model.eval()
-        outs, tgts = [], []
-        for inputs, targets in self._bar(loader, desc):
-            with self.autocast():
-                out = model(inputs.to(self.device, non_blocking=True))
-            outs.append(out.float().cpu())
-            tgts.append(torch.as_tensor(targets).cpu())
-        model.train(was_training)
-        out = torch.cat(outs) if outs else torch.empty(0)
-        tgt = torch.cat(tgts) if tgts else torch.empty(0, dtype=torch.long)
+        out, tgt = predict_batches(model, self._bar(loader, desc), self.device, self.autocast)
         if self.dist.enabled:
             parts: List[Any] = [None] * self.dist.world_size
             dist.all_gather_object(parts, (out, tgt))
@@ -819,14 +440,6 @@ class Engine:
             return math.isfinite(score)
         return score < best if self.cfg.monitor_mode == 'min' else score > best
 
-    def _log(self, record: Dict[str, Any]) -> None:
-        if not self.dist.is_main:
-            return
-        with open(os.path.join(self.run_dir, 'metrics.jsonl'), 'a') as f:
-            f.write(json.dumps(record, default=_json_default) + '\n')
-            f.flush()
-            os.fsync(f.fileno())
-
     def _loss_is_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every rank (one tiny all-reduce under DDP, so all ranks stop together)."""
         bad = (~torch.isfinite(loss.detach())).float().reshape(1)
@@ -843,116 +456,144 @@ class Engine:
         cfg = self.cfg
         if cfg.monitor_mode not in ('min', 'max'):
             raise UserInputError(f'monitor mode must be "min" or "max", got {cfg.monitor_mode!r}.')
-        self.resume_changes: List[str] = []
+        self.resume_changes = []
         if resume:
             self.load_checkpoint(changes)
         epoch_s: List[float] = []  # seconds per whole epoch in this session (a resumed partial one scaled up)
         p = self.progress
-        accum = max(1, int(cfg.accum_steps))
-        sampler = self.train_loader.sampler
-        bs = self.train_loader.batch_size
         stopped_early = False
         t_start = time.time()
         while p.epoch < cfg.epochs:
-            if self.task.on_epoch_start(p.epoch, self.model) and self.dist.enabled:
-                self._wrap()
-            sampler.set_epoch(p.epoch, start=p.batch * bs)
-            total = p.batch + len(self.train_loader)
-            self._ddp.train()
-            self.task.on_train_mode(self.model)
-            if self.ema is not None:
-                self.ema.module.eval()
             t0, first_batch = time.time(), p.batch
-            bar = self._bar(self.train_loader, f'epoch {p.epoch + 1}/{cfg.epochs}', total=total, initial=p.batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            for inputs, targets in bar:
-                inputs = inputs.to(self.device, non_blocking=True)
-                targets = torch.as_tensor(targets).to(self.device, non_blocking=True)
-                p.batch += 1
-                update = p.batch % accum == 0 or p.batch == total
-                sync = contextlib.nullcontext() if (update or not self.dist.enabled) else self._ddp.no_sync()
-                with sync:
-                    with self.autocast():
-                        loss = self.task.loss(self._ddp, inputs, targets)
-                    if not self._loss_is_finite(loss):
-                        self._diverged(f'the loss became {float(loss.detach()):g} at optimiser step {p.step + 1}',
-                                       f'epoch {p.epoch + 1}, batch {p.batch}', p.step + 1)
-                    scaled = loss / accum
-                    if self.scaler is not None:
-                        self.scaler.scale(scaled).backward()
-                    else:
-                        scaled.backward()
-                p.loss_sum += float(loss.detach()) * len(targets)
-                p.loss_n += len(targets)
-                if not update:
-                    continue
-                if self.scaler is not None:
-                    if cfg.clip_grad:
-                        self.scaler.unscale_(self.optimizer)
-                        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    if cfg.clip_grad:
-                        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                p.step += 1
-                if self.scheduler is not None:
-                    self.scheduler.step_update(num_updates=p.step)
-                if self.ema is not None:
-                    self.ema.update(self.model, step=p.step)
-                if hasattr(bar, 'set_postfix'):
-                    bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{self.optimizer.param_groups[0]["lr"]:.2e}')
-                if cfg.ckpt_every_steps and p.step % cfg.ckpt_every_steps == 0 and p.batch < total:
-                    self.save_checkpoint()
-                for cb in self.callbacks:
-                    cb(self)
-            self._check_finite_weights(f'end of epoch {p.epoch + 1}')
-            train_loss = p.loss_sum / max(1, p.loss_n)
-            if self.dist.enabled:
-                t = torch.tensor([p.loss_sum, float(p.loss_n)], dtype=torch.float64)
-                dist.all_reduce(t)
-                train_loss = float(t[0] / t[1].clamp(min=1))
+            total = self._train_epoch()
             record: Dict[str, Any] = {'epoch': p.epoch + 1, 'step': p.step,
-                                      'lr': self.optimizer.param_groups[-1]['lr'], 'train_loss': train_loss}
-            improved = False
-            if self.val_loader is not None:
-                out, tgt = self.infer(self.val_loader, desc='val')
-                metrics = self.task.evaluate(out, tgt)
-                record.update({f'val_{k}': v for k, v in metrics.items() if np.isscalar(v)})
-                score = float(metrics.get(cfg.monitor, float('nan')))
-                if cfg.monitor not in metrics:
-                    raise UserInputError(f'Unknown metric {cfg.monitor!r} to monitor; choose one of '
-                                         f'{", ".join(k for k, v in metrics.items() if np.isscalar(v))}.')
-                improved = self._improved(score)
-                if improved:
-                    p.best, p.best_epoch, p.bad_epochs = score, p.epoch + 1, 0
-                    self.save_weights(os.path.join(self.ckpt_dir, 'best.safetensors'))
-                else:
-                    p.bad_epochs += 1
+                                      'lr': self.optimizer.param_groups[-1]['lr'], 'train_loss': self._train_loss()}
+            improved = self._validate(record) if self.val_loader is not None else False
             record['time_s'] = round(time.time() - t0, 3)
             epoch_s.append(record['time_s'] * total / max(1, total - first_batch))
             p.epoch += 1
             p.batch = 0
             p.loss_sum, p.loss_n = 0.0, 0
-            stop = bool(cfg.patience and p.bad_epochs >= cfg.patience)
-            self._log(record)
-            self.save_checkpoint()
+            stopped_early = bool(cfg.patience and p.bad_epochs >= cfg.patience)
             if self.dist.is_main:
-                shown = dict.fromkeys(['loss', cfg.monitor, *self.task.log_metrics])
-                eta = float(np.mean(epoch_s)) * (cfg.epochs - p.epoch) if not stop else 0.0
-                print(format_epoch_line(record, cfg.epochs, list(shown), cfg.monitor if improved else None, eta)
-                      + (f'  (early stop: no improvement in {cfg.patience} epochs)' if stop else ''), flush=True)
-            _barrier(self.dist)
-            if stop:
-                stopped_early = True
+                append_metrics_log(self.run_dir, record)
+            self.save_checkpoint()
+            self._print_epoch(record, improved, stopped_early, epoch_s)
+            barrier(self.dist)
+            if stopped_early:
                 break
         if self.val_loader is None and self.dist.is_main:
             self.save_weights(os.path.join(self.ckpt_dir, 'best.safetensors'))
-        _barrier(self.dist)
+        barrier(self.dist)
         return {'epochs_run': p.epoch, 'epochs_planned': cfg.epochs, 'steps': p.step, 'best_score': p.best,
                 'best_epoch': p.best_epoch if self.val_loader is not None else p.epoch,
                 'validated': self.val_loader is not None, 'monitor': cfg.monitor, 'monitor_mode': cfg.monitor_mode,
                 'stopped_early': stopped_early, 'train_time_s': time.time() - t_start,
                 'resume_changes': list(self.resume_changes)}
+
+    def _train_epoch(self) -> int:
+        """Train the rest of the epoch in progress (from batch ``progress.batch``); returns its number of batches."""
+        cfg, p = self.cfg, self.progress
+        if self.task.on_epoch_start(p.epoch, self.model) and self.dist.enabled:
+            self._wrap()
+        self.train_loader.sampler.set_epoch(p.epoch, start=p.batch * self.train_loader.batch_size)
+        total = p.batch + len(self.train_loader)
+        self._ddp.train()
+        self.task.on_train_mode(self.model)
+        if self.ema is not None:
+            self.ema.module.eval()
+        bar = self._bar(self.train_loader, f'epoch {p.epoch + 1}/{cfg.epochs}', total=total, initial=p.batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        for inputs, targets in bar:
+            p.batch += 1
+            update = p.batch % max(1, int(cfg.accum_steps)) == 0 or p.batch == total
+            loss = self._backward(inputs, targets, update)
+            if update:
+                self._optimizer_step(loss, bar, total)
+        self._check_finite_weights(f'end of epoch {p.epoch + 1}')
+        return total
+
+    def _backward(self, inputs: torch.Tensor, targets: Any, update: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch (gradients synchronised under DDP only on ``update``); returns
+        the loss and adds it to the epoch's running training loss."""
+        p, accum = self.progress, max(1, int(self.cfg.accum_steps))
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = torch.as_tensor(targets).to(self.device, non_blocking=True)
+        sync = contextlib.nullcontext() if (update or not self.dist.enabled) else self._ddp.no_sync()
+        with sync:
+            with self.autocast():
+                loss = self.task.loss(self._ddp, inputs, targets)
+            if not self._loss_is_finite(loss):
+                self._diverged(f'the loss became {float(loss.detach()):g} at optimiser step {p.step + 1}',
+                               f'epoch {p.epoch + 1}, batch {p.batch}', p.step + 1)
+            scaled = loss / accum
+            if self.scaler is not None:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        p.loss_sum += float(loss.detach()) * len(targets)
+        p.loss_n += len(targets)
+        return loss
+
+    def _optimizer_step(self, loss: torch.Tensor, bar: Any, total: int) -> None:
+        """Clip, step the optimiser (through the grad scaler under fp16), the schedule and the EMA; checkpoint
+        mid-epoch every ``ckpt_every_steps``; call the callbacks."""
+        cfg, p = self.cfg, self.progress
+        if self.scaler is not None and cfg.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.clip_grad:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        p.step += 1
+        if self.scheduler is not None:
+            self.scheduler.step_update(num_updates=p.step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=p.step)
+        if hasattr(bar, 'set_postfix'):
+            bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{self.optimizer.param_groups[0]["lr"]:.2e}')
+        if cfg.ckpt_every_steps and p.step % cfg.ckpt_every_steps == 0 and p.batch < total:
+            self.save_checkpoint()
+        for cb in self.callbacks:
+            cb(self)
+
+    def _train_loss(self) -> float:
+        """The epoch's mean training loss per sample, over every rank."""
+        p = self.progress
+        if not self.dist.enabled:
+            return p.loss_sum / max(1, p.loss_n)
+        t = torch.tensor([p.loss_sum, float(p.loss_n)], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t[0] / t[1].clamp(min=1))
+
+    def _validate(self, record: Dict[str, Any]) -> bool:
+        """Score the validation split into ``record`` (``val_<metric>``); keep the best weights. Returns whether the
+        monitored metric improved."""
+        cfg, p = self.cfg, self.progress
+        out, tgt = self.infer(self.val_loader, desc='val')
+        metrics = self.task.evaluate(out, tgt)
+        record.update({f'val_{k}': v for k, v in metrics.items() if np.isscalar(v)})
+        if cfg.monitor not in metrics:
+            raise UserInputError(f'Unknown metric {cfg.monitor!r} to monitor; choose one of '
+                                 f'{", ".join(k for k, v in metrics.items() if np.isscalar(v))}.')
+        score = float(metrics[cfg.monitor])
+        if not self._improved(score):
+            p.bad_epochs += 1
+            return False
+        p.best, p.best_epoch, p.bad_epochs = score, p.epoch + 1, 0
+        self.save_weights(os.path.join(self.ckpt_dir, 'best.safetensors'))
+        return True
+
+    def _print_epoch(self, record: Dict[str, Any], improved: bool, stop: bool, epoch_s: List[float]) -> None:
+        """The epoch's line on stdout (rank 0): see :func:`format_epoch_line`."""
+        cfg = self.cfg
+        if not self.dist.is_main:
+            return
+        shown = dict.fromkeys(['loss', cfg.monitor, *self.task.log_metrics])
+        eta = float(np.mean(epoch_s)) * (cfg.epochs - self.progress.epoch) if not stop else 0.0
+        print(format_epoch_line(record, cfg.epochs, list(shown), cfg.monitor if improved else None, eta)
+              + (f'  (early stop: no improvement in {cfg.patience} epochs)' if stop else ''), flush=True)

@@ -91,7 +91,7 @@ def _recipe_text(protocol: TagProtocol, cfg) -> str:
 def _prepare_out(out: str, identity: Dict[str, Any], resume: bool, overwrite: bool) -> Dict[str, Any]:
     """The engine's run-folder rules (never overwrite silently; resume only the same setup), then the
     reproduction's own state (its sessions)."""
-    from ..finetune.engine import prepare_run_dir
+    from ..finetune.run_dir import prepare_run_dir
     resumed = prepare_run_dir(out, identity, resume, overwrite)
     state_path = os.path.join(out, STATE)
     if resumed and os.path.isfile(state_path):
@@ -237,9 +237,9 @@ def reproduce(tag: str, data: str, out: Optional[str] = None, *, epochs: Optiona
         deviations += report.deviations
 
     # 3. where, how fast
-    from ..finetune.engine import _amp_dtype, resolve_device
+    from ..finetune.distributed import resolve_amp_dtype, resolve_device
     dev = resolve_device(device, int(os.environ.get('LOCAL_RANK', '0')))
-    amp_dtype = _amp_dtype(amp, dev)
+    amp_dtype = resolve_amp_dtype(amp, dev)
     est = _estimate(protocol, rec, rows, cfg0, len(seed_list), world, timing_steps if is_main else 0, dev, amp_dtype)
     device_text = (f'{est.device}' + (f' x {world} processes' if world > 1 else ''))
     ds = protocol.dataset
@@ -265,7 +265,7 @@ def reproduce(tag: str, data: str, out: Optional[str] = None, *, epochs: Optiona
     # 4. train every seed (resumable); under torchrun one process group serves every seed
     split_sha = write_split_file(os.path.join(out, 'splits.csv'), rows, rec.base) if is_main else ''
     source = to_data_source(rows, protocol, rec.base) if protocol.task == 'classification' else None
-    from ..finetune.engine import cleanup_distributed, setup_distributed
+    from ..finetune.distributed import cleanup_distributed, setup_distributed
     info = setup_distributed(device)
     try:
         results = _train_seeds(protocol, seed_list, out, rec.base, source, epochs=epochs, batch_size=batch_size,

@@ -14,14 +14,14 @@ def _plt():
 
 
 def _save(fig, path: str) -> None:
-    from ..engine import _atomic_save
-    _atomic_save(path, lambda t: fig.savefig(t, dpi=120, bbox_inches='tight', format='png'))
+    from ..run_dir import atomic_save
+    atomic_save(path, lambda t: fig.savefig(t, dpi=120, bbox_inches='tight', format='png'))
 
 
 def plot_curves(jsonl_path: str, out_path: str) -> None:
     """Train / val loss and the validation metrics per epoch."""
     plt = _plt()
-    from ..engine import read_metrics_log
+    from ..run_dir import read_metrics_log
     rows: List[Dict[str, Any]] = read_metrics_log(jsonl_path)
     if not rows:
         return

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import io
 import json
 import math
@@ -43,27 +42,26 @@ from ...data.images import OneClassError, load_sample
 from ...data.io import SUPPORTED_EXTS, image_kind, nifti_num_slices
 from ...data.medmnist import array_item_id, is_array_source
 from ...errors import UserInputError
-from ..engine import (
-    DistInfo,
-    Engine,
-    EngineConfig,
-    RunDirGuard,
-    Task,
-    _broadcast_obj,
-    atomic_write_bytes,
-    atomic_write_json,
-    check_run_dir,
-    cleanup_distributed,
-    config_changes,
-    create_run_dir,
-    describe_weights,
-    plain_schedule_warnings,
-    resolve_device,
-    seed_everything,
-    setup_distributed,
+from .._run import (
+    build_engine,
+    check_counts,
+    check_model_name,
+    check_run,
+    create_model,
+    eval_name,
+    load_best,
+    read_result,
+    reload_best,
+    run_guarded,
+    scope_text,
+    start_run,
 )
+from ..batched import predict_batches
+from ..distributed import DistInfo, resolve_device, seed_everything
+from ..engine import Task, describe_weights, plain_schedule_warnings
 from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
 from ..outputs import claim_output_dir, remove_stale, unique_inputs
+from ..run_dir import RunDirGuard, atomic_write_bytes, atomic_write_json, create_run_dir
 from .metrics import classification_report, fit_temperature, multilabel_point_metrics, multilabel_report, point_metrics
 
 __all__ = ['FinetuneConfig', 'ClassificationTask', 'build_optimizer', 'fit', 'evaluate', 'predict', 'cross_validate',
@@ -140,57 +138,20 @@ class FinetuneConfig:
 
 
 # ---------------------------------------------------------------- model
-def check_model_name(name: str) -> str:
-    """Return ``name`` if timm knows it (after ``import mednext_zoo``); else a clear error with close matches."""
-    import timm
-
-    from ... import models  # noqa: F401  (registers mednext_*)
-    base = name.split('.', 1)[0]
-    if base.startswith(('local-dir:', 'hf-hub:', 'hf_hub:')) or timm.is_model(base):
-        return name
-    close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
-    hint = f' Did you mean {", ".join(close)}?' if close else ' See `mednext-zoo models` or timm.list_models().'
-    raise UserInputError(f'Unknown model {name!r}.{hint}')
-
-
-def _pretrained_kwargs(model: str, pretrained: Optional[str]) -> Tuple[str, Dict[str, Any]]:
-    if not pretrained:
-        return model, {'pretrained': False}
-    p = os.path.expanduser(pretrained)
-    if os.path.isdir(p):
-        for fname in ('model.safetensors', 'pytorch_model.bin'):
-            if os.path.isfile(os.path.join(p, fname)):
-                return model, {'pretrained': True, 'pretrained_cfg_overlay': {'file': os.path.join(p, fname)}}
-        raise UserInputError(f'--pretrained folder {p} holds no model.safetensors.')
-    if os.path.isfile(p):
-        return model, {'pretrained': True, 'pretrained_cfg_overlay': {'file': p}}
-    if os.sep in pretrained or pretrained.endswith(('.safetensors', '.pth', '.pt', '.bin')):
-        raise UserInputError(f'--pretrained file {pretrained} does not exist.')
-    return f'{model.split(".", 1)[0]}.{pretrained}', {'pretrained': True}  # a pretrained tag
-
-
 def create_classifier(model: str, num_classes: int, in_chans: int, img_size: int, pretrained: Optional[str] = None,
                       drop_path: float = 0.0) -> nn.Module:
     """``timm.create_model`` for a new task; ``img_size`` is passed to models that take it (MedNeXt, ViTs)."""
     import timm
     check_model_name(model)
-    name, kw = _pretrained_kwargs(model, pretrained)
-    kw.update(num_classes=num_classes, in_chans=in_chans)
-    if drop_path:
-        kw['drop_path_rate'] = drop_path
-    try:
+
+    def create(name: str, kw: Dict[str, Any]) -> nn.Module:
         try:
             return timm.create_model(name, img_size=img_size, **kw)
         except TypeError as e:
             if 'img_size' not in str(e):
                 raise
             return timm.create_model(name, **kw)
-    except UserInputError:
-        raise  # already says what was wrong and what to do (e.g. the tag's status and the offline ways)
-    except (RuntimeError, OSError, ValueError) as e:
-        if kw.get('pretrained'):
-            raise UserInputError(f'Cannot load pretrained weights {pretrained!r} for {model}: {e}') from e
-        raise
+    return create_model(model, pretrained, create, drop_path, num_classes=num_classes, in_chans=in_chans)
 
 
 def _norm_stats(model: nn.Module, in_chans: int) -> Tuple[List[float], List[float]]:
@@ -296,20 +257,6 @@ class ClassificationTask(Task):
 
 
 # ---------------------------------------------------------------- helpers
-def _on_main(info: DistInfo, fn, *args, **kwargs):
-    """Run ``fn`` on rank 0 and share its result (or its UserInputError) with every rank."""
-    res, err = None, None
-    if info.is_main:
-        try:
-            res = fn(*args, **kwargs)
-        except UserInputError as e:
-            err = str(e)
-    res, err = _broadcast_obj((res, err), info)
-    if err is not None:
-        raise UserInputError(err)
-    return res
-
-
 def _check_in_chans(source: DataSource, in_chans: int) -> None:
     if in_chans not in (1, 3):
         raise UserInputError(f'--in-chans must be 1 (grayscale) or 3 (RGB / grayscale replicated), got {in_chans}.')
@@ -446,11 +393,7 @@ def export_run(run_dir: str, out_dir: str) -> str:
     best weights, class names, evaluation resize, preprocessing (window included) and the card's metrics, all
     read from the run's records (``config.json``, ``metrics.json``), none from defaults."""
     model, rc = load_run_model(run_dir)
-    path = os.path.join(run_dir, 'metrics.json')
-    if not os.path.isfile(path):
-        raise UserInputError(f'{run_dir} has no metrics.json: the run has not finished; finish or resume it first.')
-    with open(path) as f:
-        result = json.load(f)
+    result = read_result(run_dir)
     mean, std = run_norm_stats(run_dir, model, rc['in_chans'])
     return _export(model.cpu(), out_dir, metrics=_headline(result[result['headline_split']]),
                    dataset=_card_dataset(rc, result, mean, std), classes=rc['classes'], mean=mean, std=std,
@@ -502,21 +445,58 @@ def fit(cfg: FinetuneConfig, source: Optional[DataSource] = None) -> Dict[str, A
     """
     if cfg.folds:
         return cross_validate(cfg)
-    info = setup_distributed(cfg.device)
-    try:
-        with RunDirGuard(cfg.out, info.is_main) as guard:
-            return _fit(cfg, info, source, guard)
-    finally:
-        if info.enabled:
-            cleanup_distributed()
+    return run_guarded(cfg, lambda info, guard: _fit(cfg, info, source, guard))
 
 
 def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guard: RunDirGuard) -> Dict[str, Any]:
     t_start = time.time()
+    source, positive, monitor, mode = _check_settings(cfg, source)
+    classes, multi = source.classes, source.multi_label
+    identity = {'model': cfg.model, 'classes': classes, 'in_chans': cfg.in_chans, 'img_size': cfg.img_size}
+    resumed = check_run(cfg, info, identity)  # checked now, written once the model, data and optimiser are set up
+    seed_everything(cfg.seed)
+    model = create_classifier(cfg.model, len(classes), cfg.in_chans, cfg.img_size, cfg.pretrained, cfg.drop_path)
+    mean, std = _norm_stats(model, cfg.in_chans)
+    data = _Data(cfg, source, mean, std, info)
+    optim = build_optimizer(model, cfg, max(1, math.ceil(len(data.train_loader) / cfg.accum_steps)))
+    task = ClassificationTask(classes, data.class_weights, cfg.label_smoothing, positive, cfg.linear_probe,
+                              cfg.freeze_epochs, multi_label=multi)
+    engine = build_engine(cfg, info, model, task, (data.train_loader, data.val_loader), optim, monitor, mode)
+    pos_name = classes[positive] if positive is not None else None
+    config = {**cfg.to_dict(), 'classes': classes, 'monitor': monitor, 'monitor_mode': mode,
+              'positive_class': pos_name, 'multi_label': multi, 'data_source': source.meta,
+              'world_size': info.world_size, 'skipped_files': source.skipped}
+    changes = start_run(cfg, info, guard, resumed, identity, config, lambda path: _write_splits(path, source.samples),
+                        {**cfg.to_dict(), 'monitor': monitor, 'positive_class': pos_name})
+    if info.is_main:
+        skipped = f'; skipped {len(source.skipped)} unreadable file(s) (see config.json)' if source.skipped else ''
+        print(f'[mednext-zoo] {cfg.model}: {len(classes)} classes {classes}; train {len(data.train)}, val '
+              f'{len(data.val)}, test {len(data.test)} images; {cfg.epochs} epochs on {engine.device}'
+              f'{f" x{info.world_size} ranks" if info.enabled else ""}{"; resuming" if resumed else ""}{skipped}',
+              flush=True)
+    summary = engine.fit(resume=resumed, changes=changes)
+    final = reload_best(engine)
+    val_out = engine.infer(data.val_loader, final, desc='final val')
+    test_out = engine.infer(data.loader(data.test, False), final, desc='test') if data.test else None
+    if not info.is_main:
+        return {}
+    result = _report(cfg, source, data, summary, val_out, test_out, pos_name, f'val {monitor} ({mode})', t_start)
+    if cfg.export:
+        _export(final.cpu(), os.path.join(cfg.out, 'export'), metrics=_headline(result[result['headline_split']]),
+                dataset=_card_dataset(cfg.to_dict(), result, mean, std), classes=classes, mean=mean, std=std,
+                in_chans=cfg.in_chans, img_size=cfg.img_size, multi_label=multi, window=cfg.window,
+                temperature=result['temperature'])
+    print(format_report(result[result['headline_split']],
+                        f'[mednext-zoo] {result["headline_split"]} metrics of {result["scored_with"]}'), flush=True)
+    print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
+    return result
+
+
+def _check_settings(cfg: FinetuneConfig, source: Optional[DataSource]) -> Tuple[DataSource, Optional[int], str, str]:
+    """The checks before anything is built: ``(source, positive class index, monitor, monitor mode)``; the data are
+    discovered and split here unless ``source`` is given."""
     check_model_name(cfg.model)
-    for name in ('epochs', 'batch_size', 'img_size', 'accum_steps'):
-        if int(getattr(cfg, name)) < 1:
-            raise UserInputError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(cfg, name)}.')
+    check_counts(cfg)
     if cfg.imbalance not in ('none', 'weights', 'sampler'):
         raise UserInputError(f'--imbalance must be none, weights or sampler, got {cfg.imbalance!r}.')
     parse_window(cfg.window)
@@ -524,109 +504,79 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
         source = discover(cfg.data, cfg.on_bad_file, cfg.labels, strict_columns=cfg.strict_columns)
         source = assign_splits(source, cfg.val_frac, cfg.test_frac, cfg.seed)
     _check_in_chans(source, cfg.in_chans)
-    classes = source.classes
-    multi = source.multi_label
-    if multi:
+    if source.multi_label:
         _check_multi_label_options(cfg)
-    positive = None if multi else _positive_index(classes, cfg.positive_class)
+    positive = None if source.multi_label else _positive_index(source.classes, cfg.positive_class)
     monitor = 'loss' if cfg.monitor == 'auto' else cfg.monitor
-    mode = 'min' if monitor == 'loss' else 'max'
     if monitor not in ('loss', 'accuracy', 'precision', 'recall', 'f1', 'auc'):
         raise UserInputError(f'--monitor must be loss, accuracy, precision, recall, f1 or auc, got {monitor!r}.')
+    return source, positive, monitor, 'min' if monitor == 'loss' else 'max'
 
-    identity = {'model': cfg.model, 'classes': classes, 'in_chans': cfg.in_chans, 'img_size': cfg.img_size}
-    # the run folder is checked now but written only once the model, data and optimiser are set up
-    resumed = _on_main(info, check_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
 
-    seed_everything(cfg.seed)
-    model = create_classifier(cfg.model, len(classes), cfg.in_chans, cfg.img_size, cfg.pretrained, cfg.drop_path)
-    mean, std = _norm_stats(model, cfg.in_chans)
-    c2i = source.class_to_idx
-    train_s, val_s, test_s = source.subset('train'), source.subset('val'), source.subset('test')
-    mk = lambda s, train: ImageClassificationDataset(  # noqa: E731
-        s, c2i, build_transforms(cfg.img_size, mean, std, train, cfg.crop_scale, cfg.hflip), cfg.in_chans,
-        cfg.window, cfg.seed, multi_label=multi)
-    train_ds, val_ds = mk(train_s, True), mk(val_s, False)
-    if multi:
-        counts = torch.stack(train_ds.targets).sum(0).double().numpy()
-        if (counts == 0).any() and info.is_main:
-            print(f'[mednext-zoo] note: label(s) {[classes[i] for i in np.flatnonzero(counts == 0)]} have no positive '
-                  f'training image; the model cannot learn them.', flush=True)
-    else:
-        counts = np.bincount(train_ds.targets, minlength=len(classes)).astype(float)
-    if (counts == 0).any() and not multi:
-        missing = [classes[i] for i in np.flatnonzero(counts == 0)]
-        raise UserInputError(f'Class(es) {missing} have no training images after splitting; add images.')
-    weights = None
-    if cfg.imbalance == 'sampler':
-        weights = [1.0 / counts[t] for t in train_ds.targets]
-    per_rank_bs = cfg.batch_size
-    train_sampler = EpochSampler(len(train_ds), cfg.seed, True, info.rank, info.world_size, weights)
-    # full batches only (BatchNorm layers cannot train on a batch of one); the sampler reshuffles every epoch
-    drop_last = len(train_ds) >= per_rank_bs * info.world_size
-    train_loader = _loader(train_ds, per_rank_bs, train_sampler, cfg.num_workers, cfg.seed, drop_last)
-    val_loader = _loader(val_ds, per_rank_bs, EpochSampler(len(val_ds), shuffle=False, rank=info.rank,
-                                                           world_size=info.world_size), cfg.num_workers, cfg.seed)
-    class_weights = None
-    if cfg.imbalance == 'weights' and multi:  # BCE pos_weight: negatives / positives of each label
-        class_weights = torch.tensor((len(train_ds) - counts) / np.maximum(counts, 1), dtype=torch.float32)
-    elif cfg.imbalance == 'weights':
-        class_weights = torch.tensor(counts.sum() / (len(classes) * counts), dtype=torch.float32)
+class _Data:
+    """The splits of a run as datasets and loaders, the training counts per class (label) and the loss weights of
+    ``--imbalance weights``."""
 
-    updates_per_epoch = max(1, math.ceil(len(train_loader) / cfg.accum_steps))
-    optimizer, scheduler = build_optimizer(model, cfg, updates_per_epoch)
-    task = ClassificationTask(classes, class_weights, cfg.label_smoothing, positive, cfg.linear_probe,
-                              cfg.freeze_epochs, multi_label=multi)
-    ecfg = EngineConfig(epochs=cfg.epochs, accum_steps=cfg.accum_steps, amp=cfg.amp, device=cfg.device,
-                        seed=cfg.seed, clip_grad=cfg.clip_grad, ema_decay=cfg.ema_decay, monitor=monitor,
-                        monitor_mode=mode, patience=cfg.patience, ckpt_every_steps=cfg.ckpt_every_steps,
-                        progress=cfg.progress)
-    engine = Engine(model, task, train_loader, val_loader, optimizer, scheduler, cfg.out, ecfg, info,
-                    callbacks=getattr(cfg, '_callbacks', ()))
-    changes = config_changes(cfg.out, {**cfg.to_dict(), 'monitor': monitor, 'positive_class': classes[positive]
-                                       if positive is not None else None}) if resumed else None  # in the user's terms
-    if info.is_main:  # set-up succeeded: now the run folder is written
-        if not resumed:
-            create_run_dir(cfg.out, identity, cfg.overwrite)
-            guard.created()
-        atomic_write_json(os.path.join(cfg.out, 'config.json'),
-                          {**cfg.to_dict(), 'classes': classes, 'monitor': monitor, 'monitor_mode': mode,
-                           'positive_class': classes[positive] if positive is not None else None,
-                           'multi_label': multi, 'data_source': source.meta,
-                           'world_size': info.world_size, 'skipped_files': source.skipped})
-        if not resumed or not os.path.isfile(os.path.join(cfg.out, 'splits.csv')):
-            _write_splits(os.path.join(cfg.out, 'splits.csv'), source.samples)
-        skipped = f'; skipped {len(source.skipped)} unreadable file(s) (see config.json)' if source.skipped else ''
-        print(f'[mednext-zoo] {cfg.model}: {len(classes)} classes {classes}; train {len(train_s)}, val {len(val_s)}, '
-              f'test {len(test_s)} images; {cfg.epochs} epochs on {engine.device}'
-              f'{f" x{info.world_size} ranks" if info.enabled else ""}{"; resuming" if resumed else ""}{skipped}',
-              flush=True)
-    summary = engine.fit(resume=resumed, changes=changes)
+    def __init__(self, cfg: FinetuneConfig, source: DataSource, mean: Sequence[float], std: Sequence[float],
+                 info: DistInfo):
+        self.cfg, self.source, self.mean, self.std, self.info = cfg, source, mean, std, info
+        self.train, self.val, self.test = source.subset('train'), source.subset('val'), source.subset('test')
+        classes, multi = source.classes, source.multi_label
+        train_ds = self.dataset(self.train, True)
+        if multi:
+            counts = torch.stack(train_ds.targets).sum(0).double().numpy()
+            if (counts == 0).any() and info.is_main:
+                print(f'[mednext-zoo] note: label(s) {[classes[i] for i in np.flatnonzero(counts == 0)]} have no '
+                      f'positive training image; the model cannot learn them.', flush=True)
+        else:
+            counts = np.bincount(train_ds.targets, minlength=len(classes)).astype(float)
+            if (counts == 0).any():
+                missing = [classes[i] for i in np.flatnonzero(counts == 0)]
+                raise UserInputError(f'Class(es) {missing} have no training images after splitting; add images.')
+        weights = [1.0 / counts[t] for t in train_ds.targets] if cfg.imbalance == 'sampler' else None
+        sampler = EpochSampler(len(train_ds), cfg.seed, True, info.rank, info.world_size, weights)
+        # full batches only (BatchNorm layers cannot train on a batch of one); the sampler reshuffles every epoch
+        drop_last = len(train_ds) >= cfg.batch_size * info.world_size
+        self.train_loader = _loader(train_ds, cfg.batch_size, sampler, cfg.num_workers, cfg.seed, drop_last)
+        self.val_loader = self.loader(self.val, False)
+        self.class_weights = None
+        if cfg.imbalance == 'weights' and multi:  # BCE pos_weight: negatives / positives of each label
+            self.class_weights = torch.tensor((len(train_ds) - counts) / np.maximum(counts, 1), dtype=torch.float32)
+        elif cfg.imbalance == 'weights':
+            self.class_weights = torch.tensor(counts.sum() / (len(classes) * counts), dtype=torch.float32)
 
-    # final evaluation with the best weights
-    from safetensors.torch import load_file
-    final = engine.eval_model
-    final.load_state_dict(load_file(os.path.join(engine.ckpt_dir, 'best.safetensors')))
-    logits_val, y_val = engine.infer(val_loader, final, desc='final val')
-    test_out = None
-    if test_s:
-        test_ds = mk(test_s, False)
-        test_loader = _loader(test_ds, per_rank_bs, EpochSampler(len(test_ds), shuffle=False, rank=info.rank,
-                                                                 world_size=info.world_size), cfg.num_workers, cfg.seed)
-        test_out = engine.infer(test_loader, final, desc='test')
-    if not info.is_main:
-        return {}
-    temperature = fit_temperature(logits_val, y_val) if cfg.temperature_scaling else 1.0
-    if multi:
-        reports = {'val': multilabel_report(logits_val, y_val, classes, cfg.n_bootstrap, cfg.seed)}
+    def dataset(self, samples: Sequence[Sample], train: bool) -> ImageClassificationDataset:
+        """The images of ``samples`` with the training (augmenting) or evaluation transforms."""
+        cfg = self.cfg
+        return ImageClassificationDataset(
+            samples, self.source.class_to_idx,
+            build_transforms(cfg.img_size, self.mean, self.std, train, cfg.crop_scale, cfg.hflip), cfg.in_chans,
+            cfg.window, cfg.seed, multi_label=self.source.multi_label)
+
+    def loader(self, samples: Sequence[Sample], train: bool) -> DataLoader:
+        """An unshuffled loader of ``samples`` split over the ranks (validation and test)."""
+        ds, info = self.dataset(samples, train), self.info
+        return _loader(ds, self.cfg.batch_size, EpochSampler(len(ds), shuffle=False, rank=info.rank,
+                                                             world_size=info.world_size),
+                       self.cfg.num_workers, self.cfg.seed)
+
+
+def _report(cfg: FinetuneConfig, source: DataSource, data: _Data, summary: Dict[str, Any],
+            val_out: Tuple[torch.Tensor, torch.Tensor], test_out: Optional[Tuple[torch.Tensor, torch.Tensor]],
+            positive_class: Optional[str], monitor: str, t_start: float) -> Dict[str, Any]:
+    """Score the best weights on val (and test), with temperature scaling if asked; write ``metrics.json`` and the
+    plots; return the report."""
+    classes = source.classes
+    temperature = fit_temperature(*val_out) if cfg.temperature_scaling else 1.0
+    if source.multi_label:
+        reports = {'val': multilabel_report(*val_out, classes, cfg.n_bootstrap, cfg.seed)}
         if test_out is not None:
             reports['test'] = multilabel_report(*test_out, classes, cfg.n_bootstrap, cfg.seed)
     else:
-        kw = dict(classes=classes, positive_class=classes[positive] if positive is not None else None,
-                  n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
-        reports = {'val': classification_report(logits_val, y_val, temperature=temperature, **kw)}
+        kw = dict(classes=classes, positive_class=positive_class, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+        reports = {'val': classification_report(*val_out, temperature=temperature, **kw)}
         if cfg.temperature_scaling:
-            reports['val_uncalibrated'] = classification_report(logits_val, y_val, **{**kw, 'n_bootstrap': 0})
+            reports['val_uncalibrated'] = classification_report(*val_out, **{**kw, 'n_bootstrap': 0})
         if test_out is not None:
             reports['test'] = classification_report(*test_out, temperature=temperature, **kw)
     main_split = 'test' if 'test' in reports else 'val'
@@ -637,14 +587,14 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
         'averaging': reports[main_split]['averaging'],
         'positive_class': reports[main_split]['positive_class'],
         'split_by': _split_by(source),
-        'sizes': {'train': len(train_s), 'val': len(val_s), 'test': len(test_s)},
+        'sizes': {'train': len(data.train), 'val': len(data.val), 'test': len(data.test)},
         'headline_split': main_split,
         'temperature': temperature,
         'scored_with': describe_weights(summary),
         'best_epoch': summary['best_epoch'],
         'epochs_run': summary['epochs_run'],
         'stopped_early': summary['stopped_early'],
-        'monitor': f'val {monitor} ({mode})',
+        'monitor': monitor,
         'wall_time_s': round(time.time() - t_start, 1),
         'train_time_s': round(summary['train_time_s'], 1),
         'skipped_files': len(source.skipped),
@@ -661,28 +611,13 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
         plot_roc(rep, os.path.join(plots, f'roc_{split}.png'), f'ROC ({split})')
         if 'confusion_matrix' in rep:
             plot_confusion(rep, os.path.join(plots, f'confusion_{split}.png'), f'confusion matrix ({split})')
-    if cfg.export:
-        _export(final.cpu(), os.path.join(cfg.out, 'export'), metrics=_headline(reports[main_split]),
-                dataset=_card_dataset(cfg.to_dict(), result, mean, std),
-                classes=classes, mean=mean, std=std, in_chans=cfg.in_chans, img_size=cfg.img_size, multi_label=multi,
-                window=cfg.window, temperature=temperature)
-    print(format_report(reports[main_split], f'[mednext-zoo] {main_split} metrics of {result["scored_with"]}'),
-          flush=True)
-    print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
     return result
 
 
 def cross_validate(cfg: FinetuneConfig) -> Dict[str, Any]:
     """``cfg.folds``-fold cross-validation (stratified, patient-grouped): one run per fold under
     ``RUN_DIR/fold-K`` and ``RUN_DIR/cv_summary.json`` with the mean and std of each validation metric."""
-    k = int(cfg.folds)
-    info = setup_distributed(cfg.device)
-    try:
-        with RunDirGuard(cfg.out, info.is_main) as guard:
-            return _cross_validate(cfg, k, info, guard)
-    finally:
-        if info.enabled:
-            cleanup_distributed()
+    return run_guarded(cfg, lambda info, guard: _cross_validate(cfg, int(cfg.folds), info, guard))
 
 
 def _cross_validate(cfg: FinetuneConfig, k: int, info: DistInfo, guard: RunDirGuard) -> Dict[str, Any]:
@@ -690,7 +625,7 @@ def _cross_validate(cfg: FinetuneConfig, k: int, info: DistInfo, guard: RunDirGu
                            cfg.test_frac, cfg.seed)
     folds = kfold_assignments(source, k, cfg.seed)
     identity = {'model': cfg.model, 'folds': k, 'classes': source.classes}
-    resumed = _on_main(info, check_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
+    resumed = check_run(cfg, info, identity)
     if info.is_main and not resumed:
         create_run_dir(cfg.out, identity, cfg.overwrite)
         guard.created()
@@ -740,24 +675,10 @@ def _cross_validate(cfg: FinetuneConfig, k: int, info: DistInfo, guard: RunDirGu
 
 
 # ---------------------------------------------------------------- evaluate / predict
-def _read_run_config(run_dir: str) -> Dict[str, Any]:
-    path = os.path.join(run_dir, 'config.json')
-    if not os.path.isfile(path):
-        raise UserInputError(f'{run_dir} is not a fine-tuning run folder (no config.json).')
-    with open(path) as f:
-        return json.load(f)
-
-
 def load_run_model(run_dir: str, device: str = 'cpu') -> Tuple[nn.Module, Dict[str, Any]]:
     """The best weights of a run and its resolved config."""
-    from safetensors.torch import load_file
-    rc = _read_run_config(run_dir)
-    best = os.path.join(run_dir, 'checkpoints', 'best.safetensors')
-    if not os.path.isfile(best):
-        raise UserInputError(f'{run_dir} has no trained weights yet ({best} is missing); finish or resume the run.')
-    model = create_classifier(rc['model'], len(rc['classes']), rc['in_chans'], rc['img_size'])
-    model.load_state_dict(load_file(best))
-    return model.to(resolve_device(device)).eval(), rc
+    return load_best(run_dir, device, lambda rc: create_classifier(rc['model'], len(rc['classes']), rc['in_chans'],
+                                                                   rc['img_size']))
 
 
 def _temperature(run_dir: str) -> float:
@@ -814,15 +735,15 @@ def evaluate(run_dir: str, data: str, split: Optional[str] = None, out: Optional
                                     build_transforms(rc['img_size'], mean, std, False), rc['in_chans'], rc['window'],
                                     multi_label=multi)
     loader = DataLoader(ds, batch_size=batch_size)
-    engine_like = _Infer(model, device, progress)
-    logits, y = engine_like(loader)
+    from tqdm.auto import tqdm
+    logits, y = predict_batches(model, tqdm(loader, desc='eval', leave=False, disable=not progress),
+                                resolve_device(device))
     if multi:
         report = multilabel_report(logits, y, classes, n_bootstrap=n_bootstrap, seed=rc.get('seed', 0))
     else:
         report = classification_report(logits, y, classes, rc.get('positive_class'), _temperature(run_dir),
                                        n_bootstrap=n_bootstrap, seed=rc.get('seed', 0))
-    name = os.path.basename(os.path.normpath(data)).replace('.csv', '').replace('.npz', '') + \
-        (f'-{split}' if split else '')
+    name = eval_name(data, split)
     out = out or os.path.join(run_dir, f'eval-{name}')
     os.makedirs(out, exist_ok=True)
     overlap_report['file'] = write_overlap_csv(os.path.join(out, 'training_overlap.csv'), overlap_report)
@@ -833,9 +754,7 @@ def evaluate(run_dir: str, data: str, split: Optional[str] = None, out: Optional
     plot_roc(report, os.path.join(out, 'roc.png'))
     if 'confusion_matrix' in report:
         plot_confusion(report, os.path.join(out, 'confusion.png'))
-    scope = ('held-out images' if not overlap_report['in_training_data'] or not include_training_data
-             else f'includes {overlap_report["in_training_data"]} training / validation images')
-    print(format_report(report, f'[mednext-zoo] {name}, {scope}'))
+    print(format_report(report, f'[mednext-zoo] {name}, {scope_text(overlap_report, include_training_data, "images")}'))
     print(f'[mednext-zoo] written to {out}')
     return result
 
@@ -856,20 +775,6 @@ def _check_same_subset(rc: Dict[str, Any], source: DataSource, split: Optional[s
         raise UserInputError(f'{msg}. Score its test split (the default), or pass --include-training-data to score '
                              f'them anyway (optimistic figures).')
     print(f'[mednext-zoo] WARNING: {msg}; --include-training-data: these figures are optimistic.', flush=True)
-
-
-class _Infer:
-    def __init__(self, model: nn.Module, device: str, progress: bool):
-        self.model, self.device, self.progress = model, resolve_device(device), progress
-
-    @torch.no_grad()
-    def __call__(self, loader) -> Tuple[torch.Tensor, torch.Tensor]:
-        from tqdm.auto import tqdm
-        outs, ys = [], []
-        for x, y in tqdm(loader, desc='eval', leave=False, disable=not self.progress):
-            outs.append(self.model(x.to(self.device)).float().cpu())
-            ys.append(torch.as_tensor(y) if not isinstance(y, (list, tuple)) else torch.stack(list(y)))
-        return torch.cat(outs), torch.cat(ys)
 
 
 def _array_inputs(item: str) -> List[Tuple[str, Optional[int], Optional[str]]]:

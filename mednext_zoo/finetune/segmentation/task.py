@@ -38,9 +38,25 @@ from ..._atomic import atomic_write_bytes
 from ...data.volumes import SegDataset, Volume, VolumeRecord, discover, iter_volumes, load_volume
 from ...errors import UserInputError
 from ...metrics.segmentation import MODES, class_dice, evaluate_case, mean_scored, summarize
-from ..engine import Task
+from .._run import (
+    build_engine,
+    check_counts,
+    check_model_name,
+    check_run,
+    create_model,
+    eval_name,
+    load_best,
+    read_result,
+    reload_best,
+    run_guarded,
+    scope_text,
+    start_run,
+)
+from ..distributed import DistInfo, seed_everything
+from ..engine import Task, describe_weights
 from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
 from ..outputs import claim_output_dir, remove_stale, unique_inputs
+from ..run_dir import RunDirGuard, atomic_write_json, read_run_config
 from .data import PatchDataset, SliceDataset, TileDataset, choose_spatial_mode, prepare_volume
 from .inference import predict_volume, save_overlays, save_prediction
 from .losses import DiceCELoss
@@ -287,11 +303,6 @@ def _random_split(recs: Sequence[VolumeRecord], val_frac: float, test_frac: floa
 
 
 # ---------------------------------------------------------------- task
-def _engine():
-    from .. import engine
-    return engine
-
-
 class SegmentationTask(Task):
     """The recipe's loss (default 0.5 CE + 0.5 soft Dice, see :mod:`.recipe`); validation: loss and per-class
     Dice pooled over all validation slices
@@ -325,37 +336,16 @@ def create_segmenter(model: str, num_classes: int, in_chans: int, img_size: int,
                      drop_path: float = 0.0) -> nn.Module:
     """``timm.create_model`` for a segmentation network (MedUNeXt) with the run's classes and channels."""
     import timm
+    check_model_name(model, prefer='*unext*')
 
-    from ... import models  # noqa: F401  (registers the architectures)
-    base = model.split('.', 1)[0]
-    if not base.startswith(('local-dir:', 'hf-hub:', 'hf_hub:')) and not timm.is_model(base):
-        import difflib
-        close = difflib.get_close_matches(base, timm.list_models('*unext*') + timm.list_models(), n=3, cutoff=0.6)
-        raise UserInputError(f'Unknown model {model!r}.' + (f' Did you mean {", ".join(close)}?' if close else ''))
-    kw: Dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, img_size=img_size)
-    if drop_path:
-        kw['drop_path_rate'] = drop_path
-    if pretrained:
-        p = os.path.expanduser(pretrained)
-        if os.path.isdir(p):
-            p = os.path.join(p, 'model.safetensors')
-        if os.path.isfile(p):
-            kw.update(pretrained=True, pretrained_cfg_overlay={'file': p})
-        elif os.sep in pretrained or pretrained.endswith(('.safetensors', '.pth', '.pt', '.bin')):
-            raise UserInputError(f'--pretrained file {pretrained} does not exist.')
-        else:
-            model, kw['pretrained'] = f'{base}.{pretrained}', True
-    try:
-        net = timm.create_model(model, **kw)
-    except TypeError as e:
-        raise UserInputError(f'{model} is not a segmentation model of this package (it does not take img_size / '
-                             f'returns no per-pixel logits): {e}') from None
-    except UserInputError:
-        raise
-    except (RuntimeError, OSError) as e:
-        if kw.get('pretrained'):
-            raise UserInputError(f'Cannot load pretrained weights {pretrained!r} for {model}: {e}') from e
-        raise
+    def create(name: str, kw: Dict[str, Any]) -> nn.Module:
+        try:
+            return timm.create_model(name, **kw)
+        except TypeError as e:
+            raise UserInputError(f'{model} is not a segmentation model of this package (it does not take img_size '
+                                 f'/ returns no per-pixel logits): {e}') from None
+    net = create_model(model, pretrained, create, drop_path, num_classes=num_classes, in_chans=in_chans,
+                       img_size=img_size)
     with torch.no_grad():
         was = net.training
         net.eval()
@@ -365,10 +355,6 @@ def create_segmenter(model: str, num_classes: int, in_chans: int, img_size: int,
         raise UserInputError(f'{model} returns {tuple(out.shape)} for a {img_size}x{img_size} image, not per-pixel '
                              f'logits; choose a segmentation model such as medunext_base.')
     return net
-
-
-def _build_optimizer(model: nn.Module, cfg: SegConfig, updates_per_epoch: int):
-    return build_optimizer(model, recipe_from_config(cfg, updates_per_epoch), cfg.epochs * updates_per_epoch)
 
 
 # ---------------------------------------------------------------- 3D evaluation
@@ -514,11 +500,7 @@ def export_run(run_dir: str, out_dir: str) -> str:
     ``RUN_DIR/export`` (best weights, class names, ``segmentation.json``, the preprocessing description and the
     card's metrics), all read from the run's records, none from defaults."""
     model, rc = load_run_model(run_dir)
-    path = os.path.join(run_dir, 'metrics.json')
-    if not os.path.isfile(path):
-        raise UserInputError(f'{run_dir} has no metrics.json: the run has not finished; finish or resume it first.')
-    with open(path) as f:
-        result = json.load(f)
+    result = read_result(run_dir)
     settings = run_settings(run_dir, rc)
     protocol = get_protocol(rc['protocol']) if rc.get('protocol') else None
     try:  # the modality the card names comes from the dataset's metadata (dataset.json), when it is still there
@@ -538,7 +520,7 @@ def run_settings(run_dir: str, rc: Optional[Dict[str, Any]] = None) -> Dict[str,
         with open(seg_json) as f:
             found = json.load(f)
         return {k: v for k, v in found.items() if k not in ('label_map', 'classes')}
-    rc = rc if rc is not None else _read_run_config(run_dir)
+    rc = rc if rc is not None else read_run_config(run_dir, RUN_KIND)
     keys = ('task', 'img_size', 'intensity', 'window', 'context', 'slice_axis', 'in_chans', 'remap_labels',
             'patch_size', 'sw_overlap', 'sw_mode')
     return {k: rc[k] for k in keys if k in rc}
@@ -582,195 +564,164 @@ def _write_splits(path: str, splits: Dict[str, List[VolumeRecord]]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def _on_main(eng, info, fn, *args):
-    """Run ``fn`` on rank 0 and share its result, or its UserInputError, with every rank (no rank hangs)."""
-    res, err = None, None
-    if info.is_main:
-        try:
-            res = fn(*args)
-        except UserInputError as e:
-            err = str(e)
-    res, err = eng._broadcast_obj((res, err), info)
-    if err is not None:
-        raise UserInputError(err)
-    return res
-
-
 def fit(cfg: SegConfig) -> Dict[str, Any]:
     """Train, evaluate in 3D (both metric modes) and export; returns the final report on rank 0, ``{}`` elsewhere.
 
     The run folder is written only once the data, model and optimiser are set up; a start that fails before its
-    first checkpoint removes the folder it created (``engine.RunDirGuard``)."""
-    eng = _engine()
-    info = eng.setup_distributed(cfg.device)
-    try:
-        with eng.RunDirGuard(cfg.out, info.is_main) as guard:
-            return _fit(cfg, info, eng, guard)
-    finally:
-        if info.enabled:
-            eng.cleanup_distributed()
+    first checkpoint removes the folder it created (``run_dir.RunDirGuard``)."""
+    return run_guarded(cfg, lambda info, guard: _fit(cfg, info, guard))
 
 
-def _fit(cfg: SegConfig, info, eng, guard) -> Dict[str, Any]:
+def _fit(cfg: SegConfig, info: DistInfo, guard: RunDirGuard) -> Dict[str, Any]:
     t_start = time.time()
-    for name in ('epochs', 'batch_size', 'img_size', 'accum_steps'):
-        if int(getattr(cfg, name)) < 1:
-            raise UserInputError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(cfg, name)}.')
+    check_counts(cfg)
     recipe = recipe_from_config(cfg)  # loss / sampler settings, checked before any data is read
-    protocol = get_protocol(cfg.protocol) if cfg.protocol else None
-    ds = discover(cfg.data, cfg.layout, cfg.on_bad_file, cfg.strict_columns)
-    _check_remap(cfg.remap_labels)
-    label_map = resolve_label_map(ds, protocol, cfg.labels, cfg.slice_axis, cfg.remap_labels)
-    intensity = resolve_intensity(cfg.intensity, ds, protocol)
-    splits = assign_case_splits(ds, protocol, cfg.val_frac, cfg.test_frac, cfg.folds, cfg.fold, cfg.seed)
-    # load every training / validation volume up front: bad files fail (or are skipped) before any training
-    skipped = list(ds.skipped)
-    load = lambda r: load_case(r, label_map, cfg.slice_axis, cfg.remap_labels)  # noqa: E731
-    loaded = {s: list(iter_volumes(splits.get(s, []), load, cfg.on_bad_file, skipped)) for s in ('train', 'val')}
-    mode, model_size = choose_spatial_mode([v.image.shape[1:3] for v in loaded['train'] + loaded['val']],
-                                           cfg.img_size, all(v.native_ndim == 2 for v in loaded['train']),
-                                           cfg.patch_size, cfg.resize)
-    if not 0 <= cfg.sw_overlap < 1:
-        raise UserInputError(f'--sw-overlap must be in [0, 1), got {cfg.sw_overlap}.')
-    prepared = {s: [prepare_volume(v, model_size, intensity, cfg.window, mode) for v in vols]
-                for s, vols in loaded.items()}
-    del loaded
-    if len(skipped) > len(ds.skipped):  # cases that failed to load leave the split lists too
-        failed = {path for path, _ in skipped[len(ds.skipped):]}
-        splits = {k: [r for r in v if r.image not in failed] for k, v in splits.items()}
-    n_index, n_load = len(ds.skipped), len(skipped) - len(ds.skipped)  # the indexing warning counted the first
-    why = (f'{len(skipped)} case(s) skipped' + (f': {n_index} when the dataset was indexed, {n_load} when loaded'
-                                                if n_index and n_load else ''))
-    if not prepared['train']:
-        raise UserInputError(f'{cfg.data}: no readable training volumes ({why}).')
-    if skipped and info.is_main:
-        print(f'[mednext-zoo] {why}, unreadable or missing files (listed in config.json); first: {skipped[0][1]}',
-              flush=True)
-    channels = prepared['train'][0].image.shape[1]
-    if channels == 3 and cfg.context != 1:
-        raise UserInputError('2.5D --context needs grayscale volumes; the data holds colour images.')
-    in_chans = channels * cfg.context
-    settings = {'task': RUN_KIND, 'img_size': model_size, 'intensity': intensity, 'window': list(cfg.window),
-                'context': cfg.context, 'slice_axis': cfg.slice_axis, 'in_chans': in_chans,
-                'remap_labels': cfg.remap_labels, 'patch_size': model_size if mode == 'patch' else None,
-                'sw_overlap': cfg.sw_overlap, 'sw_mode': 'gaussian'}
-    identity = {'task': RUN_KIND, 'model': cfg.model, 'classes': list(label_map.classes), 'in_chans': in_chans,
-                'img_size': model_size}
-    resumed = _on_main(eng, info, eng.check_run_dir, cfg.out, identity, cfg.resume, cfg.overwrite)
-
-    eng.seed_everything(cfg.seed)
-    model = create_segmenter(cfg.model, label_map.num_classes, in_chans, model_size, cfg.pretrained, cfg.drop_path)
-    from ...data import EpochSampler
-    if mode == 'patch':
-        train_ds = PatchDataset(prepared['train'], model_size, label_map.num_classes, cfg.context, cfg.augment,
-                                cfg.seed, recipe.oversample_fg)
-    else:
-        train_ds = SliceDataset(prepared['train'], cfg.context, cfg.augment, cfg.seed)
-    mk_loader = lambda d, sampler, drop: DataLoader(  # noqa: E731
-        d, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=drop,
-        generator=torch.Generator().manual_seed(cfg.seed), pin_memory=torch.cuda.is_available())
-    drop_last = len(train_ds) >= cfg.batch_size * info.world_size  # BatchNorm cannot train on a batch of one
-    train_labels = [p.label for p in prepared['train']]
-    train_loader = mk_loader(train_ds, build_sampler(recipe, train_ds.class_presence(label_map.num_classes),
-                                                     cfg.seed, info.rank, info.world_size), drop_last)
-    val_loader = None
-    if prepared['val']:
-        val_ds = (TileDataset(prepared['val'], model_size, cfg.context, cfg.val_max_slices) if mode == 'patch' else
-                  SliceDataset(prepared['val'], cfg.context, False, cfg.seed, cfg.val_max_slices))
-        val_loader = mk_loader(val_ds, EpochSampler(len(val_ds), shuffle=False, rank=info.rank,
-                                                    world_size=info.world_size), False)
+    d = _SegData(cfg, info)
+    K = d.label_map.num_classes
+    identity = {'task': RUN_KIND, 'model': cfg.model, 'classes': list(d.label_map.classes),
+                'in_chans': d.settings['in_chans'], 'img_size': d.size}
+    resumed = check_run(cfg, info, identity)  # checked now, written once the model, data and optimiser are set up
+    seed_everything(cfg.seed)
+    model = create_segmenter(cfg.model, K, d.settings['in_chans'], d.size, cfg.pretrained, cfg.drop_path)
+    train_ds, train_loader, val_loader = d.loaders(recipe)
     updates = max(1, math.ceil(len(train_loader) / cfg.accum_steps))
-    optimizer, scheduler = _build_optimizer(model, cfg, updates)
-    task = SegmentationTask(label_map, loss_fn=build_loss(recipe, label_map.num_classes,
-                                                          class_frequencies(train_labels, label_map.num_classes)))
-    ecfg = eng.EngineConfig(epochs=cfg.epochs, accum_steps=cfg.accum_steps, amp=cfg.amp, device=cfg.device,
-                            seed=cfg.seed, clip_grad=cfg.clip_grad, ema_decay=cfg.ema_decay,
-                            monitor='dice' if val_loader is not None else 'loss',
-                            monitor_mode='max' if val_loader is not None else 'min', patience=cfg.patience,
-                            ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress)
-    engine = eng.Engine(model, task, train_loader, val_loader, optimizer, scheduler, cfg.out, ecfg, info,
-                        callbacks=getattr(cfg, '_callbacks', ()))
-    changes = eng.config_changes(cfg.out, {**cfg.to_dict(), **settings}) if resumed else None  # user's terms
-    if info.is_main:  # set-up succeeded: now the run folder is written
-        if not resumed:
-            eng.create_run_dir(cfg.out, identity, cfg.overwrite)
-            guard.created()
-        eng.atomic_write_json(os.path.join(cfg.out, 'config.json'), {
-            **cfg.to_dict(), **settings, 'label_map': label_map.name, 'classes': list(label_map.classes),
-            'protocol': protocol.name if protocol else None, 'layout': ds.layout,
-            'split_sizes': {s: len(v) for s, v in splits.items()}, 'world_size': info.world_size,
-            'skipped_files': skipped})  # [file, reason] pairs, as classification runs record them
-        if not resumed or not os.path.isfile(os.path.join(cfg.out, 'splits.csv')):
-            _write_splits(os.path.join(cfg.out, 'splits.csv'), splits)
-        flat = all(r.fmt == 'image2d' for r in splits['train'])  # 2D images: no volumes, no slices
-        print(f'[mednext-zoo] {cfg.model} segmentation: {label_map.num_classes} classes {list(label_map.classes)}; '
-              f'{ds.layout} data, intensity {intensity}; train {len(splits["train"])} '
+    optim = build_optimizer(model, recipe_from_config(cfg, updates), cfg.epochs * updates)
+    task = SegmentationTask(d.label_map, loss_fn=build_loss(
+        recipe, K, class_frequencies([p.label for p in d.prepared['train']], K)))
+    monitor, mode = ('dice', 'max') if val_loader is not None else ('loss', 'min')
+    engine = build_engine(cfg, info, model, task, (train_loader, val_loader), optim, monitor, mode)
+    config = {**cfg.to_dict(), **d.settings, 'label_map': d.label_map.name, 'classes': list(d.label_map.classes),
+              'protocol': d.protocol.name if d.protocol else None, 'layout': d.ds.layout,
+              'split_sizes': {s: len(v) for s, v in d.splits.items()}, 'world_size': info.world_size,
+              'skipped_files': d.skipped}  # [file, reason] pairs, as classification runs record them
+    changes = start_run(cfg, info, guard, resumed, identity, config, lambda path: _write_splits(path, d.splits),
+                        {**cfg.to_dict(), **d.settings})
+    if info.is_main:
+        flat = all(r.fmt == 'image2d' for r in d.splits['train'])  # 2D images: no volumes, no slices
+        print(f'[mednext-zoo] {cfg.model} segmentation: {K} classes {list(d.label_map.classes)}; {d.ds.layout} '
+              f'data, intensity {d.intensity}; train {len(d.splits["train"])} '
               + ('images' if flat else f'volumes ({len(train_ds)} slices)')
-              + f', val {len(splits.get("val", []))}, test {len(splits.get("test", []))}; '
-              f'{_describe_spatial(mode, model_size, cfg.sw_overlap)}; '
+              + f', val {len(d.splits.get("val", []))}, test {len(d.splits.get("test", []))}; '
+              f'{_describe_spatial(d.mode, d.size, cfg.sw_overlap)}; '
               f'{cfg.epochs} epochs on {engine.device}{"; resuming" if resumed else ""}', flush=True)
-    summary = engine.fit(resume=bool(resumed), changes=changes)
+    summary = engine.fit(resume=resumed, changes=changes)
     if not info.is_main:
         return {}
-    from safetensors.torch import load_file
-    final = engine.eval_model
-    final.load_state_dict(load_file(os.path.join(engine.ckpt_dir, 'best.safetensors')))
-    final.eval()
+    final = reload_best(engine).eval()
+    result = _report(cfg, d, final, summary, f'val {monitor} ({mode})', engine)
+    result['wall_time_s'] = round(time.time() - t_start, 1)
+    atomic_write_json(os.path.join(cfg.out, 'metrics.json'), result)
+    if cfg.export:
+        headline, note, dataset = _card_inputs({**cfg.to_dict(), **d.settings}, result, d.ds.modality,
+                                               {k: len(v) for k, v in d.splits.items()}, d.protocol)
+        _export(final.cpu(), os.path.join(cfg.out, 'export'), d.label_map, d.settings, headline, note, dataset)
+    print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
+    return result
+
+
+class _SegData:
+    """A run's cases: discovered, split, loaded up front (bad files fail, or are skipped, before any training) and
+    prepared at the model size (resized, or native resolution for patches); the preprocessing ``settings``."""
+
+    def __init__(self, cfg: SegConfig, info: DistInfo):
+        self.cfg, self.info = cfg, info
+        self.protocol = get_protocol(cfg.protocol) if cfg.protocol else None
+        self.ds = ds = discover(cfg.data, cfg.layout, cfg.on_bad_file, cfg.strict_columns)
+        _check_remap(cfg.remap_labels)
+        self.label_map = resolve_label_map(ds, self.protocol, cfg.labels, cfg.slice_axis, cfg.remap_labels)
+        self.intensity = resolve_intensity(cfg.intensity, ds, self.protocol)
+        splits = assign_case_splits(ds, self.protocol, cfg.val_frac, cfg.test_frac, cfg.folds, cfg.fold, cfg.seed)
+        self.skipped = skipped = list(ds.skipped)
+        load = lambda r: load_case(r, self.label_map, cfg.slice_axis, cfg.remap_labels)  # noqa: E731
+        loaded = {s: list(iter_volumes(splits.get(s, []), load, cfg.on_bad_file, skipped)) for s in ('train', 'val')}
+        self.mode, self.size = choose_spatial_mode([v.image.shape[1:3] for v in loaded['train'] + loaded['val']],
+                                                   cfg.img_size, all(v.native_ndim == 2 for v in loaded['train']),
+                                                   cfg.patch_size, cfg.resize)
+        if not 0 <= cfg.sw_overlap < 1:
+            raise UserInputError(f'--sw-overlap must be in [0, 1), got {cfg.sw_overlap}.')
+        self.prepared = {s: [prepare_volume(v, self.size, self.intensity, cfg.window, self.mode) for v in vols]
+                         for s, vols in loaded.items()}
+        del loaded
+        if len(skipped) > len(ds.skipped):  # cases that failed to load leave the split lists too
+            failed = {path for path, _ in skipped[len(ds.skipped):]}
+            splits = {k: [r for r in v if r.image not in failed] for k, v in splits.items()}
+        self.splits = splits
+        n_index, n_load = len(ds.skipped), len(skipped) - len(ds.skipped)  # the indexing warning counted the first
+        why = (f'{len(skipped)} case(s) skipped' + (f': {n_index} when the dataset was indexed, {n_load} when loaded'
+                                                    if n_index and n_load else ''))
+        if not self.prepared['train']:
+            raise UserInputError(f'{cfg.data}: no readable training volumes ({why}).')
+        if skipped and info.is_main:
+            print(f'[mednext-zoo] {why}, unreadable or missing files (listed in config.json); first: '
+                  f'{skipped[0][1]}', flush=True)
+        channels = self.prepared['train'][0].image.shape[1]
+        if channels == 3 and cfg.context != 1:
+            raise UserInputError('2.5D --context needs grayscale volumes; the data holds colour images.')
+        self.settings = {'task': RUN_KIND, 'img_size': self.size, 'intensity': self.intensity,
+                         'window': list(cfg.window), 'context': cfg.context, 'slice_axis': cfg.slice_axis,
+                         'in_chans': channels * cfg.context, 'remap_labels': cfg.remap_labels,
+                         'patch_size': self.size if self.mode == 'patch' else None, 'sw_overlap': cfg.sw_overlap,
+                         'sw_mode': 'gaussian'}
+
+    def loaders(self, recipe: SegRecipe) -> Tuple[Any, DataLoader, Optional[DataLoader]]:
+        """``(train dataset, train loader, val loader or None)``: patches (foreground-oversampled by the recipe)
+        or whole slices for training; tiles or slices, evenly spaced, for validation."""
+        from ...data import EpochSampler
+        cfg, info, K, prepared = self.cfg, self.info, self.label_map.num_classes, self.prepared
+        if self.mode == 'patch':
+            train_ds = PatchDataset(prepared['train'], self.size, K, cfg.context, cfg.augment, cfg.seed,
+                                    recipe.oversample_fg)
+        else:
+            train_ds = SliceDataset(prepared['train'], cfg.context, cfg.augment, cfg.seed)
+        mk_loader = lambda d, sampler, drop: DataLoader(  # noqa: E731
+            d, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=drop,
+            generator=torch.Generator().manual_seed(cfg.seed), pin_memory=torch.cuda.is_available())
+        drop_last = len(train_ds) >= cfg.batch_size * info.world_size  # BatchNorm cannot train on a batch of one
+        train_loader = mk_loader(train_ds, build_sampler(recipe, train_ds.class_presence(K), cfg.seed, info.rank,
+                                                         info.world_size), drop_last)
+        if not prepared['val']:
+            return train_ds, train_loader, None
+        val_ds = (TileDataset(prepared['val'], self.size, cfg.context, cfg.val_max_slices) if self.mode == 'patch'
+                  else SliceDataset(prepared['val'], cfg.context, False, cfg.seed, cfg.val_max_slices))
+        val_sampler = EpochSampler(len(val_ds), shuffle=False, rank=info.rank, world_size=info.world_size)
+        return train_ds, train_loader, mk_loader(val_ds, val_sampler, False)
+
+
+def _report(cfg: SegConfig, d: _SegData, final: nn.Module, summary: Dict[str, Any], monitor: str,
+            engine: Any) -> Dict[str, Any]:
+    """The run's report: its settings and training summary, and the 3D evaluation of ``cfg.eval_split`` in both
+    metric modes (written to ``RUN_DIR/eval-<split>``)."""
     eval_split = cfg.eval_split
     if eval_split == 'auto':
-        eval_split = 'test' if splits.get('test') else 'val' if splits.get('val') else 'none'
+        eval_split = 'test' if d.splits.get('test') else 'val' if d.splits.get('val') else 'none'
     result: Dict[str, Any] = {
-        'task': RUN_KIND, 'model': cfg.model, 'data': os.path.abspath(cfg.data), 'layout': ds.layout,
-        'protocol': protocol.name if protocol else None, 'classes': list(label_map.classes),
-        'label_map': label_map.name, 'intensity': intensity, 'img_size': model_size, 'context': cfg.context,
-        'spatial': mode, 'patch_size': settings['patch_size'],
-        'sizes': {s: len(v) for s, v in splits.items()}, 'epochs_run': summary['epochs_run'],
-        'scored_with': eng.describe_weights(summary),
-        'best_epoch': summary['best_epoch'], 'monitor': f'val {ecfg.monitor} ({ecfg.monitor_mode})',
+        'task': RUN_KIND, 'model': cfg.model, 'data': os.path.abspath(cfg.data), 'layout': d.ds.layout,
+        'protocol': d.protocol.name if d.protocol else None, 'classes': list(d.label_map.classes),
+        'label_map': d.label_map.name, 'intensity': d.intensity, 'img_size': d.size, 'context': cfg.context,
+        'spatial': d.mode, 'patch_size': d.settings['patch_size'],
+        'sizes': {s: len(v) for s, v in d.splits.items()}, 'epochs_run': summary['epochs_run'],
+        'scored_with': describe_weights(summary),
+        'best_epoch': summary['best_epoch'], 'monitor': monitor,
         'train_time_s': round(summary['train_time_s'], 1), 'eval_split': eval_split,
     }
-    result['skipped_files'] = len(skipped)  # --on-bad-file skip: the cases left out (listed in config.json)
+    result['skipped_files'] = len(d.skipped)  # --on-bad-file skip: the cases left out (listed in config.json)
     if eval_split != 'none':
-        if not splits.get(eval_split):
+        if not d.splits.get(eval_split):
             raise UserInputError(f'--eval-split {eval_split}: the run has no {eval_split} cases.')
-        ev = evaluate_volumes(final, splits[eval_split], label_map, settings,
+        ev = evaluate_volumes(final, d.splits[eval_split], d.label_map, d.settings,
                               os.path.join(cfg.out, f'eval-{eval_split}'), cfg.tta, cfg.overlays, engine.device,
                               engine.amp_dtype, title=f'{cfg.model} on {eval_split}', progress=cfg.progress)
         result['summaries'] = ev['summaries']
         print('\n'.join(markdown_table(ev['summaries'][m], f'[mednext-zoo] {eval_split}, {result["scored_with"]}')
                         for m in MODES), flush=True)
-    result['wall_time_s'] = round(time.time() - t_start, 1)
-    eng.atomic_write_json(os.path.join(cfg.out, 'metrics.json'), result)
-    if cfg.export:
-        headline, note, dataset = _card_inputs(
-            {**cfg.to_dict(), **settings}, result, ds.modality, {k: len(v) for k, v in splits.items()}, protocol)
-        _export(final.cpu(), os.path.join(cfg.out, 'export'), label_map, settings, headline, note, dataset)
-    print(f'[mednext-zoo] run folder {cfg.out} ({result["wall_time_s"]} s)', flush=True)
     return result
 
 
 # ---------------------------------------------------------------- evaluate / predict
-def _read_run_config(run_dir: str) -> Dict[str, Any]:
-    path = os.path.join(run_dir, 'config.json')
-    if not os.path.isfile(path):
-        raise UserInputError(f'{run_dir} is not a fine-tuning run folder (no config.json).')
-    with open(path) as f:
-        rc = json.load(f)
-    if rc.get('task') != RUN_KIND:
-        raise UserInputError(f'{run_dir} is not a segmentation run (task {rc.get("task")!r}).')
-    return rc
-
-
 def load_run_model(run_dir: str, device: str = 'cpu') -> Tuple[nn.Module, Dict[str, Any]]:
     """The best weights of a segmentation run and its resolved config."""
-    from safetensors.torch import load_file
-    rc = _read_run_config(run_dir)
-    best = os.path.join(run_dir, 'checkpoints', 'best.safetensors')
-    if not os.path.isfile(best):
-        raise UserInputError(f'{run_dir} has no trained weights yet ({best} is missing); finish or resume the run.')
-    model = create_segmenter(rc['model'], len(rc['classes']), rc['in_chans'], rc['img_size'])
-    model.load_state_dict(load_file(best))
-    return model.to(_engine().resolve_device(device)).eval(), rc
+    return load_best(run_dir, device, lambda rc: create_segmenter(rc['model'], len(rc['classes']), rc['in_chans'],
+                                                                  rc['img_size']), task=RUN_KIND)
 
 
 def evaluate(run_dir: str, data: Optional[str] = None, split: Optional[str] = None, out: Optional[str] = None,
@@ -806,12 +757,11 @@ def evaluate(run_dir: str, data: Optional[str] = None, split: Optional[str] = No
     overlap = find_overlap(run_dir, recs, item_files=_image_files, row_files=lambda row: [row.get('image', '')],
                            legacy_files=lambda r: [r.image])
     recs, overlap_report = select_held_out(overlap, include_training_data, data, 'cases', lambda r: r.case_id)
-    name = os.path.basename(os.path.normpath(data)).replace('.csv', '') + (f'-{split}' if split else '')
+    name = eval_name(data, split)
     out = out or os.path.join(run_dir, f'eval-{name}')
     res = evaluate_volumes(model, recs, label_map, rc, out, tta, overlays, title=f'{rc["model"]} on {name}',
                            progress=progress, training_overlap=overlap_report)
-    scope = ('held-out cases' if not overlap_report['in_training_data'] or not include_training_data
-             else f'includes {overlap_report["in_training_data"]} training / validation cases')
+    scope = scope_text(overlap_report, include_training_data, 'cases')
     print('\n'.join(markdown_table(res['summaries'][m], f'[mednext-zoo] {name}, {scope}') for m in MODES))
     print(f'[mednext-zoo] written to {out}')
     return res
