@@ -45,8 +45,7 @@ from torch import nn
 from ..data import synthetic as syn
 from ..errors import UserInputError
 from ..finetune.batched import predict_batches
-from ..finetune.segmentation.preprocess import augment_pair
-from ..finetune.segmentation.recipe import (
+from ..finetune.recipe import (
     SegRecipe,
     build_loss,
     build_optimizer,
@@ -54,6 +53,7 @@ from ..finetune.segmentation.recipe import (
     class_frequencies,
     slice_class_presence,
 )
+from ..finetune.segmentation.preprocess import augment_pair
 from ..machine import machine_info, machine_label
 from ..metrics.segmentation import dice_from_counts, mean_scored
 

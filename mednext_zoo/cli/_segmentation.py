@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any, Dict
 
-from ..finetune.segmentation.recipe import CLASS_WEIGHTINGS, DICE_MODES, SCHEDULES, SegRecipe
+from ..finetune.recipe import CLASS_WEIGHTINGS, DICE_MODES, SCHEDULES, SegRecipe
 
 # the paper's segmentation recipe (Adam, batch 12, 100 epochs; lr and weight decay from recipe.SegRecipe); used
 # for the options shared with classification where the user gave no value

@@ -56,6 +56,14 @@ from ..distributed import DistInfo, seed_everything
 from ..engine import Task, describe_weights
 from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
 from ..outputs import claim_output_dir, remove_stale, unique_inputs
+from ..recipe import (
+    SegRecipe,
+    build_loss,
+    build_optimizer,
+    build_sampler,
+    class_frequencies,
+    recipe_from_config,
+)
 from ..run_dir import RunDirGuard, atomic_write_json, read_run_config
 from .data import PatchDataset, SliceDataset, TileDataset, choose_spatial_mode, prepare_volume
 from .inference import predict_volume, save_overlays, save_prediction
@@ -72,14 +80,6 @@ from .protocols import (
     grouped_kfold,
     protocol_split,
     remap_labels,
-)
-from .recipe import (
-    SegRecipe,
-    build_loss,
-    build_optimizer,
-    build_sampler,
-    class_frequencies,
-    recipe_from_config,
 )
 from .report import dice_boxplot, markdown_table, write_case_csv
 

@@ -25,9 +25,9 @@ from typing import Any, Dict, Iterable, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ...data.images import EpochSampler
-from ...errors import UserInputError
-from .losses import DICE_MODES, DeepSupervisionLoss, DiceCELoss
+from ..data.images import EpochSampler
+from ..errors import UserInputError
+from .segmentation.losses import DICE_MODES, DeepSupervisionLoss, DiceCELoss
 
 __all__ = ['SegRecipe', 'SCHEDULES', 'CLASS_WEIGHTINGS', 'build_loss', 'build_optimizer', 'build_sampler',
            'ForegroundSampler', 'class_weights', 'class_frequencies', 'slice_class_presence', 'recipe_from_config',
@@ -194,7 +194,7 @@ def build_optimizer(model: nn.Module, recipe: SegRecipe, total_steps: int) -> Tu
     warmup = recipe.warmup_for(total)
     common = dict(warmup_t=warmup, warmup_lr_init=recipe.lr * 1e-3 if warmup else recipe.lr, warmup_prefix=True,
                   t_in_epochs=False)
-    from ..engine import plain_schedule_warnings
+    from .engine import plain_schedule_warnings
     if recipe.schedule == 'cosine':
         with plain_schedule_warnings(total, warmup):  # a run shorter than its warm-up never decays: say so
             scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=recipe.min_lr, **common)
