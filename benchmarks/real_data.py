@@ -4,9 +4,9 @@ models x several seeds, with per-step curves (issue 21).
     python benchmarks/real_data.py --data ../shared/data/pneumoniamnist.npz --epochs 10 --img-size 64 --jobs 2
 
 (default rows: mednext_tiny, mednext_small, mednext_base, resnet18, resnet50, convnext_atto; seeds 0, 1, 2;
-``--set KEY=VALUE`` overrides a FinetuneConfig field for every row, e.g. ``--set crop_scale=0.5,1.0``.)
+``--set KEY=VALUE`` overrides a ClassificationConfig field for every row, e.g. ``--set crop_scale=0.5,1.0``.)
 
-Every run is ``finetune`` with the CLI's defaults (``FinetuneConfig``'s, which the CLI passes unchanged) plus the
+Every run is ``finetune`` with the CLI's defaults (``ClassificationConfig``'s, which the CLI passes unchanged) plus the
 ``--set`` overrides, identical for every row: from random weights, AdamW lr 3e-3, gradient clipping 1.0, cosine
 with 2 warm-up epochs, batch 32, RandomResizedCrop + flips, the best checkpoint by validation loss, scored once on
 the file's official test split. Each run is its own process with one torch thread (``--jobs`` at a time) and logs
@@ -51,7 +51,7 @@ def _value(text: str) -> Any:
 
 
 def parse_sets(items: List[str]) -> Dict[str, Any]:
-    """``['crop_scale=0.5,1.0', 'ema_decay=0.999']`` -> FinetuneConfig overrides."""
+    """``['crop_scale=0.5,1.0', 'ema_decay=0.999']`` -> ClassificationConfig overrides."""
     out = {}
     for item in items:
         key, _, value = item.partition('=')
@@ -87,8 +87,8 @@ def run_one(model: str, data: str, out: Path, seed: int, epochs: int, img_size: 
             every: int, threads: int) -> None:
     import torch
     torch.set_num_threads(threads)
-    from mednext_zoo.finetune import FinetuneConfig, fit
-    cfg = FinetuneConfig(model=model, data=data, out=str(out), epochs=epochs, img_size=img_size, seed=seed,
+    from mednext_zoo.finetune import ClassificationConfig, fit
+    cfg = ClassificationConfig(model=model, data=data, out=str(out), epochs=epochs, img_size=img_size, seed=seed,
                          progress=False, n_bootstrap=200, overwrite=True, export=False, **sets)
     log = StepLog(out.parent / f'{out.name}.steps.jsonl', every)
     cfg._callbacks = [log]
@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     p.add_argument('--seeds', default='0,1,2')
     p.add_argument('--epochs', type=int, default=10)
     p.add_argument('--img-size', type=int, default=64)
-    p.add_argument('--set', action='append', default=[], help='FinetuneConfig override KEY=VALUE (repeatable)')
+    p.add_argument('--set', action='append', default=[], help='ClassificationConfig override KEY=VALUE (repeatable)')
     p.add_argument('--jobs', type=int, default=2, help='runs at a time')
     p.add_argument('--threads', type=int, default=1, help='torch threads per run')
     p.add_argument('--log-every', type=int, default=10, help='optimiser steps between train-loss records')

@@ -23,7 +23,7 @@ from mednext_zoo.data import (
 )
 from mednext_zoo.data.io import nifti_num_slices
 from mednext_zoo.errors import UserInputError
-from mednext_zoo.finetune import FinetuneConfig, fit
+from mednext_zoo.finetune import ClassificationConfig, fit
 from mednext_zoo.finetune.classification.metrics import classification_report, fit_temperature
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,11 +69,11 @@ def folder(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp('imgs'), n=10, size=40)
 
 
-def small_cfg(data, out, **kw) -> FinetuneConfig:
+def small_cfg(data, out, **kw) -> ClassificationConfig:
     base = dict(model='mednext_tiny', data=str(data), out=str(out), epochs=1, img_size=32, batch_size=4, lr=1e-3,
                 warmup_epochs=0, n_bootstrap=20, progress=False, device='cpu', val_frac=0.25)
     base.update(kw)
-    return FinetuneConfig(**base)
+    return ClassificationConfig(**base)
 
 
 def _ct_path():
@@ -260,7 +260,7 @@ def test_layer_decay_gives_each_group_its_lr():
     from mednext_zoo.finetune.classification import build_optimizer
     model = timm.create_model('mednext_tiny', img_size=32, num_classes=2)
     cfg = small_cfg('x', 'y', layer_decay=0.5, lr=1e-3, warmup_epochs=0, epochs=2)
-    opt, sched = build_optimizer(model, cfg, updates_per_epoch=5)
+    opt, sched = build_optimizer(model, cfg.recipe(updates_per_epoch=5), total_steps=10)
     name_of = {id(p): n for n, p in model.named_parameters()}
     lr_by = {}
     for g in opt.param_groups:
@@ -275,7 +275,7 @@ def test_layer_decay_gives_each_group_its_lr():
     lrs = sorted({round(g['lr'] / g['lr_scale'], 12) for g in opt.param_groups})
     assert len(lrs) == 1 and lrs[0] < 1e-3
     # no decay: a single lr
-    opt2, _ = build_optimizer(model, small_cfg('x', 'y'), updates_per_epoch=5)
+    opt2, _ = build_optimizer(model, small_cfg('x', 'y').recipe(updates_per_epoch=5), total_steps=5 * 2)
     assert len({g['lr'] for g in opt2.param_groups}) == 1
 
 
@@ -869,16 +869,34 @@ def test_resume_survives_a_torn_log_line_and_removes_temporary_files(tmp_path):
 
 
 def test_lr_and_clipping_defaults_depend_on_the_start():
-    from mednext_zoo.benchmark.training import cls_recipe
+    from mednext_zoo.benchmark.training import classification_recipe
     from mednext_zoo.finetune.classification import task as T
-    scratch = FinetuneConfig(model='mednext_tiny', data='d', out='o')
+    scratch = ClassificationConfig(model='mednext_tiny', data='d', out='o')
     assert (scratch.lr, scratch.clip_grad) == (T.SCRATCH_LR, T.SCRATCH_CLIP_GRAD) == (3e-3, 1.0)
-    tuned = FinetuneConfig(model='mednext_tiny', data='d', out='o', pretrained='w.safetensors')
+    tuned = ClassificationConfig(model='mednext_tiny', data='d', out='o', pretrained='w.safetensors')
     assert (tuned.lr, tuned.clip_grad) == (T.FINETUNE_LR, None)
-    mine = FinetuneConfig(model='mednext_tiny', data='d', out='o', lr=1e-4, clip_grad=0.0)
+    mine = ClassificationConfig(model='mednext_tiny', data='d', out='o', lr=1e-4, clip_grad=0.0)
     assert (mine.lr, mine.clip_grad) == (1e-4, 0.0)  # explicit values win; 0 keeps clipping off
-    r = cls_recipe()  # the training-efficiency suite's classification rows train from random weights
+    r = classification_recipe()  # the training-efficiency suite's classification rows train from random weights
     assert (r.opt, r.lr, r.clip_grad, r.oversample_fg) == ('adamw', scratch.lr, scratch.clip_grad, 0.0)
+
+
+def test_names_before_0_2_still_work_with_a_deprecation_warning():
+    """ClassificationConfig / TrainingRecipe / classification_recipe / the tag protocols were renamed in 0.2; the old
+    names stay for one minor version, as the same objects, and say so."""
+    from mednext_zoo.benchmark import training
+    from mednext_zoo.finetune import ClassificationConfig, TrainingRecipe
+    from mednext_zoo.finetune.classification import task
+    from mednext_zoo.reproduce import tag_protocols
+    for module, old, new in ((task, 'FinetuneConfig', ClassificationConfig),
+                             (__import__('mednext_zoo.finetune', fromlist=['x']), 'FinetuneConfig', ClassificationConfig),
+                             (__import__('mednext_zoo.finetune.segmentation.recipe', fromlist=['x']), 'SegRecipe',
+                              TrainingRecipe),
+                             (training, 'cls_recipe', training.classification_recipe),
+                             (__import__('mednext_zoo.reproduce.protocols', fromlist=['x']), 'get_protocol',
+                              tag_protocols.get_tag_protocol)):
+        with pytest.warns(DeprecationWarning, match=f'{old} is renamed'):
+            assert getattr(module, old) is new
 
 
 # ---------------------------------------------------------------- export: the run's recipe travels with the weights

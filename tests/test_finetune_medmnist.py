@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mednext_zoo.errors import UserInputError
-from mednext_zoo.finetune import FinetuneConfig, evaluate, fit, predict
+from mednext_zoo.finetune import ClassificationConfig, evaluate, fit, predict
 from mednext_zoo.finetune.classification.metrics import multilabel_point_metrics, multilabel_report
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'data', 'pneumoniamnist_subset.npz')
@@ -42,7 +42,7 @@ def test_multilabel_metrics_follow_the_medmnist_evaluator():
 @pytest.mark.slow
 def test_multilabel_run_trains_with_bce_and_scores_per_label(tmp_path):
     data = _chest(tmp_path / 'chestmnist.npz')
-    res = fit(FinetuneConfig(model='mednext_tiny', data=data, out=str(tmp_path / 'run'), epochs=1, img_size=32,
+    res = fit(ClassificationConfig(model='mednext_tiny', data=data, out=str(tmp_path / 'run'), epochs=1, img_size=32,
                              batch_size=8, progress=False, n_bootstrap=10, in_chans=1))
     assert res['averaging'] == 'multi-label' and res['headline_split'] == 'test'
     assert res['sizes'] == {'train': 24, 'val': 8, 'test': 8}
@@ -56,13 +56,13 @@ def test_multilabel_run_trains_with_bce_and_scores_per_label(tmp_path):
     assert all(0 <= p <= 1 for p in probs) and abs(sum(probs) - 1) > 1e-3  # sigmoids, not a softmax
     assert set(filter(None, rows[0]['prediction'].split('|'))) == {c for c, p in zip(cfg['classes'], probs) if p >= .5}
     with pytest.raises(UserInputError, match='sampler'):
-        fit(FinetuneConfig(model='mednext_tiny', data=data, out=str(tmp_path / 'r2'), imbalance='sampler'))
+        fit(ClassificationConfig(model='mednext_tiny', data=data, out=str(tmp_path / 'r2'), imbalance='sampler'))
 
 
 @pytest.mark.slow
 def test_npz_run_records_official_splits_and_evaluate_keeps_to_held_out_images(tmp_path):
     run = tmp_path / 'run'
-    res = fit(FinetuneConfig(model='resnet18', data=FIXTURE, labels='normal,pneumonia', out=str(run), epochs=1,
+    res = fit(ClassificationConfig(model='resnet18', data=FIXTURE, labels='normal,pneumonia', out=str(run), epochs=1,
                              img_size=32, batch_size=32, progress=False, n_bootstrap=10, in_chans=1))
     assert res['sizes'] == {'train': 300, 'val': 100, 'test': 200}
     with open(run / 'splits.csv') as f:

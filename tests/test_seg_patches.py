@@ -162,11 +162,11 @@ def test_finetune_seg_patches_large_images_and_scores_them_at_native_resolution(
 
 def test_training_suite_patches_user_images(vessels):
     from mednext_zoo.benchmark.training import TrainRow, TrainSuiteConfig, _user_seg_data, train_one
-    from mednext_zoo.finetune.segmentation.recipe import SegRecipe
+    from mednext_zoo.finetune.recipe import TrainingRecipe
     data = _user_seg_data(vessels, 64)
     assert data.patch == 64 and data.in_chans == 3 and len(data.test_vols) == 2
     assert data.summary()['spatial'].startswith('patches 64x64')
     cfg = TrainSuiteConfig(steps=2, batch_size=2, eval_every=2)
-    run = train_one(TrainRow.of('medunext_tiny_hr'), data, 0, cfg, SegRecipe(), torch.device('cpu'))
+    run = train_one(TrainRow.of('medunext_tiny_hr'), data, 0, cfg, TrainingRecipe(), torch.device('cpu'))
     assert run['status'] == 'ok' and 0 <= run['final']['dice']['foreground'] <= 1
     assert _user_seg_data(vessels, 64, resize=True).patch is None

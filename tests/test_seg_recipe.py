@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from mednext_zoo.data import EpochSampler
 from mednext_zoo.errors import UserInputError
 from mednext_zoo.finetune.segmentation.losses import DeepSupervisionLoss, DiceCELoss, SoftDiceLoss, downsample_target
-from mednext_zoo.finetune.segmentation.recipe import (
+from mednext_zoo.finetune.recipe import (
     ForegroundSampler,
-    SegRecipe,
+    TrainingRecipe,
     build_loss,
     build_optimizer,
     build_sampler,
@@ -55,8 +55,8 @@ def test_inverse_frequency_class_weights():
     labels = torch.tensor([[[0, 0, 0, 0], [0, 0, 1, 2]]])  # 8 px: 6 / 1 / 1
     assert class_frequencies([labels, labels], 3).tolist() == pytest.approx([0.75, 0.125, 0.125])
     # the weighted CE makes a mistake on the rare class cost more than the same mistake on the background
-    loss_w = build_loss(SegRecipe(class_weighting='inverse', dice_weight=0.0), 3, class_frequencies(labels, 3))
-    loss_u = build_loss(SegRecipe(dice_weight=0.0), 3)
+    loss_w = build_loss(TrainingRecipe(class_weighting='inverse', dice_weight=0.0), 3, class_frequencies(labels, 3))
+    loss_u = build_loss(TrainingRecipe(dice_weight=0.0), 3)
     wrong_rare, wrong_bg = labels.clone(), labels.clone()
     wrong_rare[0, 1, 3] = 0
     wrong_bg[0, 0, 0] = 2
@@ -64,7 +64,7 @@ def test_inverse_frequency_class_weights():
     lu = [float(loss_u(_confident(p, 3) / 25, labels)) for p in (wrong_rare, wrong_bg)]
     assert lu[0] == pytest.approx(lu[1], rel=1e-4) and lw[0] > 2 * lw[1]
     with pytest.raises(UserInputError, match='frequencies'):
-        build_loss(SegRecipe(class_weighting='inverse'), 3)
+        build_loss(TrainingRecipe(class_weighting='inverse'), 3)
 
 
 def test_foreground_oversampling_frequency_and_resume():
@@ -75,7 +75,7 @@ def test_foreground_oversampling_frequency_and_resume():
     presence[100:110, 2] = True  # class 2: 5 % of the slices
     holds2 = lambda idx: presence[torch.tensor(idx), 2].float().mean().item()  # noqa: E731
     draws = []
-    s = build_sampler(SegRecipe(oversample_fg=0.5), presence, seed=3)
+    s = build_sampler(TrainingRecipe(oversample_fg=0.5), presence, seed=3)
     assert isinstance(s, ForegroundSampler)
     for epoch in range(20):
         s.set_epoch(epoch)
@@ -88,7 +88,7 @@ def test_foreground_oversampling_frequency_and_resume():
     s.set_epoch(7, start=50)
     assert list(s) == full[50:] and all(e == 7 for _, e in full)
     # no oversampling: the plain EpochSampler, same order
-    plain = build_sampler(SegRecipe(oversample_fg=0.0), presence, seed=3)
+    plain = build_sampler(TrainingRecipe(oversample_fg=0.0), presence, seed=3)
     assert type(plain) is EpochSampler
     plain.set_epoch(2)
     ref = EpochSampler(n, 3, True)
@@ -123,7 +123,7 @@ def test_deep_supervision_targets_and_weights():
     assert float(ds(outs[0], target)) == pytest.approx(float(base(outs[0], target)))  # a plain tensor: as today
     off = DeepSupervisionLoss(base, enabled=False)
     assert float(off(outs, target)) == pytest.approx(float(base(outs[0], target)))
-    assert float(build_loss(SegRecipe(), 3)(outs, target)) == pytest.approx(float(want), rel=1e-5)
+    assert float(build_loss(TrainingRecipe(), 3)(outs, target)) == pytest.approx(float(want), rel=1e-5)
 
 
 def _lrs(recipe, total):
@@ -137,34 +137,34 @@ def _lrs(recipe, total):
 
 
 def test_schedules_and_warmup():
-    opt, cos = _lrs(SegRecipe(lr=1e-2, min_lr=1e-4), 100)
+    opt, cos = _lrs(TrainingRecipe(lr=1e-2, min_lr=1e-4), 100)
     assert type(opt).__name__ == 'Adam' and cos[0] == pytest.approx(1e-2) and cos[-1] == pytest.approx(1e-4)
     assert cos[50] == pytest.approx(1e-4 + (1e-2 - 1e-4) * 0.5, rel=1e-3)
-    _, const = _lrs(SegRecipe(lr=1e-2, schedule='constant'), 100)
+    _, const = _lrs(TrainingRecipe(lr=1e-2, schedule='constant'), 100)
     assert all(v == pytest.approx(1e-2) for v in const)
-    _, poly = _lrs(SegRecipe(lr=1e-2, min_lr=0.0, schedule='poly'), 100)
+    _, poly = _lrs(TrainingRecipe(lr=1e-2, min_lr=0.0, schedule='poly'), 100)
     assert poly[50] == pytest.approx(1e-2 * 0.5 ** 0.9, rel=1e-3)
-    _, warm = _lrs(SegRecipe(lr=1e-2, warmup_frac=0.1, schedule='constant'), 100)
+    _, warm = _lrs(TrainingRecipe(lr=1e-2, warmup_frac=0.1, schedule='constant'), 100)
     assert warm[0] == pytest.approx(1e-5) and warm[5] < warm[9] < 1e-2 and warm[10] == pytest.approx(1e-2)
-    opt, _ = _lrs(SegRecipe(opt='sgd'), 3)
+    opt, _ = _lrs(TrainingRecipe(opt='sgd'), 3)
     assert type(opt).__name__ == 'SGD'
     with pytest.raises(UserInputError, match='--opt'):
-        _lrs(SegRecipe(opt='nope'), 3)
+        _lrs(TrainingRecipe(opt='nope'), 3)
 
 
 def test_recipe_checks_and_config_mapping():
     for bad in (dict(schedule='step'), dict(dice_mode='volume'), dict(oversample_fg=1.5),
                 dict(class_weighting='median'), dict(ce_weight=0.0, dice_weight=0.0), dict(clip_grad=0.0)):
         with pytest.raises(UserInputError):
-            SegRecipe(**bad)
+            TrainingRecipe(**bad)
     with pytest.raises(UserInputError, match='Unknown recipe field'):
-        SegRecipe().replace(oversample=0.3)
-    assert SegRecipe().replace(oversample_fg=0.33).oversample_fg == 0.33
+        TrainingRecipe().replace(oversample=0.3)
+    assert TrainingRecipe().replace(oversample_fg=0.33).oversample_fg == 0.33
     from mednext_zoo.finetune.segmentation.task import SegConfig
     cfg = SegConfig(data='d', out='o', lr=3e-3, oversample_fg=0.33, dice_mode='image', warmup_epochs=2.0)
     r = recipe_from_config(cfg, updates_per_epoch=10)
     assert (r.lr, r.oversample_fg, r.dice_mode, r.warmup_steps) == (3e-3, 0.33, 'image', 20)
-    assert recipe_from_config(SegConfig(data='d', out='o')) == SegRecipe()  # same defaults
+    assert recipe_from_config(SegConfig(data='d', out='o')) == TrainingRecipe()  # same defaults
 
 
 def test_finetune_cli_takes_the_recipe_options(tmp_path):
@@ -183,11 +183,11 @@ def test_finetune_cli_takes_the_recipe_options(tmp_path):
             cfg['schedule'], cfg['ce_weight'], cfg['deep_supervision']) == (0.5, 'image', False, 'inverse', 'poly',
                                                                              0.3, True)
     # options shared with --task cls and not given take the seg recipe's values (cls resolves lr by the start)
-    assert (cfg['lr'], cfg['clip_grad'], cfg['weight_decay']) == (SegRecipe.lr, None, SegRecipe.weight_decay)
+    assert (cfg['lr'], cfg['clip_grad'], cfg['weight_decay']) == (TrainingRecipe.lr, None, TrainingRecipe.weight_decay)
     assert main(['finetune', '--task', 'seg', '--model', 'medunext_tiny', '--data', data, '--out', run + '2',
                  '--oversample-fg', '2', '--no-progress']) == 2
 
 
 def test_replace_takes_a_command_line_none_for_a_text_field():
     # `--recipe class_weighting=none` parses 'none' to None; the field spells it 'none'
-    assert SegRecipe().replace(class_weighting=None).class_weighting == 'none'
+    assert TrainingRecipe().replace(class_weighting=None).class_weighting == 'none'

@@ -161,23 +161,21 @@ def test_resume_of_the_bare_engine_names_no_scheduler_internals(tmp_path, capsys
 
 
 def test_a_run_shorter_than_its_warm_up_says_so_plainly(caplog):
-    from mednext_zoo.finetune import FinetuneConfig
-    from mednext_zoo.finetune.classification.task import build_optimizer
-    from mednext_zoo.finetune.segmentation.recipe import SegRecipe
-    from mednext_zoo.finetune.segmentation.recipe import build_optimizer as seg_optimizer
+    from mednext_zoo.finetune import ClassificationConfig
+    from mednext_zoo.finetune.recipe import TrainingRecipe, build_optimizer
     model = torch.nn.Linear(4, 2)
-    cfg = FinetuneConfig(model='mednext_tiny', data='x', out='y', epochs=1, warmup_epochs=2, lr=1e-3)
+    cfg = ClassificationConfig(model='mednext_tiny', data='x', out='y', epochs=1, warmup_epochs=2, lr=1e-3)
     with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match=r'The run is 4 optimiser step\(s\) long '
                                                         r'and its 3-step warm-up takes every step but the last: the '
                                                         r'learning rate never decays'):
-        build_optimizer(model, cfg, updates_per_epoch=4)
+        build_optimizer(model, cfg.recipe(updates_per_epoch=4), total_steps=4)
     with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match='never decays'):
-        seg_optimizer(model, SegRecipe(), total_steps=1)
+        build_optimizer(model, TrainingRecipe(), total_steps=1)
     assert not [r for r in caplog.records if 'will have no effect' in r.getMessage()]  # timm's line is held back
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # a run long enough to decay: no warning
-        build_optimizer(model, FinetuneConfig(model='mednext_tiny', data='x', out='y', epochs=3, warmup_epochs=1),
-                        updates_per_epoch=4)
+        build_optimizer(model, ClassificationConfig(model='mednext_tiny', data='x', out='y', epochs=3,
+                                                    warmup_epochs=1).recipe(updates_per_epoch=4), total_steps=12)
 
 
 def test_cli_warnings_are_one_line_each(capsys):

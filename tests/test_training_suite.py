@@ -225,4 +225,4 @@ def test_layering_is_one_way():
         out = subprocess.run([sys.executable, '-c', code, module], capture_output=True, text=True, check=True)
         return set(json.loads(out.stdout))  # the mednext_zoo sub-packages it imported
     assert not loaded('mednext_zoo.data.synthetic') & {'finetune', 'benchmark', 'hub', 'cli'}
-    assert 'benchmark' not in loaded('mednext_zoo.finetune.segmentation.recipe')
+    assert 'benchmark' not in loaded('mednext_zoo.finetune.recipe')

@@ -166,7 +166,7 @@ def test_one_channel_classifier_loads_but_the_pipeline_feeds_rgb(tmp_path, retin
 def finetune_export(tmp_path_factory):
     """A 1-epoch fine-tune on crops of two real images (fundus vs. immunohistochemistry), exported."""
     pytest.importorskip('sklearn')
-    from mednext_zoo.finetune import FinetuneConfig, fit
+    from mednext_zoo.finetune import ClassificationConfig, fit
 
     root = tmp_path_factory.mktemp('ft')
     rng = np.random.default_rng(0)
@@ -177,7 +177,7 @@ def finetune_export(tmp_path_factory):
             c = int(rng.integers(min(h, w) // 4, min(h, w) // 2))
             y, x = int(rng.integers(0, h - c)), int(rng.integers(0, w - c))
             Image.fromarray(img[y:y + c, x:x + c + c // 3]).resize((48, 40)).save(root / 'data' / cls / f'{i}.png')
-    cfg = FinetuneConfig(model='mednext_tiny', data=os.fspath(root / 'data'), out=os.fspath(root / 'run'), epochs=1,
+    cfg = ClassificationConfig(model='mednext_tiny', data=os.fspath(root / 'data'), out=os.fspath(root / 'run'), epochs=1,
                          img_size=32, batch_size=4, lr=1e-3, warmup_epochs=0, n_bootstrap=20, progress=False,
                          device='cpu', val_frac=0.25)
     fit(cfg)

@@ -15,7 +15,7 @@ import argparse
 
 from mednext_zoo.data.io import CT_WINDOWS, parse_window
 from mednext_zoo.errors import UserInputError
-from mednext_zoo.finetune import FinetuneConfig, fit
+from mednext_zoo.finetune import ClassificationConfig, fit
 
 
 def window(text):
@@ -40,7 +40,7 @@ def main(argv=None):
     p.add_argument('--bootstrap', type=int, default=1000, help='bootstrap resamples for the 95%% CIs')
     args = p.parse_args(argv)
 
-    cfg = FinetuneConfig(
+    cfg = ClassificationConfig(
         model=args.model,
         data=args.data,
         out=args.out,

@@ -10,7 +10,7 @@ refuses images the run trained or validated on). Class names come from the built
 """
 import argparse
 
-from mednext_zoo.finetune import FinetuneConfig, evaluate, fit
+from mednext_zoo.finetune import ClassificationConfig, evaluate, fit
 
 
 def main(argv=None):
@@ -24,7 +24,7 @@ def main(argv=None):
     p.add_argument('--bootstrap', type=int, default=1000, help='bootstrap resamples for the 95%% CIs')
     args = p.parse_args(argv)
 
-    fit(FinetuneConfig(model=args.model, data=args.data, out=args.out, epochs=args.epochs, img_size=args.img_size,
+    fit(ClassificationConfig(model=args.model, data=args.data, out=args.out, epochs=args.epochs, img_size=args.img_size,
                        labels=args.labels, n_bootstrap=args.bootstrap, progress=False))
     report = evaluate(args.out, args.data, n_bootstrap=args.bootstrap, progress=False)  # the official test split
     print(f'test split: ACC {report["accuracy"]:.3f}, AUC {report["auc"]:.3f} (n={report["n"]})')

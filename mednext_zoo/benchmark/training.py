@@ -10,7 +10,7 @@ batch size and data, for each seed, and scored on held-out cases every ``eval_ev
 
 Segmentation rows train on the synthetic phantoms of :mod:`mednext_zoo.data.synthetic` (or ``data=DIR``, any
 dataset ``finetune --task seg`` reads, with the same preprocessing) with the loss, optimiser, scheduler and slice
-sampler built from :class:`mednext_zoo.finetune.segmentation.recipe.SegRecipe`: the recipe users get from
+sampler built from :class:`mednext_zoo.finetune.recipe.TrainingRecipe`: the recipe users get from
 ``finetune --task seg``. Classification rows train on :data:`mednext_zoo.data.synthetic.CLS_TASKS` (or an
 ImageFolder / CSV dataset) with the classification fine-tune defaults (AdamW, its lr / weight decay / warm-up
 share, cosine; plain cross-entropy, no augmentation).
@@ -46,7 +46,7 @@ from ..data import synthetic as syn
 from ..errors import UserInputError
 from ..finetune.batched import predict_batches
 from ..finetune.recipe import (
-    SegRecipe,
+    TrainingRecipe,
     build_loss,
     build_optimizer,
     build_sampler,
@@ -59,7 +59,7 @@ from ..metrics.segmentation import dice_from_counts, mean_scored
 
 __all__ = ['TrainRow', 'TrainSuiteConfig', 'TaskData', 'run_training_suite', 'default_rows', 'spread', 'parse_value',
            'SEG_DEFAULT_ROWS', 'CLS_DEFAULT_ROWS', 'DEFAULT_PHANTOMS', 'DEFAULT_CLS_TASKS', 'NAMED_BASELINES',
-           'per_volume_dice', 'first_reach', 'cls_recipe']
+           'per_volume_dice', 'first_reach', 'classification_recipe']
 
 SEG_DEFAULT_ROWS = ('medunext_tiny', 'medunext_tiny_hr', 'medunext_base', 'medunext_base_hr', 'unet_resnet18',
                     'unet_resnet34', 'monai_basicunet')
@@ -127,7 +127,7 @@ NAMED_BASELINES: Dict[str, _Baseline] = {
 @dataclass(frozen=True)
 class TrainRow:
     """One row of the suite: ``model`` (a timm name or one of :data:`NAMED_BASELINES`), constructor kwargs
-    (e.g. ``{'skip_fusion': 'concat'}``) and recipe overrides (:class:`SegRecipe` fields for segmentation,
+    (e.g. ``{'skip_fusion': 'concat'}``) and recipe overrides (:class:`TrainingRecipe` fields for segmentation,
     e.g. ``{'oversample_fg': 0.33}``; the same optimiser fields for classification)."""
     label: str
     model: str
@@ -184,16 +184,13 @@ def default_rows(task: str) -> List[TrainRow]:
     return [TrainRow.of(n) for n in (SEG_DEFAULT_ROWS if task == 'seg' else CLS_DEFAULT_ROWS)]
 
 
-def cls_recipe(**overrides: Any) -> SegRecipe:
+def classification_recipe(**overrides: Any) -> TrainingRecipe:
     """The classification fine-tune defaults from random weights as a recipe (only the optimiser fields are used):
-    AdamW, ``SCRATCH_LR``, gradient norm clipped to ``SCRATCH_CLIP_GRAD``, the weight decay and min lr of
-    ``FinetuneConfig``, its warm-up share (warm-up epochs / epochs), cosine; images drawn uniformly (the
-    segmentation recipe's foreground oversampling is off, as in ``finetune --task cls``)."""
-    from ..finetune.classification import task as T
-    C = T.FinetuneConfig
-    base = SegRecipe(opt='adamw', lr=T.SCRATCH_LR, min_lr=C.min_lr, weight_decay=C.weight_decay,
-                     warmup_frac=C.warmup_epochs / C.epochs, clip_grad=T.SCRATCH_CLIP_GRAD, oversample_fg=0.0,
-                     augment=False)
+    ``ClassificationConfig().recipe()`` -- AdamW, ``SCRATCH_LR``, gradient norm clipped to ``SCRATCH_CLIP_GRAD``, its
+    weight decay, min lr and warm-up share (warm-up epochs / epochs), cosine; images drawn uniformly (the segmentation
+    recipe's foreground oversampling is off, as in ``finetune --task cls``)."""
+    from ..finetune.classification.task import ClassificationConfig
+    base = ClassificationConfig(model='', data='', out='').recipe().replace(oversample_fg=0.0, augment=False)
     return base.replace(**overrides)
 
 
@@ -557,7 +554,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_one(row: TrainRow, data: TaskData, seed: int, cfg: TrainSuiteConfig, recipe: SegRecipe,
+def train_one(row: TrainRow, data: TaskData, seed: int, cfg: TrainSuiteConfig, recipe: TrainingRecipe,
               device: torch.device) -> Dict[str, Any]:
     """Train ``row`` on ``data`` for ``cfg.steps`` steps from ``seed``; the curve of held-out metrics."""
     random.seed(seed)
@@ -680,7 +677,7 @@ def summarize_runs(runs: List[Dict[str, Any]], data: TaskData, target: float) ->
 RUNS_LOG = 'train.runs.jsonl'  # in out_dir: one finished run per line (for resume=True)
 
 
-def _fingerprint(row: TrainRow, task: str, seed: int, cfg: TrainSuiteConfig, recipe: SegRecipe) -> str:
+def _fingerprint(row: TrainRow, task: str, seed: int, cfg: TrainSuiteConfig, recipe: TrainingRecipe) -> str:
     """What decides a run's curve: a resumed suite reuses a logged run only when all of it matches."""
     import hashlib
     import json
@@ -728,7 +725,7 @@ def _init_worker(tasks: Dict[str, TaskData], threads: int) -> None:
     _WORKER['tasks'] = tasks
 
 
-def _job(row: TrainRow, task: str, seed: int, cfg: TrainSuiteConfig, recipe: SegRecipe) -> Dict[str, Any]:
+def _job(row: TrainRow, task: str, seed: int, cfg: TrainSuiteConfig, recipe: TrainingRecipe) -> Dict[str, Any]:
     """One (row, task, seed) run; an unexpected error comes back as ``{'exception': reason}``."""
     try:
         return train_one(row, _WORKER['tasks'][task], seed, cfg, recipe, torch.device(cfg.device))
@@ -739,7 +736,7 @@ def _job(row: TrainRow, task: str, seed: int, cfg: TrainSuiteConfig, recipe: Seg
 
 
 def _run_jobs(jobs: List[tuple], rows: Dict[str, TrainRow], tasks: Dict[str, TaskData], cfg: TrainSuiteConfig,
-              recipes: Dict[str, SegRecipe], workers: int, threads: int,
+              recipes: Dict[str, TrainingRecipe], workers: int, threads: int,
               on_done: Optional[Callable[[tuple, Dict[str, Any]], None]] = None) -> Dict[tuple, Dict[str, Any]]:
     """Every job, in this process (``workers == 1``) or in a pool of spawned processes with ``threads`` torch
     threads each. Results are keyed ``(row label, task, seed)``; the order of execution does not matter.
@@ -792,7 +789,7 @@ def run_training_suite(config: Optional[TrainSuiteConfig] = None, out_dir: Optio
     labels = [r.label for r in rows]
     if len(set(labels)) != len(labels):
         raise UserInputError(f'Row labels must be unique, got {labels}.')
-    base = SegRecipe() if cfg.task == 'seg' else cls_recipe()
+    base = TrainingRecipe() if cfg.task == 'seg' else classification_recipe()
     recipes = {r.label: base.replace(**{**cfg.recipe, **r.recipe}) for r in rows}  # bad fields fail up front
     skipped = {r.label: _check_row(r, cfg.task) for r in rows}
     tasks = load_task_data(cfg)
@@ -864,3 +861,15 @@ def run_training_suite(config: Optional[TrainSuiteConfig] = None, out_dir: Optio
         from .training_report import write_training_results
         write_training_results(result, out_dir)
     return result
+
+
+_RENAMED = {'cls_recipe': 'classification_recipe'}  # the names before 0.2, kept until 0.3
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        import warnings
+        warnings.warn(f'{name} is renamed {_RENAMED[name]}; {name} will be removed in 0.3.', DeprecationWarning,
+                      stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -10,12 +10,12 @@ import json
 import os
 from typing import Any, Dict
 
-from ..finetune.recipe import CLASS_WEIGHTINGS, DICE_MODES, SCHEDULES, SegRecipe
+from ..finetune.recipe import CLASS_WEIGHTINGS, DICE_MODES, SCHEDULES, TrainingRecipe
 
-# the paper's segmentation recipe (Adam, batch 12, 100 epochs; lr and weight decay from recipe.SegRecipe); used
+# the paper's segmentation recipe (Adam, batch 12, 100 epochs; lr and weight decay from recipe.TrainingRecipe); used
 # for the options shared with classification where the user gave no value
-SEG_DEFAULTS: Dict[str, Any] = {'epochs': 100, 'batch_size': 12, 'lr': SegRecipe.lr,
-                                'weight_decay': SegRecipe.weight_decay, 'warmup_epochs': 0.0}
+SEG_DEFAULTS: Dict[str, Any] = {'epochs': 100, 'batch_size': 12, 'lr': TrainingRecipe.lr,
+                                'weight_decay': TrainingRecipe.weight_decay, 'warmup_epochs': 0.0}
 
 
 class _DefaultInt(int):
@@ -80,7 +80,7 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     s.add_argument('--sw-overlap', type=float, default=0.5,
                    help='overlap of the sliding window in patch mode (Gaussian-weighted blending)')
     s.add_argument('--slice-axis', type=int, default=2, choices=(0, 1, 2), help='NIfTI array axis to slice')
-    r = SegRecipe()
+    r = TrainingRecipe()
     s.add_argument('--opt', default=r.opt, help='optimiser for --task seg (timm name: adam, adamw, sgd, ...)')
     s.add_argument('--schedule', default=r.schedule, choices=SCHEDULES,
                    help='learning-rate schedule after the warm-up: cosine (to --min-lr), poly (power 0.9), constant')

@@ -32,8 +32,8 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.task == 'seg':
         return _seg.finetune(args)
     _seg.unmark(args)
-    from ..finetune import FinetuneConfig, fit
-    cfg = FinetuneConfig(
+    from ..finetune import ClassificationConfig, fit
+    cfg = ClassificationConfig(
         model=args.model, data=args.data, out=args.out, epochs=args.epochs, img_size=args.img_size,
         batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, layer_decay=args.layer_decay, pretrained=args.pretrained,

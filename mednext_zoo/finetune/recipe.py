@@ -1,19 +1,21 @@
-"""The segmentation training recipe: one dataclass and the builders that turn it into training objects.
+"""The training recipe of both tasks: one dataclass and the builders that turn it into training objects.
 
-``finetune --task seg`` (:mod:`.task`) and the training-efficiency benchmark
-(:mod:`mednext_zoo.benchmark.training`) both build their loss, optimiser, scheduler and slice sampler here, so
-the benchmark measures exactly the recipe users get::
+The optimiser and schedule fields (and :func:`build_optimizer`, the one optimiser builder) serve both tasks:
+``finetune --task cls`` builds its AdamW + cosine from ``ClassificationConfig.recipe()``, ``finetune --task seg``
+from ``SegConfig`` (:func:`recipe_from_config`). The loss and sampler fields are segmentation's. The
+training-efficiency benchmark (:mod:`mednext_zoo.benchmark.training`) builds its loss, optimiser, scheduler and slice
+sampler here too, so it measures exactly the recipe users get::
 
-    recipe = SegRecipe(oversample_fg=0.33, dice_mode='image')
+    recipe = TrainingRecipe(oversample_fg=0.33, dice_mode='image')
     loss = build_loss(recipe, num_classes=4, class_freq=class_frequencies(labels, 4))
     optimizer, scheduler = build_optimizer(model, recipe, total_steps=300)   # scheduler.step_update(step)
     sampler = build_sampler(recipe, slice_class_presence(labels, 4), seed=0) # yields (index, epoch)
 
-The defaults are the TransUNet recipe with the learning rate and slice sampling the training-efficiency suite chose
-(issue 11, docs/medunext.md "Trainability"): Adam, lr 3e-3 with a cosine decay to 1e-6, weight decay 1e-4, no warm-up,
-0.5 CE + 0.5 soft Dice summed over the batch with the background included, no class weights, a third of
-the slices drawn to hold a foreground class (nnU-Net's foreground oversampling), rot90 / flip / small-rotation
-augmentation.
+The defaults are segmentation's: the TransUNet recipe with the learning rate and slice sampling the
+training-efficiency suite chose (issue 11, docs/medunext.md "Trainability"): Adam, lr 3e-3 with a cosine decay to
+1e-6, weight decay 1e-4, no warm-up, 0.5 CE + 0.5 soft Dice summed over the batch with the background included, no
+class weights, a third of the slices drawn to hold a foreground class (nnU-Net's foreground oversampling), rot90 /
+flip / small-rotation augmentation.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from ..data.images import EpochSampler
 from ..errors import UserInputError
 from .segmentation.losses import DICE_MODES, DeepSupervisionLoss, DiceCELoss
 
-__all__ = ['SegRecipe', 'SCHEDULES', 'CLASS_WEIGHTINGS', 'build_loss', 'build_optimizer', 'build_sampler',
+__all__ = ['TrainingRecipe', 'SCHEDULES', 'CLASS_WEIGHTINGS', 'build_loss', 'build_optimizer', 'build_sampler',
            'ForegroundSampler', 'class_weights', 'class_frequencies', 'slice_class_presence', 'recipe_from_config',
            'recipe_summary']
 
@@ -38,13 +40,16 @@ CLASS_WEIGHTINGS = ('none', 'inverse', 'sqrt_inverse')
 
 
 @dataclass
-class SegRecipe:
-    """How a segmentation network is trained (everything but the data, the model and the step budget).
+class TrainingRecipe:
+    """How a network is trained (everything but the data, the model and the step budget). The defaults are
+    segmentation's; ``ClassificationConfig.recipe()`` gives classification's.
 
     Attributes:
         opt: timm optimiser name (``adam``, ``adamw``, ``sgd`` (Nesterov, momentum 0.9), ...).
         lr, min_lr: peak and final learning rate.
         weight_decay: decoupled for ``adamw``, L2 for ``adam`` / ``sgd`` (timm's convention).
+        layer_decay: layer-wise lr decay over ``model.group_matcher`` (timm's ``param_groups_layer_decay``): the lr
+            of group i is ``lr * layer_decay ** (num_groups - 1 - i)``; ``None``: one lr.
         warmup_steps, warmup_frac: linear warm-up from ``lr * 1e-3``; the larger of ``warmup_steps`` and
             ``warmup_frac * total_steps`` optimiser steps, before the schedule.
         schedule: ``cosine`` (to ``min_lr``), ``poly`` (``(1 - t / T) ** poly_power``, nnU-Net: 0.9) or
@@ -79,11 +84,12 @@ class SegRecipe:
     deep_supervision: bool = True
     augment: bool = True
     clip_grad: Optional[float] = None
+    layer_decay: Optional[float] = None
 
     def __post_init__(self):
         self.check()
 
-    def check(self) -> SegRecipe:
+    def check(self) -> TrainingRecipe:
         """Raise :class:`UserInputError` on a value no builder can use; returns ``self``."""
         def bad(opt: str, msg: str):
             raise UserInputError(f'--{opt.replace("_", "-")}: {msg}')
@@ -103,11 +109,13 @@ class SegRecipe:
         if self.warmup_steps < 0 or not 0.0 <= self.warmup_frac < 1.0:
             bad('warmup_steps', f'warm-up steps >= 0 and fraction in [0, 1) (got {self.warmup_steps}, '
                                 f'{self.warmup_frac}).')
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise UserInputError(f'--layer-decay must be in (0, 1], got {self.layer_decay}.')
         if self.clip_grad is not None and not self.clip_grad > 0:
             bad('clip_grad', f'must be > 0 (or None), got {self.clip_grad}.')
         return self
 
-    def replace(self, **overrides: Any) -> SegRecipe:
+    def replace(self, **overrides: Any) -> TrainingRecipe:
         """A copy with some fields changed; unknown names raise :class:`UserInputError`."""
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
@@ -173,7 +181,7 @@ def class_weights(weighting: str, class_freq: Optional[torch.Tensor]) -> Optiona
 
 
 # ---------------------------------------------------------------- builders
-def build_loss(recipe: SegRecipe, num_classes: int, class_freq: Optional[torch.Tensor] = None) -> nn.Module:
+def build_loss(recipe: TrainingRecipe, num_classes: int, class_freq: Optional[torch.Tensor] = None) -> nn.Module:
     """The training loss: Dice + CE (:class:`.losses.DiceCELoss`) inside deep supervision (a plain tensor of
     logits is scored as is). ``class_freq`` (``K``, see :func:`class_frequencies`) is needed for class weights."""
     base = DiceCELoss(num_classes, recipe.ce_weight, recipe.dice_weight, recipe.dice_mode, recipe.dice_background,
@@ -181,13 +189,14 @@ def build_loss(recipe: SegRecipe, num_classes: int, class_freq: Optional[torch.T
     return DeepSupervisionLoss(base, recipe.deep_supervision)
 
 
-def build_optimizer(model: nn.Module, recipe: SegRecipe, total_steps: int) -> Tuple[torch.optim.Optimizer, Any]:
+def build_optimizer(model: nn.Module, recipe: TrainingRecipe, total_steps: int) -> Tuple[torch.optim.Optimizer, Any]:
     """timm's ``create_optimizer_v2`` and a timm scheduler stepped per optimiser update
     (``scheduler.step_update(num_updates=step)``), already at step 0."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler, PolyLRScheduler, StepLRScheduler
     try:
-        optimizer = create_optimizer_v2(model, recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        optimizer = create_optimizer_v2(model, recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                        layer_decay=recipe.layer_decay)
     except (ValueError, AssertionError) as e:
         raise UserInputError(f'--opt {recipe.opt!r}: {e}') from None
     total = max(1, int(total_steps))
@@ -240,7 +249,7 @@ class ForegroundSampler(EpochSampler):
         return idx.tolist()
 
 
-def build_sampler(recipe: SegRecipe, presence: torch.Tensor, seed: int = 0, rank: int = 0, world_size: int = 1,
+def build_sampler(recipe: TrainingRecipe, presence: torch.Tensor, seed: int = 0, rank: int = 0, world_size: int = 1,
                   drop_last: bool = False) -> EpochSampler:
     """The training slice sampler: a plain seeded shuffle (:class:`~mednext_zoo.data.EpochSampler`) or, with
     ``recipe.oversample_fg > 0``, a :class:`ForegroundSampler`. ``presence``: ``N, K`` bool."""
@@ -249,17 +258,29 @@ def build_sampler(recipe: SegRecipe, presence: torch.Tensor, seed: int = 0, rank
     return EpochSampler(len(presence), seed, True, rank, world_size, drop_last=drop_last)
 
 
-def recipe_summary(recipe: SegRecipe) -> str:
+def recipe_summary(recipe: TrainingRecipe) -> str:
     """One line for logs and reports, naming only what differs from the defaults."""
     changed = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)
                if getattr(recipe, f.name) != f.default}
     return 'default recipe' + (f' + {changed}' if changed else '')
 
 
-def recipe_from_config(cfg: Any, updates_per_epoch: Optional[int] = None) -> SegRecipe:
+def recipe_from_config(cfg: Any, updates_per_epoch: Optional[int] = None) -> TrainingRecipe:
     """The recipe of a run config (e.g. ``SegConfig``): every attribute named like a recipe field, and
     ``warmup_epochs * updates_per_epoch`` warm-up steps when both are known."""
-    kw = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SegRecipe) if hasattr(cfg, f.name)}
+    kw = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainingRecipe) if hasattr(cfg, f.name)}
     if updates_per_epoch and getattr(cfg, 'warmup_epochs', 0):
         kw['warmup_steps'] = max(int(kw.get('warmup_steps', 0)), int(round(cfg.warmup_epochs * updates_per_epoch)))
-    return SegRecipe(**kw)
+    return TrainingRecipe(**kw)
+
+
+_RENAMED = {'SegRecipe': 'TrainingRecipe'}  # the names before 0.2, kept until 0.3
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        import warnings
+        warnings.warn(f'{name} is renamed {_RENAMED[name]} (it serves both tasks); {name} will be removed in 0.3.',
+                      DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -2,7 +2,7 @@
 and the paper's figures to print next to the measured ones.
 
 Nothing here is a code path: :mod:`.runner` reads these tables. The recipe lists only what the paper states (or
-what the tag fixes); everything else comes from the defaults of ``FinetuneConfig`` / ``SegConfig``, so a change
+what the tag fixes); everything else comes from the defaults of ``ClassificationConfig`` / ``SegConfig``, so a change
 of those defaults reaches the reproduction too. See ``docs/weights.md`` for the source of every entry.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ class TagProtocol:
     img_size: int
     in_chans: int
     intensity: str  # what the images go through before the network (text for the plan and the card)
-    recipe: Mapping[str, object]  # overrides of FinetuneConfig / SegConfig fields (the rest are their defaults)
+    recipe: Mapping[str, object]  # overrides of ClassificationConfig / SegConfig fields (the rest are their defaults)
     recipe_source: str
     paper: Mapping[str, float]  # metric -> the paper's figure (fractions, like the measured ones)
     paper_source: str
@@ -69,7 +69,7 @@ class TagProtocol:
 
 _CLS_RECIPE_SOURCE = ('Paper ("Experimental settings"): AdamW, initial momentum 0.9, cosine schedule, weight decay '
                       '0.05, 300 epochs; random cropping + horizontal flip at 224x224. Its learning rate, batch size '
-                      'and split ratio did not survive in the text: those are FinetuneConfig\'s defaults and our '
+                      'and split ratio did not survive in the text: those are ClassificationConfig\'s defaults and our '
                       '70/10/20 split.')
 _SEG_RECIPE_SOURCE = ('Paper ("Experimental settings"): Adam, batch 12, 100 epochs, trained from scratch; its learning '
                       'rate did not survive in the text. Loss, augmentation, schedule and learning rate are '

@@ -50,10 +50,10 @@ def _dump(obj: Any) -> str:
 # ---------------------------------------------------------------- configuration
 def build_config(protocol: TagProtocol, seed: int, out: str, data: str, *, epochs: Optional[int] = None,
                  batch_size: Optional[int] = None, img_size: Optional[int] = None, **engine: Any):
-    """The ``FinetuneConfig`` / ``SegConfig`` of one seed: the config's defaults, the protocol's recipe, then the
+    """The ``ClassificationConfig`` / ``SegConfig`` of one seed: the config's defaults, the protocol's recipe, then the
     overrides; ``engine`` holds run settings (device, amp, resume, progress, ...)."""
     if protocol.task == 'classification':
-        from ..finetune.classification.task import FinetuneConfig as Config
+        from ..finetune.classification.task import ClassificationConfig as Config
         fixed = dict(model=protocol.tag, data=data, out=out, in_chans=protocol.in_chans, export=False)
     else:
         from ..finetune.segmentation.task import SegConfig as Config

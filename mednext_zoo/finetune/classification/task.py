@@ -1,6 +1,6 @@
 """Image classification fine-tuning on top of the task-agnostic :mod:`~mednext_zoo.finetune.engine`.
 
-``fit(FinetuneConfig(...))`` trains any timm classifier (MedNeXt first) on an ImageFolder tree or a CSV
+``fit(ClassificationConfig(...))`` trains any timm classifier (MedNeXt first) on an ImageFolder tree or a CSV
 manifest and leaves a run folder::
 
     RUN_DIR/config.json       resolved configuration        RUN_DIR/splits.csv     the split of every image
@@ -58,13 +58,14 @@ from .._run import (
 )
 from ..batched import predict_batches
 from ..distributed import DistInfo, resolve_device, seed_everything
-from ..engine import Task, describe_weights, plain_schedule_warnings
+from ..engine import Task, describe_weights
 from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
 from ..outputs import claim_output_dir, remove_stale, unique_inputs
+from ..recipe import TrainingRecipe, build_optimizer
 from ..run_dir import RunDirGuard, atomic_write_bytes, atomic_write_json, create_run_dir
 from .metrics import classification_report, fit_temperature, multilabel_point_metrics, multilabel_report, point_metrics
 
-__all__ = ['FinetuneConfig', 'ClassificationTask', 'build_optimizer', 'fit', 'evaluate', 'predict', 'cross_validate',
+__all__ = ['ClassificationConfig', 'ClassificationTask', 'fit', 'evaluate', 'predict', 'cross_validate',
            'load_run_model', 'check_model_name', 'create_classifier', 'export_run', 'run_norm_stats']
 
 
@@ -74,7 +75,7 @@ SCRATCH_CLIP_GRAD = 1.0  # from random weights: lr 4e-3 diverged on some seeds w
 
 
 @dataclass
-class FinetuneConfig:
+class ClassificationConfig:
     """Everything a fine-tuning run needs; defaults follow the paper's recipe (AdamW, wd 0.05, cosine).
 
     ``lr`` / ``clip_grad`` left at ``None`` depend on the start: with ``pretrained`` weights lr
@@ -136,6 +137,29 @@ class FinetuneConfig:
         """The settings as a plain dict (what ``config.json`` records)."""
         return dataclasses.asdict(self)
 
+    def recipe(self, updates_per_epoch: Optional[int] = None) -> TrainingRecipe:
+        """The optimiser recipe of the run (:func:`mednext_zoo.finetune.recipe.build_optimizer` builds it): AdamW
+        (weight decay ``weight_decay``, none on 1-D parameters) with optional layer-wise lr decay, a cosine decay to
+        ``min_lr`` after a linear warm-up of ``warmup_epochs`` -- in optimiser steps with ``updates_per_epoch``,
+        else as a share of ``epochs``."""
+        warmup = dict(warmup_steps=int(round(self.warmup_epochs * updates_per_epoch))) if updates_per_epoch else \
+            dict(warmup_frac=self.warmup_epochs / self.epochs)
+        return TrainingRecipe(opt='adamw', lr=self.lr, min_lr=self.min_lr, weight_decay=self.weight_decay,
+                              schedule='cosine', layer_decay=self.layer_decay, clip_grad=self.clip_grad or None,
+                              **warmup)
+
+
+_RENAMED = {'FinetuneConfig': 'ClassificationConfig'}  # the names before 0.2, kept until 0.3
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        import warnings
+        warnings.warn(f'{name} is renamed {_RENAMED[name]} (it configures classification runs); {name} will be '
+                      f'removed in 0.3.', DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
 
 # ---------------------------------------------------------------- model
 def create_classifier(model: str, num_classes: int, in_chans: int, img_size: int, pretrained: Optional[str] = None,
@@ -161,26 +185,6 @@ def _norm_stats(model: nn.Module, in_chans: int) -> Tuple[List[float], List[floa
     if len(mean) != in_chans:
         mean, std = [float(np.mean(mean))] * in_chans, [float(np.mean(std))] * in_chans
     return mean, std
-
-
-def build_optimizer(model: nn.Module, cfg: FinetuneConfig, updates_per_epoch: int):
-    """AdamW (weight decay ``cfg.weight_decay``, none on 1-D parameters) with optional layer-wise lr decay
-    over ``model.group_matcher`` (timm's ``param_groups_layer_decay``), and a per-update cosine schedule with
-    linear warm-up. Each group's lr is ``schedule(t) * lr_scale`` once the scheduler has been stepped."""
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
-        raise UserInputError(f'--layer-decay must be in (0, 1], got {cfg.layer_decay}.')
-    optimizer = create_optimizer_v2(model, 'adamw', lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    layer_decay=cfg.layer_decay)
-    total_updates = cfg.epochs * updates_per_epoch
-    warmup = min(int(round(cfg.warmup_epochs * updates_per_epoch)), max(0, total_updates - 1))
-    with plain_schedule_warnings(total_updates, warmup):  # a run shorter than its warm-up never decays: say so
-        scheduler = CosineLRScheduler(optimizer, t_initial=total_updates - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
-                                      warmup_lr_init=cfg.lr * 1e-3 if warmup else cfg.lr, warmup_prefix=True,
-                                      t_in_epochs=False)
-    scheduler.step_update(num_updates=0)  # apply the warm-up start and layer-decay scales before the first step
-    return optimizer, scheduler
 
 
 # ---------------------------------------------------------------- task
@@ -288,7 +292,7 @@ def _write_splits(path: str, samples: Sequence[Sample]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def _check_multi_label_options(cfg: FinetuneConfig) -> None:
+def _check_multi_label_options(cfg: ClassificationConfig) -> None:
     if cfg.imbalance == 'sampler':
         raise UserInputError('--imbalance sampler draws images by class; a multi-label set has no single class per '
                              'image. Use --imbalance weights (a positive weight per label) or none.')
@@ -438,7 +442,7 @@ def format_report(report: Dict[str, Any], title: str = '') -> str:
 
 
 # ---------------------------------------------------------------- fit
-def fit(cfg: FinetuneConfig, source: Optional[DataSource] = None) -> Dict[str, Any]:
+def fit(cfg: ClassificationConfig, source: Optional[DataSource] = None) -> Dict[str, Any]:
     """Train, evaluate and export one run (or ``cfg.folds`` runs, see :func:`cross_validate`).
 
     Returns the final metrics (``metrics.json``'s content) on rank 0, ``{}`` elsewhere.
@@ -448,7 +452,7 @@ def fit(cfg: FinetuneConfig, source: Optional[DataSource] = None) -> Dict[str, A
     return run_guarded(cfg, lambda info, guard: _fit(cfg, info, source, guard))
 
 
-def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guard: RunDirGuard) -> Dict[str, Any]:
+def _fit(cfg: ClassificationConfig, info: DistInfo, source: Optional[DataSource], guard: RunDirGuard) -> Dict[str, Any]:
     t_start = time.time()
     source, positive, monitor, mode = _check_settings(cfg, source)
     classes, multi = source.classes, source.multi_label
@@ -458,7 +462,8 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
     model = create_classifier(cfg.model, len(classes), cfg.in_chans, cfg.img_size, cfg.pretrained, cfg.drop_path)
     mean, std = _norm_stats(model, cfg.in_chans)
     data = _Data(cfg, source, mean, std, info)
-    optim = build_optimizer(model, cfg, max(1, math.ceil(len(data.train_loader) / cfg.accum_steps)))
+    updates = max(1, math.ceil(len(data.train_loader) / cfg.accum_steps))
+    optim = build_optimizer(model, cfg.recipe(updates), cfg.epochs * updates)
     task = ClassificationTask(classes, data.class_weights, cfg.label_smoothing, positive, cfg.linear_probe,
                               cfg.freeze_epochs, multi_label=multi)
     engine = build_engine(cfg, info, model, task, (data.train_loader, data.val_loader), optim, monitor, mode)
@@ -492,7 +497,8 @@ def _fit(cfg: FinetuneConfig, info: DistInfo, source: Optional[DataSource], guar
     return result
 
 
-def _check_settings(cfg: FinetuneConfig, source: Optional[DataSource]) -> Tuple[DataSource, Optional[int], str, str]:
+def _check_settings(cfg: ClassificationConfig, source: Optional[DataSource]
+                    ) -> Tuple[DataSource, Optional[int], str, str]:
     """The checks before anything is built: ``(source, positive class index, monitor, monitor mode)``; the data are
     discovered and split here unless ``source`` is given."""
     check_model_name(cfg.model)
@@ -517,7 +523,7 @@ class _Data:
     """The splits of a run as datasets and loaders, the training counts per class (label) and the loss weights of
     ``--imbalance weights``."""
 
-    def __init__(self, cfg: FinetuneConfig, source: DataSource, mean: Sequence[float], std: Sequence[float],
+    def __init__(self, cfg: ClassificationConfig, source: DataSource, mean: Sequence[float], std: Sequence[float],
                  info: DistInfo):
         self.cfg, self.source, self.mean, self.std, self.info = cfg, source, mean, std, info
         self.train, self.val, self.test = source.subset('train'), source.subset('val'), source.subset('test')
@@ -561,7 +567,7 @@ class _Data:
                        self.cfg.num_workers, self.cfg.seed)
 
 
-def _report(cfg: FinetuneConfig, source: DataSource, data: _Data, summary: Dict[str, Any],
+def _report(cfg: ClassificationConfig, source: DataSource, data: _Data, summary: Dict[str, Any],
             val_out: Tuple[torch.Tensor, torch.Tensor], test_out: Optional[Tuple[torch.Tensor, torch.Tensor]],
             positive_class: Optional[str], monitor: str, t_start: float) -> Dict[str, Any]:
     """Score the best weights on val (and test), with temperature scaling if asked; write ``metrics.json`` and the
@@ -614,13 +620,13 @@ def _report(cfg: FinetuneConfig, source: DataSource, data: _Data, summary: Dict[
     return result
 
 
-def cross_validate(cfg: FinetuneConfig) -> Dict[str, Any]:
+def cross_validate(cfg: ClassificationConfig) -> Dict[str, Any]:
     """``cfg.folds``-fold cross-validation (stratified, patient-grouped): one run per fold under
     ``RUN_DIR/fold-K`` and ``RUN_DIR/cv_summary.json`` with the mean and std of each validation metric."""
     return run_guarded(cfg, lambda info, guard: _cross_validate(cfg, int(cfg.folds), info, guard))
 
 
-def _cross_validate(cfg: FinetuneConfig, k: int, info: DistInfo, guard: RunDirGuard) -> Dict[str, Any]:
+def _cross_validate(cfg: ClassificationConfig, k: int, info: DistInfo, guard: RunDirGuard) -> Dict[str, Any]:
     source = hold_out_test(discover(cfg.data, cfg.on_bad_file, cfg.labels, strict_columns=cfg.strict_columns),
                            cfg.test_frac, cfg.seed)
     folds = kfold_assignments(source, k, cfg.seed)

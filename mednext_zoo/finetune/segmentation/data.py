@@ -129,7 +129,7 @@ class SliceDataset(Dataset):
 
     def class_presence(self, num_classes: int) -> torch.Tensor:
         """``len(self), K`` bool: the classes the slice of each item holds (for the foreground sampler)."""
-        from .recipe import slice_class_presence
+        from ..recipe import slice_class_presence
         per_volume = [slice_class_presence(p.label, num_classes) for p in self.volumes]
         return torch.stack([per_volume[v][z] for v, z in self.index]) if self.index else \
             torch.zeros(0, num_classes, dtype=torch.bool)

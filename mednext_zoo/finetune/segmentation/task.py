@@ -57,7 +57,7 @@ from ..engine import Task, describe_weights
 from ..heldout import content_id, find_overlap, select_held_out, write_overlap_csv
 from ..outputs import claim_output_dir, remove_stale, unique_inputs
 from ..recipe import (
-    SegRecipe,
+    TrainingRecipe,
     build_loss,
     build_optimizer,
     build_sampler,
@@ -115,21 +115,21 @@ class SegConfig:
     window: Tuple[float, float] = SYNAPSE_WINDOW
     epochs: int = 100
     batch_size: int = 12
-    # the training recipe (recipe.SegRecipe holds the defaults and documents each field)
-    opt: str = SegRecipe.opt
-    lr: float = SegRecipe.lr
-    min_lr: float = SegRecipe.min_lr
-    weight_decay: float = SegRecipe.weight_decay
+    # the training recipe (recipe.TrainingRecipe holds the defaults and documents each field)
+    opt: str = TrainingRecipe.opt
+    lr: float = TrainingRecipe.lr
+    min_lr: float = TrainingRecipe.min_lr
+    weight_decay: float = TrainingRecipe.weight_decay
     warmup_epochs: float = 0.0
-    schedule: str = SegRecipe.schedule
-    ce_weight: float = SegRecipe.ce_weight
-    dice_weight: float = SegRecipe.dice_weight
-    dice_mode: str = SegRecipe.dice_mode
-    dice_background: bool = SegRecipe.dice_background
-    class_weighting: str = SegRecipe.class_weighting
-    oversample_fg: float = SegRecipe.oversample_fg
-    deep_supervision: bool = SegRecipe.deep_supervision
-    augment: bool = SegRecipe.augment
+    schedule: str = TrainingRecipe.schedule
+    ce_weight: float = TrainingRecipe.ce_weight
+    dice_weight: float = TrainingRecipe.dice_weight
+    dice_mode: str = TrainingRecipe.dice_mode
+    dice_background: bool = TrainingRecipe.dice_background
+    class_weighting: str = TrainingRecipe.class_weighting
+    oversample_fg: float = TrainingRecipe.oversample_fg
+    deep_supervision: bool = TrainingRecipe.deep_supervision
+    augment: bool = TrainingRecipe.augment
     val_frac: float = 0.2
     test_frac: float = 0.0
     val_max_slices: int = 256  # slices scored after each epoch (evenly spaced; all volumes are scored in 3D later)
@@ -144,7 +144,7 @@ class SegConfig:
     amp: str = 'auto'
     device: str = 'auto'
     seed: int = 0
-    clip_grad: Optional[float] = SegRecipe.clip_grad
+    clip_grad: Optional[float] = TrainingRecipe.clip_grad
     ema_decay: float = 0.0
     patience: int = 0
     ckpt_every_steps: int = 0
@@ -663,7 +663,7 @@ class _SegData:
                          'patch_size': self.size if self.mode == 'patch' else None, 'sw_overlap': cfg.sw_overlap,
                          'sw_mode': 'gaussian'}
 
-    def loaders(self, recipe: SegRecipe) -> Tuple[Any, DataLoader, Optional[DataLoader]]:
+    def loaders(self, recipe: TrainingRecipe) -> Tuple[Any, DataLoader, Optional[DataLoader]]:
         """``(train dataset, train loader, val loader or None)``: patches (foreground-oversampled by the recipe)
         or whole slices for training; tiles or slices, evenly spaced, for validation."""
         from ...data import EpochSampler
