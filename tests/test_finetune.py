@@ -889,7 +889,8 @@ def test_names_before_0_2_still_work_with_a_deprecation_warning():
     from mednext_zoo.finetune.classification import task
     from mednext_zoo.reproduce import tag_protocols
     for module, old, new in ((task, 'FinetuneConfig', ClassificationConfig),
-                             (__import__('mednext_zoo.finetune', fromlist=['x']), 'FinetuneConfig', ClassificationConfig),
+                             (__import__('mednext_zoo.finetune', fromlist=['x']), 'FinetuneConfig',
+                              ClassificationConfig),
                              (__import__('mednext_zoo.finetune.segmentation.recipe', fromlist=['x']), 'SegRecipe',
                               TrainingRecipe),
                              (training, 'cls_recipe', training.classification_recipe),

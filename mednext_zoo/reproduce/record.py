@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .protocols import TagProtocol
+from .tag_protocols import TagProtocol
 from .timing import format_duration
 
 __all__ = ['environment', 'git_commit', 'headline_metrics', 'seed_statistics', 'card_metrics', 'reproduction_section',

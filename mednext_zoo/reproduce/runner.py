@@ -29,8 +29,8 @@ from ..catalog import hub_id
 from ..data.releases import ContentReport, Recognised, check_contents, recognise
 from ..errors import UserInputError
 from . import record as rec_mod
-from .protocols import TagProtocol, get_protocol
 from .splits import SplitRow, split_release, split_table, to_data_source, write_split_file
+from .tag_protocols import TagProtocol, get_tag_protocol
 from .timing import Estimate, format_duration, measure_step_time, steps_per_epoch
 
 __all__ = ['reproduce', 'build_config']
@@ -193,7 +193,7 @@ def reproduce(tag: str, data: str, out: Optional[str] = None, *, epochs: Optiona
         The plan (``dry_run``) or the run summary (``summary.json``'s content); ``{}`` on non-main ranks.
     """
     t0 = time.time()
-    protocol = get_protocol(tag)
+    protocol = get_tag_protocol(tag)
     if not 1 <= seeds <= len(protocol.seeds):
         raise UserInputError(f'--seeds must be 1..{len(protocol.seeds)} (the protocol\'s seeds are '
                              f'{", ".join(map(str, protocol.seeds))}); got {seeds}.')

@@ -1,4 +1,4 @@
-"""Apply a tag's :class:`~.protocols.SplitRule` to a recognised release; write and re-read the split file."""
+"""Apply a tag's :class:`~.tag_protocols.SplitRule` to a recognised release; write and re-read the split file."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,7 @@ from .._atomic import atomic_write_text
 from ..data import DataSource, Sample
 from ..data.releases import Recognised
 from ..errors import UserInputError
-from .protocols import SplitRule, TagProtocol
+from .tag_protocols import SplitRule, TagProtocol
 
 __all__ = ['SplitRow', 'split_release', 'to_data_source', 'split_table', 'render_split_file',
            'write_split_file']
@@ -48,9 +48,8 @@ def split_release(rec: Recognised, protocol: TagProtocol) -> List[SplitRow]:
     """Every image (classification) or case (segmentation) with its split under the tag's rule."""
     rule = protocol.split
     if rule.kind == 'lists':
-        from ..finetune.segmentation.protocols import get_protocol as get_seg_protocol
-        from ..finetune.segmentation.protocols import protocol_split
-        by = protocol_split(get_seg_protocol(rule.lists), [c.case_id for c in rec.cases], rec.base)
+        from ..finetune.segmentation.protocols import get_protocol, protocol_split
+        by = protocol_split(get_protocol(rule.lists), [c.case_id for c in rec.cases], rec.base)
         where = {cid: s for s, ids in by.items() for cid in ids}
         return [(c.case_id, c.patient, c.patient, 'volume', where[c.case_id]) for c in rec.cases]
     if rule.kind != 'fractions':

@@ -13,7 +13,7 @@ from typing import Dict, Mapping, Tuple
 from ..catalog import DATASETS, PRETRAINED_TAGS
 from ..errors import UserInputError
 
-__all__ = ['SplitRule', 'TagProtocol', 'PROTOCOLS', 'get_protocol']
+__all__ = ['SplitRule', 'TagProtocol', 'PROTOCOLS', 'get_tag_protocol']
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ PROTOCOLS: Dict[str, TagProtocol] = {
 assert set(PROTOCOLS) == set(PRETRAINED_TAGS)  # every tag has a protocol
 
 
-def get_protocol(tag: str) -> TagProtocol:
+def get_tag_protocol(tag: str) -> TagProtocol:
     """The :class:`TagProtocol` of ``tag`` (e.g. ``'mednext_base.sarscov2_ct'``); raises UserInputError naming the known
     tags."""
     if tag not in PROTOCOLS:
