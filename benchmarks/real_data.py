@@ -89,7 +89,7 @@ def run_one(model: str, data: str, out: Path, seed: int, epochs: int, img_size: 
     torch.set_num_threads(threads)
     from mednext_zoo.finetune import ClassificationConfig, fit
     cfg = ClassificationConfig(model=model, data=data, out=str(out), epochs=epochs, img_size=img_size, seed=seed,
-                         progress=False, n_bootstrap=200, overwrite=True, export=False, **sets)
+                               progress=False, n_bootstrap=200, overwrite=True, export=False, **sets)
     log = StepLog(out.parent / f'{out.name}.steps.jsonl', every)
     cfg._callbacks = [log]
     c0 = time.process_time()

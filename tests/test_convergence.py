@@ -30,11 +30,12 @@ REAL_FIXTURE = __import__('os').path.join(__import__('os').path.dirname(__file__
 
 @pytest.mark.slow
 def test_default_cls_recipe_learns_real_chest_xrays(tmp_path):
-    """mednext_tiny from random weights, every classification default (ClassificationConfig's, which the CLI passes), on 300
-    real PneumoniaMNIST training images at 32 px for 10 epochs (90 steps): the 200 held-out test images reach ROC AUC
-    0.85. Seeds 0 and 1 reached 0.958 and 0.931 when this test was written (issue 21)."""
+    """mednext_tiny from random weights, every classification default (ClassificationConfig's, which the CLI passes),
+    on 300 real PneumoniaMNIST training images at 32 px for 10 epochs (90 steps): the 200 held-out test images reach
+    ROC AUC 0.85. Seeds 0 and 1 reached 0.958 and 0.931 when this test was written (issue 21)."""
     from mednext_zoo.finetune import ClassificationConfig, fit
-    res = fit(ClassificationConfig(model='mednext_tiny', data=REAL_FIXTURE, labels='normal,pneumonia', out=str(tmp_path),
-                             epochs=10, img_size=32, progress=False, n_bootstrap=0, export=False))
+    res = fit(ClassificationConfig(model='mednext_tiny', data=REAL_FIXTURE, labels='normal,pneumonia',
+                                   out=str(tmp_path), epochs=10, img_size=32, progress=False, n_bootstrap=0,
+                                   export=False))
     assert res['headline_split'] == 'test' and res['sizes']['test'] == 200
     assert res['test']['auc'] >= 0.85, res['test']

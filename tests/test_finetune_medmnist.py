@@ -43,7 +43,7 @@ def test_multilabel_metrics_follow_the_medmnist_evaluator():
 def test_multilabel_run_trains_with_bce_and_scores_per_label(tmp_path):
     data = _chest(tmp_path / 'chestmnist.npz')
     res = fit(ClassificationConfig(model='mednext_tiny', data=data, out=str(tmp_path / 'run'), epochs=1, img_size=32,
-                             batch_size=8, progress=False, n_bootstrap=10, in_chans=1))
+                                   batch_size=8, progress=False, n_bootstrap=10, in_chans=1))
     assert res['averaging'] == 'multi-label' and res['headline_split'] == 'test'
     assert res['sizes'] == {'train': 24, 'val': 8, 'test': 8}
     assert len(res['test']['per_class']) == 14 and 'confusion_matrix' not in res['test']
@@ -63,7 +63,7 @@ def test_multilabel_run_trains_with_bce_and_scores_per_label(tmp_path):
 def test_npz_run_records_official_splits_and_evaluate_keeps_to_held_out_images(tmp_path):
     run = tmp_path / 'run'
     res = fit(ClassificationConfig(model='resnet18', data=FIXTURE, labels='normal,pneumonia', out=str(run), epochs=1,
-                             img_size=32, batch_size=32, progress=False, n_bootstrap=10, in_chans=1))
+                                   img_size=32, batch_size=32, progress=False, n_bootstrap=10, in_chans=1))
     assert res['sizes'] == {'train': 300, 'val': 100, 'test': 200}
     with open(run / 'splits.csv') as f:
         rows = list(csv.DictReader(f))

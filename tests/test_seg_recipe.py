@@ -7,7 +7,6 @@ import torch.nn.functional as F
 
 from mednext_zoo.data import EpochSampler
 from mednext_zoo.errors import UserInputError
-from mednext_zoo.finetune.segmentation.losses import DeepSupervisionLoss, DiceCELoss, SoftDiceLoss, downsample_target
 from mednext_zoo.finetune.recipe import (
     ForegroundSampler,
     TrainingRecipe,
@@ -19,6 +18,7 @@ from mednext_zoo.finetune.recipe import (
     recipe_from_config,
     slice_class_presence,
 )
+from mednext_zoo.finetune.segmentation.losses import DeepSupervisionLoss, DiceCELoss, SoftDiceLoss, downsample_target
 
 
 def _confident(pred: torch.Tensor, k: int) -> torch.Tensor:

@@ -177,9 +177,9 @@ def finetune_export(tmp_path_factory):
             c = int(rng.integers(min(h, w) // 4, min(h, w) // 2))
             y, x = int(rng.integers(0, h - c)), int(rng.integers(0, w - c))
             Image.fromarray(img[y:y + c, x:x + c + c // 3]).resize((48, 40)).save(root / 'data' / cls / f'{i}.png')
-    cfg = ClassificationConfig(model='mednext_tiny', data=os.fspath(root / 'data'), out=os.fspath(root / 'run'), epochs=1,
-                         img_size=32, batch_size=4, lr=1e-3, warmup_epochs=0, n_bootstrap=20, progress=False,
-                         device='cpu', val_frac=0.25)
+    cfg = ClassificationConfig(model='mednext_tiny', data=os.fspath(root / 'data'), out=os.fspath(root / 'run'),
+                               epochs=1, img_size=32, batch_size=4, lr=1e-3, warmup_epochs=0, n_bootstrap=20,
+                               progress=False, device='cpu', val_frac=0.25)
     fit(cfg)
     return cfg, root / 'run' / 'export'
 

@@ -25,7 +25,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     fit(ClassificationConfig(model=args.model, data=args.data, out=args.out, epochs=args.epochs, img_size=args.img_size,
-                       labels=args.labels, n_bootstrap=args.bootstrap, progress=False))
+                             labels=args.labels, n_bootstrap=args.bootstrap, progress=False))
     report = evaluate(args.out, args.data, n_bootstrap=args.bootstrap, progress=False)  # the official test split
     print(f'test split: ACC {report["accuracy"]:.3f}, AUC {report["auc"]:.3f} (n={report["n"]})')
     return report

@@ -16,7 +16,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from ..reproduce.protocols import PROTOCOLS
+    from ..reproduce.tag_protocols import PROTOCOLS
 
     p = subparsers.add_parser(
         'reproduce', help='train a pretrained tag from its downloaded public dataset into a Hub folder',
