@@ -46,9 +46,6 @@ def package_version(dist: str) -> str | None:
         return None
 
 
-_version = package_version  # the name before 0.2
-
-
 def machine_info(device: str = 'cpu') -> Dict[str, Any]:
     """Machine, library versions and thread settings (recorded with every result)."""
     from .version import __version__

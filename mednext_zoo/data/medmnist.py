@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import UserInputError
 from ._untrusted import DEFLATE_MAX_RATIO, check_declared_size, reading
+from .samples import DataSource, Sample
 
 __all__ = ['MedMNISTInfo', 'MEDMNIST_2D', 'MEDMNIST_LICENCE', 'MEDMNIST_CITATION', 'TASK_TYPES', 'medmnist_root',
            'is_array_source', 'resolve_npz', 'subset_of', 'read_medmnist', 'load_array_image', 'array_item_id',
@@ -247,7 +248,6 @@ def read_medmnist(data: Union[str, os.PathLike], labels: Union[None, str, Sequen
     ``labels`` overrides the built-in class names (and, with a ``task:`` prefix, the task type). A file the table
     does not know gets ``class_0..K-1`` (multi-label when the labels are ``N, L`` with L > 1).
     """
-    from .images import DataSource, Sample
 
     path = resolve_npz(data)
     heads = _headers(path)
