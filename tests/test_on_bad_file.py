@@ -38,7 +38,7 @@ def test_seg_finetune_skips_and_counts_bad_volumes(tmp_path, capsys):
         ['phantom_001_0000.nii.gz', 'phantom_003_0000.nii.gz']
     assert sum(cfg['split_sizes'].values()) == 3
     assert json.load(open(tmp_path / 'run' / 'metrics.json'))['skipped_files'] == 2
-    assert 'skipped 2 case(s)' in capsys.readouterr().out
+    assert '2 case(s) skipped' in capsys.readouterr().out
     with open(tmp_path / 'run' / 'splits.csv') as f:
         assert 'phantom_001' not in f.read()
 

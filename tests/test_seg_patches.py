@@ -169,4 +169,8 @@ def test_training_suite_patches_user_images(vessels):
     cfg = TrainSuiteConfig(steps=2, batch_size=2, eval_every=2)
     run = train_one(TrainRow.of('medunext_tiny_hr'), data, 0, cfg, TrainingRecipe(), torch.device('cpu'))
     assert run['status'] == 'ok' and 0 <= run['final']['dice']['foreground'] <= 1
-    assert _user_seg_data(vessels, 64, resize=True).patch is None
+    resized = _user_seg_data(vessels, 64, resize=True)
+    assert resized.patch is None and resized.test_x.shape[-2:] == (64, 64)
+    assert [tuple(t.shape) for t in resized.test_native] == [(1, 96, 96)] * 2  # scored at native resolution
+    run = train_one(TrainRow.of('medunext_tiny_hr'), resized, 0, cfg, SegRecipe(), torch.device('cpu'))
+    assert run['status'] == 'ok' and 0 <= run['final']['dice']['foreground'] <= 1

@@ -263,7 +263,8 @@ class TaskData:
     patch: Optional[int] = None  # seg at native resolution: training patches / sliding window of this size
     train_patches: Any = None  # patch mode: a PatchDataset over the native training slices
     test_vols: Optional[List[Any]] = None  # patch mode: the prepared native test volumes (Prepared)
-    test_rois: Optional[List[Any]] = None  # patch mode: each test volume's region of interest (or None)
+    test_rois: Optional[List[Any]] = None  # each test volume's region of interest (or None), user seg data
+    test_native: Optional[List[Any]] = None  # resized user seg data: each test volume's native labels D, H, W
 
     @property
     def num_classes(self) -> int:
@@ -376,7 +377,8 @@ def _user_seg_data(path: str, img_size: int, patch_size: Optional[int] = None, r
         return x, y, case
     trx, try_, _ = stack(prep(train_v))
     tex, tey, tec = stack(prep(test_v))
-    return TaskData(name, 'seg', list(label_map.classes), trx, try_, tex, tey, tec, *ids, desc)
+    return TaskData(name, 'seg', list(label_map.classes), trx, try_, tex, tey, tec, *ids, desc,
+                    test_rois=[v.roi for v in test_v], test_native=[torch.from_numpy(v.label).long() for v in test_v])
 
 
 def _user_cls_data(path: str, img_size: int) -> TaskData:
@@ -496,14 +498,24 @@ def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, chunk: int
     return predict_batches(model, (x[i:i + chunk] for i in range(0, len(x), chunk)), device)[0]
 
 
-def _patch_dice(model: nn.Module, data: TaskData, device: torch.device) -> Dict[int, Dict[str, float]]:
-    """:func:`per_volume_dice` of sliding-window predictions over the native test volumes (inside their ROIs)."""
+def _native_dice(model: nn.Module, data: TaskData, device: torch.device) -> Dict[int, Dict[str, float]]:
+    """:func:`per_volume_dice` at native resolution (inside the ROIs), as finetune scores: sliding-window predictions
+    over the native test volumes (patch mode), or the resized slices' predictions resized back (nearest)."""
     from ..finetune.segmentation.inference import sliding_window_probs
+    from ..finetune.segmentation.preprocess import resize_labels
     model.eval()
-    counts = np.zeros((3, len(data.test_vols), data.num_classes), dtype=np.int64)
-    for i, (vol, roi) in enumerate(zip(data.test_vols, data.test_rois)):
-        pred = sliding_window_probs(model, vol.image, data.patch, 0.5, 16, device=device).argmax(1).numpy()
-        gt = vol.label.numpy()
+    n = len(data.test_vols) if data.patch else len(data.test_native)
+    counts = np.zeros((3, n, data.num_classes), dtype=np.int64)
+    if not data.patch:
+        lowres = _predict(model, data.test_x, device).argmax(1)
+    for i, roi in enumerate(data.test_rois):
+        if data.patch:
+            vol = data.test_vols[i]
+            pred = sliding_window_probs(model, vol.image, data.patch, 0.5, 16, device=device).argmax(1).numpy()
+            gt = vol.label.numpy()
+        else:
+            gt = data.test_native[i].numpy()
+            pred = resize_labels(lowres[data.test_case == i], gt.shape[-2:]).numpy()
         if roi is not None:
             pred, gt = np.where(roi, pred, 0), np.where(roi, gt, 0)
         for k in range(1, data.num_classes):
@@ -515,8 +527,8 @@ def _patch_dice(model: nn.Module, data: TaskData, device: torch.device) -> Dict[
 
 def _evaluate(model: nn.Module, data: TaskData, device: torch.device) -> Dict[str, Any]:
     if data.kind == 'seg':
-        if data.patch:
-            res = _patch_dice(model, data, device)
+        if data.patch or data.test_native is not None:
+            res = _native_dice(model, data, device)
         else:
             res = per_volume_dice(_predict(model, data.test_x, device).argmax(1), data.test_y, data.test_case,
                                   data.num_classes)
