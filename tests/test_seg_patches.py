@@ -172,5 +172,5 @@ def test_training_suite_patches_user_images(vessels):
     resized = _user_seg_data(vessels, 64, resize=True)
     assert resized.patch is None and resized.test_x.shape[-2:] == (64, 64)
     assert [tuple(t.shape) for t in resized.test_native] == [(1, 96, 96)] * 2  # scored at native resolution
-    run = train_one(TrainRow.of('medunext_tiny_hr'), resized, 0, cfg, SegRecipe(), torch.device('cpu'))
+    run = train_one(TrainRow.of('medunext_tiny_hr'), resized, 0, cfg, TrainingRecipe(), torch.device('cpu'))
     assert run['status'] == 'ok' and 0 <= run['final']['dice']['foreground'] <= 1
