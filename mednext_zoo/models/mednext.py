@@ -45,6 +45,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 
 from ..errors import UserInputError
+from . import _export_form
 from ._pretrained import build_model_with_pretrained, pretrained_cfg_kwargs
 
 __all__ = ['MedNeXt', 'MedBlock', 'MedStage', 'LAFFN', 'SEM', 'SDFFN', 'ConvFFN', 'DwConvMixer', 'set_reference_paths']
@@ -740,7 +741,7 @@ class MedStage(nn.Module):
         # Channels-last end to end: a channels-last NCHW input is a free view as (B, H, W, C), and the
         # (B, C, H, W) output is a channels-last view, so the next stage's conv runs in NHWC too.
         if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
-            return self.forward_reference(x)
+            return self._forward_traced(x)
         x = self._downsample(x).permute(0, 2, 3, 1).contiguous()
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
@@ -749,6 +750,13 @@ class MedStage(nn.Module):
         else:
             x = self.blocks(x)
         return x.permute(0, 3, 1, 2)
+
+    @torch.jit.unused
+    def _forward_traced(self, x: torch.Tensor) -> torch.Tensor:
+        """Under jit tracing: the reference path, or inside ``export_form`` the export form (``_export_form.py``)."""
+        if _export_form.export_form_active():
+            return _export_form.stage_forward(self, x)
+        return self.forward_reference(x)
 
     @torch.jit.unused
     def _blocks_chunked(self, x: torch.Tensor) -> torch.Tensor:
