@@ -79,7 +79,7 @@ def test_export_form_matches_reference_path(name):
 
 @pytest.mark.parametrize('levers', [
     dict(layernorm='transpose', softmax_c='op', softmax_n='reduce'),
-    dict(fold_ln=False, agg='concat', merge=True),
+    dict(fold_ln=False, agg='concat', merge=True, proj='matmul'),
     dict(fold_up_bn=False),
 ])
 def test_every_lever_keeps_the_function(levers):
@@ -134,3 +134,17 @@ def test_onnx_graph_has_the_export_form(tmp_path):
     assert new.count('MatMul') == 2 * 8 and new.count('Conv') > ref.count('Conv') + 8 * 10
     seg = _build('medunext_tiny')
     assert 'BatchNormalization' in ops(seg, layout='reference') and 'BatchNormalization' not in ops(seg)
+
+
+def test_every_lever_exports_to_onnx_runtime(tmp_path):
+    """The benchmark builds every lever as a real ONNX file: each must export (constant shapes) and run the same."""
+    ort = pytest.importorskip('onnxruntime')
+    from mednext_zoo.deploy._onnx import export_onnx
+    model = _build('mednext_tiny')
+    x = torch.randn(2, 3, 32, 32)
+    ref = _reference(model, x)
+    for i, form in enumerate([dict(layernorm='transpose', softmax_c='op', softmax_n='reduce'),
+                              dict(fold_ln=False, agg='concat', merge=True, proj='matmul')]):
+        path = export_onnx(model, tmp_path / f'{i}.onnx', x[:1], form=form)
+        out = ort.InferenceSession(str(path), providers=['CPUExecutionProvider']).run(None, {'x': x.numpy()})[0]
+        assert _close(torch.from_numpy(out), ref) <= TOL, form

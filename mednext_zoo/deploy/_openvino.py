@@ -76,13 +76,16 @@ def ov_runner(model, precision: str = 'f32', threads: Optional[int] = None, stat
 _SHAPES = 4
 
 
-def quantize_int8(model, calibration: torch.Tensor):
+def quantize_int8(model, calibration: torch.Tensor, transformer: bool = False):
     """NNCF post-training int8 quantisation of an OpenVINO model, calibrated on ``calibration`` ``(N, C, H, W)``
-    (one image per step); the model type 'transformer' keeps softmax / normalisation inputs in float."""
+    (one image per step). NNCF's default (CNN) scheme: every conv, the MED blocks' 1x1 convs included, int8 with
+    per-channel weights. ``transformer``: NNCF's transformer scheme (softmax / normalisation inputs kept in float),
+    what the plain traced graph of MedNeXt (Linear layers) was quantised with before the export form."""
     try:
         import nncf
     except ImportError:
         raise BackendUnavailable("nncf not installed (OpenVINO's int8 quantiser): pip install 'mednext-zoo[openvino]'"
                                  ) from None
     items = [x[None].numpy() for x in calibration.float().cpu()]
-    return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), model_type=nncf.ModelType.TRANSFORMER)
+    kwargs = {'model_type': nncf.ModelType.TRANSFORMER} if transformer else {}
+    return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), **kwargs)

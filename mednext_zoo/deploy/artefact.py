@@ -52,8 +52,8 @@ def write_artefact(
         return ['model.onnx']
     from ._openvino import quantize_int8, read_onnx, save_ir
     ov_model = read_onnx(fp32)
-    if int8:
-        ov_model = quantize_int8(ov_model, calibration)
+    if int8:  # the plain traced graph (the "before" of the benchmark) with the scheme it was quantised with then
+        ov_model = quantize_int8(ov_model, calibration, transformer=(form or {}).get('layout') == 'reference')
     save_ir(ov_model, folder / 'model.xml')
     fp32.unlink()
     return ['model.xml', 'model.bin']

@@ -41,6 +41,7 @@ FORM: Dict[str, object] = {
     'softmax_n': 'reshape',    # 'reshape': Softmax(axis=-1) on B, C, H*W (constant shape); 'reduce': over (2, 3)
     'agg': 'sum',              # 'sum': four 1x1 convs accumulated; 'concat': one conv over the concatenation
     'merge': False,            # same-input convs (LAFFN W1 | W2, SEM Wa | Wv) as one conv, then Split
+    'proj': 'conv',            # 'conv': 1x1 Conv; 'matmul': W @ x on B, C, H*W (MatMul + Add, no conv layout)
     'fold_up_bn': True,        # BatchNorm after MedUNeXt's transposed convs folded into their weights
 }
 
@@ -153,7 +154,7 @@ def _block_consts(block: nn.Module) -> Consts:
                            ('ffn', block.norm3, block.ffn)):
         if sub is None or not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1:
             continue
-        c: Consts = {'eps': float(norm.eps)}
+        c: Consts = {'eps': float(norm.eps), 'shape': tuple(norm.normalized_shape)}
         if not fold and norm.weight is not None:
             c['g'] = norm.weight.detach().reshape(-1, 1, 1).clone()
             c['b'] = (norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)).detach(
@@ -237,11 +238,22 @@ def block_forward(block: nn.Module, x: torch.Tensor, hw: Optional[Tuple[int, int
 def _normalise(c: Consts, x: torch.Tensor) -> torch.Tensor:
     """LayerNorm over the channels of ``B, C, H, W`` (its affine applied only when not folded into the convs)."""
     if FORM['layernorm'] == 'transpose':
-        y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], None, None, c['eps']).permute(0, 3, 1, 2)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), c['shape'], None, None, c['eps']).permute(0, 3, 1, 2)
     else:
         d = x - x.mean(1, keepdim=True)
         y = d / torch.sqrt((d * d).mean(1, keepdim=True) + c['eps'])
     return y * c['g'] + c['b'] if 'g' in c else y
+
+
+def _p(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], hw: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """A 1x1 projection of ``B, C, H, W``: a ``Conv``, or with ``proj='matmul'`` ``W @ x`` on ``B, C, H*W``."""
+    if FORM['proj'] != 'matmul' or hw is None:
+        return F.conv2d(x, w, b)
+    k, c = w.shape[:2]
+    y = torch.matmul(w.reshape(k, c), x.reshape(-1, c, hw[0] * hw[1]))
+    if b is not None:
+        y = y + b.reshape(k, 1)
+    return y.reshape(-1, k, *hw)
 
 
 def _softmax_c(x: torch.Tensor) -> torch.Tensor:
@@ -262,37 +274,37 @@ def laffn_forward(m: nn.Module, c: Consts, x: torch.Tensor, hw: Optional[Tuple[i
     """``W3 (softmax_C(W1 x + b1) * softmax_N(W2 x)) + b3`` on ``B, C, H, W`` (``b2`` cancels in softmax_N)."""
     C = c['w3'].shape[0]
     if FORM['merge']:
-        lc, ln = F.conv2d(x, c['w12'], c['b12']).split([C, C], 1)
+        lc, ln = _p(x, c['w12'], c['b12'], hw).split([C, C], 1)
     else:
-        lc, ln = F.conv2d(x, c['w1'], c['b1']), F.conv2d(x, c['w2'])
-    return F.conv2d(_softmax_c(lc) * _softmax_hw(ln, C, hw), c['w3'], c['b3'])
+        lc, ln = _p(x, c['w1'], c['b1'], hw), _p(x, c['w2'], None, hw)
+    return _p(_softmax_c(lc) * _softmax_hw(ln, C, hw), c['w3'], c['b3'], hw)
 
 
 def sem_forward(m: nn.Module, c: Consts, x: torch.Tensor, hw: Optional[Tuple[int, int]]) -> torch.Tensor:
     """SEM on ``B, C, H, W``: ``Wo ((sum of Wagg's per-path projections + position bias) * (Wv x + bv)) + bo``."""
     if FORM['merge']:
         C = c['wo'].shape[0]
-        u, v = F.conv2d(x, c['wav'], c['bav']).split([C, C], 1)
+        u, v = _p(x, c['wav'], c['bav'], hw).split([C, C], 1)
     else:
-        u, v = F.conv2d(x, c['wa'], c['ba']), F.conv2d(x, c['wv'], c['bv'])
+        u, v = _p(x, c['wa'], c['ba'], hw), _p(x, c['wv'], c['bv'], hw)
     u = m.act(u)
     z0 = m.dw0_v(m.dw0_h(u))
     z1 = m.dw1_v(m.dw1_h(u))
     mix_h = torch.matmul(c['mix_h'], u)  # (H, H) @ (B, C, H, W): along H
     mix_w = torch.matmul(u, c['mix_w_t'])  # (B, C, H, W) @ (W, W): along W
     if FORM['agg'] == 'concat':
-        attn = F.conv2d(torch.cat([z0, z1, mix_h, mix_w], 1), c['w_agg'], c['b_agg'])
+        attn = _p(torch.cat([z0, z1, mix_h, mix_w], 1), c['w_agg'], c['b_agg'], hw)
     else:
-        attn = F.conv2d(z0, c['wg0'], c['b_agg'])
-        attn = attn + F.conv2d(z1, c['wg1'])
-        attn = attn + F.conv2d(mix_h, c['wh'])
-        attn = attn + F.conv2d(mix_w, c['ww'])
+        attn = _p(z0, c['wg0'], c['b_agg'], hw)
+        attn = attn + _p(z1, c['wg1'], None, hw)
+        attn = attn + _p(mix_h, c['wh'], None, hw)
+        attn = attn + _p(mix_w, c['ww'], None, hw)
     if c['pos_bias'] is not None:
         attn = attn + c['pos_bias']
-    return F.conv2d(attn * v, c['wo'], c['bo'])
+    return _p(attn * v, c['wo'], c['bo'], hw)
 
 
 def sdffn_forward(m: nn.Module, c: Consts, x: torch.Tensor, hw: Optional[Tuple[int, int]]) -> torch.Tensor:
     """SDFFN on ``B, C, H, W``: ``W2 act(DW3x3(W1 x)) + b2``."""
-    x = F.conv2d(x, c['w1'], c['b1'])
-    return F.conv2d(m.act(m.conv_dw(x)), c['w2'], c['b2'])
+    x = _p(x, c['w1'], c['b1'], hw)
+    return _p(m.act(m.conv_dw(x)), c['w2'], c['b2'], hw)
