@@ -94,7 +94,8 @@ class Runner:
         self.workdir = workdir
 
 
-def _torch_fn(model: nn.Module, layout: str, dtype: str) -> Callable:
+def _torch_fn(model: nn.Module, layout: str, dtype: str, levers: Optional[Dict[str, bool]] = None) -> Callable:
+    from mednext_zoo.models import mednext as mx
     model = copy.deepcopy(model)
     if layout == 'channels_last':
         model = model.to(memory_format=torch.channels_last)
@@ -103,8 +104,13 @@ def _torch_fn(model: nn.Module, layout: str, dtype: str) -> Callable:
     def run(x: torch.Tensor) -> torch.Tensor:
         if layout == 'channels_last':
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
-            return model(x)
+        saved = dict(mx._INFERENCE_KERNELS)
+        mx._INFERENCE_KERNELS.update(levers or {})
+        try:
+            with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
+                return model(x)
+        finally:
+            mx._INFERENCE_KERNELS.update(saved)
     return run
 
 
@@ -239,6 +245,10 @@ def part_eager(task: str, args, clock) -> Dict[str, Any]:
             for layout in ('contiguous', 'channels_last'):
                 runners.append(Runner(f'{label} eager {dtype} {layout}', _torch_fn(model, layout, dtype), 'eager',
                                       who, 'eager', dtype, layout))
+        if dtype == 'fp32':  # round 2's fused path: the stem on the whole batch
+            runners.append(Runner(f'{ours_name} eager fp32 contiguous, stem not sliced',
+                                  _torch_fn(ours, 'contiguous', 'fp32', {'stem_chunk': False}), 'eager', 'ours-before',
+                                  'eager', 'fp32', 'contiguous'))
     x1, xn = torch.randn(1, c, 224, 224), torch.randn(args.batch, c, 224, 224)
     print(f'[{task}] eager: {len(runners)} runners x {args.rounds} rounds', file=sys.stderr)
     out = {'skipped': skipped, 'throughput_s': time_rounds(runners, xn, args.rounds, clock),
@@ -395,6 +405,13 @@ def table_eager(task: str, res: Dict[str, Any], batch: int) -> List[str]:
             show = {who: ' / '.join(_speed(times, n, b) for n in ns) for who, ns in sel.items()}
             lines.append(f'| {dtype} | {b} | {show["ours"]} | {show["base"]} | {_fmt(ratio(merged, "ours", "base"))} | '
                          f'{_target(TARGETS.get((task, "eager", dtype)))} |')
+    before = [n for n, v in names.items() if v['model'] == 'ours-before']
+    if before:
+        after = [n for n, v in names.items() if v['model'] == 'ours' and v['dtype'] == 'fp32']
+        for b, key in ((batch, 'throughput_s'), (1, 'latency_s')):
+            merged = {'after': best_of(res[key], after), 'before': res[key][before[0]]}
+            lines.append(f'| fp32, {labels["ours"]} with / without the stem on batch slices | {b} | | | '
+                         f'{_fmt(ratio(merged, "after", "before"))} | |')
     if res['skipped']:
         lines += ['', 'Skipped: ' + '; '.join(res['skipped']) + '.']
     return lines
