@@ -79,6 +79,7 @@ def test_export_form_matches_reference_path(name):
 
 @pytest.mark.parametrize('levers', [
     dict(layernorm='transpose', softmax_c='op', softmax_n='reduce'),
+    dict(layernorm='l2'),
     dict(fold_ln=False, agg='concat', merge=True, proj='matmul'),
     dict(fold_up_bn=False),
 ])
@@ -144,7 +145,7 @@ def test_every_lever_exports_to_onnx_runtime(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     ref = _reference(model, x)
     for i, form in enumerate([dict(layernorm='transpose', softmax_c='op', softmax_n='reduce'),
-                              dict(fold_ln=False, agg='concat', merge=True, proj='matmul')]):
+                              dict(fold_ln=False, agg='concat', merge=True, proj='matmul', layernorm='l2')]):
         path = export_onnx(model, tmp_path / f'{i}.onnx', x[:1], form=form)
         out = ort.InferenceSession(str(path), providers=['CPUExecutionProvider']).run(None, {'x': x.numpy()})[0]
         assert _close(torch.from_numpy(out), ref) <= TOL, form

@@ -35,7 +35,8 @@ __all__ = ['export_form', 'export_form_active', 'FORM']
 # Levers of the export form (for the benchmark; the defaults are what `export` writes).
 FORM: Dict[str, object] = {
     'layout': 'nchw',          # 'nchw': the stage stays B, C, H, W; 'reference': the plain traced graph
-    'layernorm': 'reduce',     # 'reduce': ReduceMean over channels; 'transpose': Transpose + LayerNormalization
+    'layernorm': 'reduce',     # 'reduce': ReduceMean over channels; 'l2': variance as ReduceL2 of the centred input
+                               # (no squared tensor written); 'transpose': Transpose + LayerNormalization
     'fold_ln': True,           # LayerNorm's affine folded into the 1x1 convs that read it
     'softmax_c': 'reduce',     # 'op': Softmax(axis=1); 'reduce': ReduceMax / Exp / ReduceSum / Div over channels
     'softmax_n': 'reshape',    # 'reshape': Softmax(axis=-1) on B, C, H*W (constant shape); 'reduce': over (2, 3)
@@ -239,6 +240,10 @@ def _normalise(c: Consts, x: torch.Tensor) -> torch.Tensor:
     """LayerNorm over the channels of ``B, C, H, W`` (its affine applied only when not folded into the convs)."""
     if FORM['layernorm'] == 'transpose':
         y = F.layer_norm(x.permute(0, 2, 3, 1), c['shape'], None, None, c['eps']).permute(0, 3, 1, 2)
+    elif FORM['layernorm'] == 'l2':
+        d = x - x.mean(1, keepdim=True)
+        n = torch.linalg.vector_norm(d, 2, dim=1, keepdim=True)  # ReduceL2: one read of d, no d * d tensor
+        y = d / torch.sqrt(n * n * (1.0 / c['shape'][0]) + c['eps'])
     else:
         d = x - x.mean(1, keepdim=True)
         y = d / torch.sqrt((d * d).mean(1, keepdim=True) + c['eps'])
@@ -292,10 +297,11 @@ def sem_forward(m: nn.Module, c: Consts, x: torch.Tensor, hw: Optional[Tuple[int
     z1 = m.dw1_v(m.dw1_h(u))
     mix_h = torch.matmul(c['mix_h'], u)  # (H, H) @ (B, C, H, W): along H
     mix_w = torch.matmul(u, c['mix_w_t'])  # (B, C, H, W) @ (W, W): along W
+    b_agg = c['b_agg']
     if FORM['agg'] == 'concat':
-        attn = _p(torch.cat([z0, z1, mix_h, mix_w], 1), c['w_agg'], c['b_agg'], hw)
+        attn = _p(torch.cat([z0, z1, mix_h, mix_w], 1), c['w_agg'], b_agg, hw)
     else:
-        attn = _p(z0, c['wg0'], c['b_agg'], hw)
+        attn = _p(z0, c['wg0'], b_agg, hw)
         attn = attn + _p(z1, c['wg1'], None, hw)
         attn = attn + _p(mix_h, c['wh'], None, hw)
         attn = attn + _p(mix_w, c['ww'], None, hw)
