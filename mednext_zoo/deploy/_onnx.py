@@ -38,9 +38,10 @@ def export_onnx(model: nn.Module, path: os.PathLike, example: torch.Tensor,
     require_onnxruntime()
     from ..models._export_form import export_form
     path = Path(path)
+    model = model.eval()  # before the export form derives its folds (BatchNorm running statistics)
     with export_form(model, **(form or {})), warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the exporter's deprecation / tracer notices: nothing a user can act on
-        torch.onnx.export(model.eval(), (example[:1].float().cpu(),), str(path), input_names=[INPUT],
+        torch.onnx.export(model, (example[:1].float().cpu(),), str(path), input_names=[INPUT],
                           output_names=[OUTPUT], dynamic_axes={INPUT: {0: 'batch'}, OUTPUT: {0: 'batch'}},
                           opset_version=OPSET, dynamo=False)
     return path

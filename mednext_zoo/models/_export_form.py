@@ -92,9 +92,10 @@ Consts = Dict[str, Any]
 def _derive(m: nn.Module) -> Optional[Consts]:
     """Constants of ``m``'s export form (``None`` for a module without one)."""
     from .mednext import MedBlock
+    from .medunext import UpBlock  # imported here: both model modules import this one
     if isinstance(m, MedBlock):
         return _block_consts(m)
-    if type(m).__name__ == 'UpBlock' and FORM['fold_up_bn']:  # MedUNeXt (models.medunext imports this module)
+    if isinstance(m, UpBlock) and FORM['fold_up_bn']:
         return _up_consts(m)
     return None
 
