@@ -312,3 +312,29 @@ def test_sliding_window_recipe_exports_with_patch_parity(tmp_path):
     pp = report.parity['preprocessing_parity']
     assert pp['agrees'] and pp['dice_vs_fp32'] > 0.999 and 'anatomical.nii' in [r['file'] for r in pp['files']]
     assert 'sliding window 32x32 (overlap 0.5, gaussian blend)' in report.summary()
+
+
+def test_bench_runs_the_graph_export_writes(tiny, tmp_path):
+    """One code path: the ONNX file `bench --backend onnxruntime` times is the one `export --format onnx` writes."""
+    onnx = pytest.importorskip('onnx')
+    export_model(tiny, tmp_path / 'exported', fmt='onnx', window='minmax', parity_images=1)
+    (tmp_path / 'bench').mkdir()
+    prepare_runner(tiny, 'onnxruntime', 'fp32', torch.randn(1, 3, 64, 64), workdir=str(tmp_path / 'bench'))
+    a, b = (onnx.load(str(tmp_path / d / 'model.onnx')).graph for d in ('exported', 'bench'))
+    assert [(n.op_type, list(n.input)) for n in a.node] == [(n.op_type, list(n.input)) for n in b.node]
+    assert 'Transpose' not in [n.op_type for n in a.node][:-8]  # the export form: no transposes in the stages
+    pre = json.loads((tmp_path / 'exported' / 'preprocessing.json').read_text())
+    assert pre['extra']['graph'] == 'export-form-1'
+
+
+def test_openvino_static_batch_compiles_per_shape(tiny, tmp_path):
+    pytest.importorskip('openvino')
+    from mednext_zoo.deploy.artefact import open_artefact, write_artefact
+    x = torch.randn(3, 3, 64, 64)
+    assert write_artefact(tiny, tmp_path, 'openvino', False, x[:1]) == ['model.xml', 'model.bin']
+    with torch.no_grad():
+        ref = tiny(x)
+    for static in (True, False):
+        run = open_artefact(tmp_path, 'openvino', threads=1, static_batch=static)
+        for n in (1, 3, 2, 1):  # each new batch size compiles its own static model; earlier ones are reused
+            assert (run(x[:n]) - ref[:n]).abs().max() < 1e-4

@@ -259,7 +259,22 @@ def test_stage_batch_slices_match_reference(monkeypatch):
     assert _max_diff(out, ref) <= TOL
 
 
-@pytest.mark.parametrize('lever', ['onednn', 'gelu', 'residual', 'chunk', 'packed'])
+def test_stem_batch_slices_match_reference(monkeypatch):
+    """Fused inference runs the stem on slices of the batch (its widest activation under _STEM_CHUNK_BYTES)."""
+    from mednext_zoo.models import mednext as mx
+    model = _small()
+    x = torch.randn(5, 3, 64, 64)
+    calls = []
+    monkeypatch.setattr(mx, '_STEM_CHUNK_BYTES', 2 * 32 * 32 * 32 * 4)  # two images of 32 ch at 32 x 32 per slice
+    monkeypatch.setattr(model, '_stem_layers', lambda t, f=model._stem_layers: calls.append(len(t)) or f(t))
+    with torch.no_grad():
+        out = model(x)
+        ref = set_reference_paths(model)(x)
+    assert sorted(calls) == [1, 2, 2]
+    assert _max_diff(out, ref) <= TOL
+
+
+@pytest.mark.parametrize('lever', ['onednn', 'gelu', 'residual', 'chunk', 'packed', 'stem_chunk'])
 def test_each_inference_lever_off_matches_reference(lever, monkeypatch):
     """round2.py times the fused path with each lever off: every such setting computes the same outputs."""
     from mednext_zoo.models import mednext as mx

@@ -4,6 +4,8 @@
     python export_onnx.py local-dir:runs/exp1/export model.onnx     # a fine-tuned model, with its weights
 
 MedNeXt's input size is fixed (the axial mixing matrices), so the ONNX graph has a fixed H x W and a dynamic batch.
+Inside ``export_form(model)`` the MED blocks are traced in the form ONNX Runtime / OpenVINO fuse (1x1 convs,
+constant axial MatMuls, folded norms; same function), which is what ``mednext-zoo export --format onnx`` writes.
 """
 import argparse
 
@@ -13,6 +15,7 @@ import timm
 import torch
 
 import mednext_zoo  # noqa: F401  (registers mednext_* / medunext_* in timm)
+from mednext_zoo.models import export_form
 
 
 def main(argv=None):
@@ -30,8 +33,9 @@ def main(argv=None):
 
     # dynamo=False: torch's TorchScript-based exporter (deprecated, still the one that needs no extra package;
     # the torch.export-based one, dynamo=True, needs `pip install onnxscript`)
-    torch.onnx.export(model, (x,), args.out, input_names=['image'], output_names=['logits'],
-                      dynamic_axes={'image': {0: 'batch'}, 'logits': {0: 'batch'}}, dynamo=False)
+    with export_form(model):  # the deploy form of the MED blocks; without it, the plain traced graph
+        torch.onnx.export(model, (x,), args.out, input_names=['image'], output_names=['logits'],
+                          dynamic_axes={'image': {0: 'batch'}, 'logits': {0: 'batch'}}, dynamo=False)
 
     session = ort.InferenceSession(args.out, providers=['CPUExecutionProvider'])
     batch = np.random.default_rng(0).standard_normal((3, *x.shape[1:]), dtype=np.float32)  # another batch size

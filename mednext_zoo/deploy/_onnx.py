@@ -1,12 +1,13 @@
-"""ONNX export (PyTorch's TorchScript-based exporter: the plain reference graph, dynamic batch) and ONNX Runtime
-sessions, fp32 and int8 (onnxruntime's static post-training quantisation, QDQ, calibrated on real images)."""
+"""ONNX export (PyTorch's TorchScript-based exporter, dynamic batch; MedNeXt / MedUNeXt in their export form, see
+``mednext_zoo.models._export_form``) and ONNX Runtime sessions, fp32 and int8 (onnxruntime's static post-training
+quantisation, QDQ, calibrated on real images)."""
 from __future__ import annotations
 
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -27,13 +28,20 @@ def require_onnxruntime():
     return onnxruntime
 
 
-def export_onnx(model: nn.Module, path: os.PathLike, example: torch.Tensor) -> Path:
-    """Write ``model`` (eval, fp32, CPU) as ONNX with a dynamic batch axis; returns ``path``."""
+def export_onnx(model: nn.Module, path: os.PathLike, example: torch.Tensor,
+                form: Optional[Dict[str, Any]] = None) -> Path:
+    """Write ``model`` (eval, fp32, CPU) as ONNX with a dynamic batch axis; returns ``path``.
+
+    MED blocks are written in their export form (NCHW 1x1 convs, constant axial MatMuls, folded norms: what ONNX
+    Runtime and OpenVINO fuse); ``form`` overrides its levers (``{'layout': 'reference'}``: the plain traced graph).
+    """
     require_onnxruntime()
+    from ..models import export_form
     path = Path(path)
-    with warnings.catch_warnings():
+    model = model.eval()  # before the export form derives its folds (BatchNorm running statistics)
+    with export_form(model, **(form or {})), warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the exporter's deprecation / tracer notices: nothing a user can act on
-        torch.onnx.export(model.eval(), (example[:1].float().cpu(),), str(path), input_names=[INPUT],
+        torch.onnx.export(model, (example[:1].float().cpu(),), str(path), input_names=[INPUT],
                           output_names=[OUTPUT], dynamic_axes={INPUT: {0: 'batch'}, OUTPUT: {0: 'batch'}},
                           opset_version=OPSET, dynamo=False)
     return path

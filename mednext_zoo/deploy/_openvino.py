@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
@@ -36,9 +36,12 @@ def cpu_supports_bf16() -> bool:
     return 'BF16' in ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
 
 
-def ov_runner(model, precision: str = 'f32', threads: Optional[int] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def ov_runner(model, precision: str = 'f32', threads: Optional[int] = None, static_batch: bool = False,
+              ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A compiled CPU model as ``x (N, C, H, W) -> logits``. ``precision``: ``f32`` or ``bf16`` (OpenVINO's
-    inference precision hint; OpenVINO would otherwise pick bf16 by itself on CPUs that have it)."""
+    inference precision hint; OpenVINO would otherwise pick bf16 by itself on CPUs that have it).
+    ``static_batch``: compile one static-shape model per input shape (the last ``_SHAPES`` kept): OpenVINO's CPU
+    plugin runs a static graph faster than one with a dynamic batch; each new batch size costs one compilation."""
     ov = require_openvino()
     core = ov.Core()
     if isinstance(model, (str, os.PathLike)):
@@ -47,22 +50,42 @@ def ov_runner(model, precision: str = 'f32', threads: Optional[int] = None) -> C
         raise BackendUnavailable('this CPU has no bf16 support OpenVINO uses (AVX512-BF16 / AMX): it would run f32')
     config = {'INFERENCE_PRECISION_HINT': precision, 'PERFORMANCE_HINT': 'LATENCY',
               'INFERENCE_NUM_THREADS': threads or torch.get_num_threads()}
-    compiled = core.compile_model(model, 'CPU', config)
-    request = compiled.create_infer_request()
+    compiled: Dict[tuple, Any] = {}
+
+    def request(shape: tuple):
+        key = shape if static_batch else ()
+        req = compiled.pop(key, None)
+        if req is None:
+            m = model
+            if static_batch:
+                m = model.clone()
+                m.reshape({m.input(0): ov.PartialShape(list(shape))})
+            req = core.compile_model(m, 'CPU', config).create_infer_request()
+            while len(compiled) >= _SHAPES:
+                compiled.pop(next(iter(compiled)))
+        compiled[key] = req  # most recently used last
+        return req
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        out = request.infer({0: x.detach().float().cpu().numpy()})
+        arr = x.detach().float().cpu().numpy()
+        out = request(tuple(arr.shape)).infer({0: arr})
         return torch.from_numpy(next(iter(out.values())).copy())
     return run
 
 
-def quantize_int8(model, calibration: torch.Tensor):
+_SHAPES = 4
+
+
+def quantize_int8(model, calibration: torch.Tensor, transformer: bool = False):
     """NNCF post-training int8 quantisation of an OpenVINO model, calibrated on ``calibration`` ``(N, C, H, W)``
-    (one image per step); the model type 'transformer' keeps softmax / normalisation inputs in float."""
+    (one image per step). NNCF's default (CNN) scheme: every conv, the MED blocks' 1x1 convs included, int8 with
+    per-channel weights. ``transformer``: NNCF's transformer scheme (softmax / normalisation inputs kept in float),
+    what the plain traced graph of MedNeXt (Linear layers) was quantised with before the export form."""
     try:
         import nncf
     except ImportError:
         raise BackendUnavailable("nncf not installed (OpenVINO's int8 quantiser): pip install 'mednext-zoo[openvino]'"
                                  ) from None
     items = [x[None].numpy() for x in calibration.float().cpu()]
-    return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), model_type=nncf.ModelType.TRANSFORMER)
+    kwargs = {'model_type': nncf.ModelType.TRANSFORMER} if transformer else {}
+    return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), **kwargs)

@@ -23,6 +23,7 @@ from .._atomic import atomic_path, atomic_write_text
 from .._cpuload import busy, load_average, usable_cores
 from ..data.preprocessing import PreprocessingSpec
 from ..errors import UserInputError
+from .artefact import GRAPH_FORM, open_artefact, write_artefact
 from .drift import drift
 from .preprocessing import Preprocessing, load_calibration_images, spec_for_model
 from .samples import sample_images
@@ -171,25 +172,11 @@ def export_model(
     out.mkdir(parents=True, exist_ok=True)
     precision = 'int8' if int8 else 'fp32'
     with tempfile.TemporaryDirectory(prefix='mednext-zoo-export-') as tmp:
-        from ._onnx import export_onnx
-        onnx_path = export_onnx(model, Path(tmp) / 'model.onnx', inputs)
-        if fmt == 'onnx':
-            from ._onnx import quantize_int8
-            src = quantize_int8(onnx_path, Path(tmp) / 'model.int8.onnx', calib) if int8 else onnx_path
-            with atomic_path(out / 'model.onnx') as dst:
-                os.replace(src, dst)
-            files = ['model.onnx']
-        else:
-            from ._openvino import quantize_int8, read_onnx, save_ir
-            ov_model = read_onnx(onnx_path)
-            if int8:
-                ov_model = quantize_int8(ov_model, calib)
-            save_ir(ov_model, Path(tmp) / 'model.xml')
-            for name in ('model.bin', 'model.xml'):  # the weights first: a reader that finds the xml finds its bin
-                with atomic_path(out / name) as dst:
-                    os.replace(Path(tmp) / name, dst)
-            files = ['model.xml', 'model.bin']
-    pre.extra = {'format': fmt, 'precision': precision, 'files': files,
+        files = write_artefact(model, tmp, fmt, int8, inputs, calib)  # the graph `bench --backend` times
+        for name in sorted(files, key=lambda f: f.endswith('.xml')):  # the xml last: whoever finds it finds its bin
+            with atomic_path(out / name) as dst:
+                os.replace(Path(tmp) / name, dst)
+    pre.extra = {'format': fmt, 'precision': precision, 'files': files, 'graph': GRAPH_FORM,
                  'calibration_images': None if calib is None else int(calib.shape[0])}
     atomic_write_text(out / PREPROCESSING_FILE, pre.to_json())
     run = load_artefact(out, threads=threads)
@@ -235,11 +222,8 @@ def load_artefact(folder: Union[str, os.PathLike], threads: Optional[int] = None
                              '`mednext-zoo export --format onnx|openvino`.') from None
     except json.JSONDecodeError as e:
         raise UserInputError(f'{folder / PREPROCESSING_FILE} is not valid JSON ({e}).') from None
-    fmt = (doc.get('extra') or {}).get('format') if isinstance(doc, dict) else None
-    if fmt == 'onnx':
-        from ._onnx import ort_runner
-        return ort_runner(folder / 'model.onnx', threads)
-    if fmt == 'openvino':
-        from ._openvino import ov_runner
-        return ov_runner(folder / 'model.xml', 'f32', threads)
+    extra = (doc.get('extra') or {}) if isinstance(doc, dict) else {}
+    fmt = extra.get('format')
+    if fmt in ARTEFACT_FORMATS:
+        return open_artefact(folder, fmt, 'fp32', threads, static_batch=extra.get('graph') == GRAPH_FORM)
     raise UserInputError(f'{folder / PREPROCESSING_FILE} names no known format ({fmt!r}).')

@@ -5,7 +5,7 @@ backend          fp32                              bf16                         
 ===============  ================================  ==============================  ===============================
 ``eager``        the model as it is                ``torch.autocast`` bf16         not offered (see ``_NO_INT8``)
 ``compile``      ``torch.compile`` (inductor)      compiled, under autocast bf16   not offered
-``onnxruntime``  ONNX (plain graph), CPU provider  not offered: no bf16 Conv /    static QDQ quantisation,
+``onnxruntime``  ONNX (export form), CPU provider   not offered: no bf16 Conv /    static QDQ quantisation,
                                                    MatMul CPU kernels              calibrated on images
 ``openvino``     IR, inference precision f32       inference precision bf16        NNCF post-training int8
                                                    (CPUs with AVX512-BF16 / AMX)
@@ -17,8 +17,7 @@ turns it into a skipped row). ``fp16`` (autocast) is accepted for eager / compil
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -42,10 +41,13 @@ def prepare_runner(
         calibration: Optional[torch.Tensor] = None,
         threads: Optional[int] = None,
         workdir: Optional[str] = None,
+        form: Optional[Dict[str, Any]] = None,
 ) -> Runner:
     """Build ``model`` (eval, fp32) for ``backend`` x ``dtype``; ``example``: an input ``(N, C, H, W)`` on the
-    model's device; ``calibration``: model inputs for int8 (required for int8). ONNX files go to ``workdir``
-    (default: a temporary folder that lives as long as the runner)."""
+    model's device; ``calibration``: model inputs for int8 (required for int8). ONNX Runtime / OpenVINO get the
+    files ``export_model`` writes (``deploy.artefact``), in ``workdir`` (default: a temporary folder that lives as
+    long as the runner); ``form``: export-form levers (``{'layout': 'reference'}``: the plain traced graph, run
+    with a dynamic batch)."""
     if backend not in BACKENDS:
         raise BackendUnavailable(f'unknown backend {backend!r}: choose one of {", ".join(BACKENDS)}')
     if dtype not in DTYPES:
@@ -61,27 +63,27 @@ def prepare_runner(
                                  f'{backend} on the CPU')
     if dtype == 'int8' and calibration is None:
         raise BackendUnavailable('int8 needs calibration images')
+    if backend == 'onnxruntime':
+        from ._onnx import require_onnxruntime
+        require_onnxruntime()
+        if dtype == 'bf16':
+            raise BackendUnavailable("onnxruntime's CPU execution provider has no bf16 Conv / MatMul kernels")
+    else:
+        from ._openvino import cpu_supports_bf16, require_openvino
+        require_openvino()
+        if dtype == 'bf16' and not cpu_supports_bf16():
+            raise BackendUnavailable('this CPU has no bf16 support OpenVINO uses (AVX512-BF16 / AMX): it would run '
+                                     'f32')
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix='mednext-zoo-')
         workdir = tmp.name
-    from ._onnx import export_onnx
-    if backend == 'onnxruntime':
-        from ._onnx import ort_runner, quantize_int8, require_onnxruntime
-        require_onnxruntime()
-        if dtype == 'bf16':
-            raise BackendUnavailable("onnxruntime's CPU execution provider has no bf16 Conv / MatMul kernels")
-        path = export_onnx(model, Path(workdir) / 'model.onnx', example)
-        if dtype == 'int8':
-            path = quantize_int8(path, Path(workdir) / 'model.int8.onnx', calibration)
-        run = ort_runner(path, threads)
-    else:
-        from ._openvino import ov_runner, quantize_int8, read_onnx, require_openvino
-        require_openvino()
-        ov_model = read_onnx(export_onnx(model, Path(workdir) / 'model.onnx', example))
-        if dtype == 'int8':
-            ov_model = quantize_int8(ov_model, calibration)
-        run = ov_runner(ov_model, 'bf16' if dtype == 'bf16' else 'f32', threads)
+    # the files `mednext-zoo export --format` writes, run the way `load_artefact` runs them
+    from .artefact import open_artefact, write_artefact
+    fmt = 'onnx' if backend == 'onnxruntime' else 'openvino'
+    reference = (form or {}).get('layout') == 'reference'
+    write_artefact(model, workdir, fmt, dtype == 'int8', example, calibration, form=form)
+    run = open_artefact(workdir, fmt, 'bf16' if dtype == 'bf16' else 'fp32', threads, static_batch=not reference)
     if tmp is not None:
         run.__dict__['_workdir'] = tmp  # the folder lives as long as the runner
     return run

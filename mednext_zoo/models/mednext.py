@@ -45,6 +45,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 
 from ..errors import UserInputError
+from . import _export_form
 from ._pretrained import build_model_with_pretrained, pretrained_cfg_kwargs
 
 __all__ = ['MedNeXt', 'MedBlock', 'MedStage', 'LAFFN', 'SEM', 'SDFFN', 'ConvFFN', 'DwConvMixer', 'set_reference_paths']
@@ -182,11 +183,16 @@ class _DerivedCache(dict):
 # of MedNeXt's shapes also run faster in oneDNN than in MKL (e.g. (50176 x 64) @ (64 x 64): 1.3-1.8x on Zen 4).
 # No autograd formula: used only where autograd is off (see ``fused_inference_ok``). The switches below exist for
 # ``benchmarks/speed/round2.py`` (each lever's share); they are not a public API.
-_INFERENCE_KERNELS = {'onednn': True, 'residual': True, 'gelu': True, 'chunk': True, 'packed': True}
+_INFERENCE_KERNELS = {'onednn': True, 'residual': True, 'gelu': True, 'chunk': True, 'packed': True,
+                      'stem_chunk': True}
 # Fused inference runs a stage's blocks on slices of the batch whose activations (one ``B, H, W, C`` tensor)
 # stay under this size, so a block's ~20 passes over them hit the caches instead of memory (MED blocks mix
 # tokens within an image only: slicing the batch changes nothing).
 _CHUNK_BYTES = 4 * 2 ** 20
+# The stem (three 3x3 convs at half resolution, then a max-pool) runs on slices of the batch whose widest
+# activation (``B, 64, H/2, W/2`` for mednext_base) stays under this size: its four passes then stay in the last-level
+# cache (224 x 224, batch 16, one thread: 1.5x faster stem on a 32 MiB L3).
+_STEM_CHUNK_BYTES = 16 * 2 ** 20
 
 
 def _onednn_op(name: str) -> Optional[Any]:
@@ -691,6 +697,9 @@ class MedBlock(nn.Module):
         return x
 
 
+_export_form.register_types(MedBlock=MedBlock, LAFFN=LAFFN, SEM=SEM, SDFFN=SDFFN)
+
+
 def _residual(module: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
     """``shortcut + module(x)``: fused into the module's last GEMM where it has a ``forward_fused``."""
     fused = getattr(module, 'forward_fused', None)
@@ -740,7 +749,7 @@ class MedStage(nn.Module):
         # Channels-last end to end: a channels-last NCHW input is a free view as (B, H, W, C), and the
         # (B, C, H, W) output is a channels-last view, so the next stage's conv runs in NHWC too.
         if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
-            return self.forward_reference(x)
+            return self._forward_traced(x)
         x = self._downsample(x).permute(0, 2, 3, 1).contiguous()
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
@@ -749,6 +758,13 @@ class MedStage(nn.Module):
         else:
             x = self.blocks(x)
         return x.permute(0, 3, 1, 2)
+
+    @torch.jit.unused
+    def _forward_traced(self, x: torch.Tensor) -> torch.Tensor:
+        """Under jit tracing: the reference path, or inside ``export_form`` the export form (``_export_form.py``)."""
+        if _export_form.export_form_active():
+            return _export_form.stage_forward(self, x)
+        return self.forward_reference(x)
 
     @torch.jit.unused
     def _blocks_chunked(self, x: torch.Tensor) -> torch.Tensor:
@@ -937,6 +953,16 @@ class MedNeXt(nn.Module):
 
     @torch.jit.unused
     def _stem_folded(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_inference_ok(x) and _INFERENCE_KERNELS['stem_chunk'] and x.shape[0] > 1:
+            widest = max(layer.conv.out_channels for layer in self.stem if hasattr(layer, 'conv'))
+            h, w = (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2
+            chunks = min(x.shape[0], -(-x.shape[0] * widest * h * w * x.element_size() // _STEM_CHUNK_BYTES))
+            if chunks > 1:  # conv-BN-ReLU and max-pool work per image: slicing the batch changes nothing
+                return torch.cat([self._stem_layers(c) for c in x.tensor_split(chunks)])
+        return self._stem_layers(x)
+
+    @torch.jit.unused
+    def _stem_layers(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.stem:
             x = _forward_conv_bn(layer, x)
         return x

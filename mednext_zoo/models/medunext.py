@@ -40,6 +40,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 
 from ..errors import UserInputError
+from . import _export_form
 from ._pretrained import build_model_with_pretrained, pretrained_cfg_kwargs
 from .mednext import BLOCK_INITS, MedStage, SizeLike, _init_weights, check_rank_and_channels, conv_weights_channels_last
 from .mednext import checkpoint_filter_fn as _mednext_checkpoint_filter_fn
@@ -231,6 +232,19 @@ class UpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B, C, H, W`` -> ``B, C', 2H, 2W``."""
+        if torch.jit.is_tracing():
+            return self._forward_traced(x)
+        return self.forward_reference(x)
+
+    @torch.jit.unused
+    def _forward_traced(self, x: torch.Tensor) -> torch.Tensor:
+        """Under jit tracing: the plain graph, or inside ``export_form`` the BatchNorm folded (``_export_form.py``)."""
+        if _export_form.export_form_active():
+            return _export_form.up_forward(self, x)
+        return self.forward_reference(x)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain path: ``B, C, H, W`` -> ``B, C', 2H, 2W``."""
         if self.mode == 'bilinear':
             x = F.interpolate(self.conv(x), scale_factor=2., mode='bilinear', align_corners=False)
         elif self.mode == 'bilinear_conv3':
@@ -238,6 +252,9 @@ class UpBlock(nn.Module):
         else:
             x = self.conv(x)
         return self.bn(x)
+
+
+_export_form.register_types(UpBlock=UpBlock)
 
 
 class DecoderLevel(nn.Module):
