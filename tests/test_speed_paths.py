@@ -1,7 +1,8 @@
 """The optimised MedNeXt forward paths against the plain reference paths (same weights, same maths).
 
-Each optimised module keeps its original forward as ``forward_reference``; ``set_reference_paths``
-switches a whole model over. Tolerance: max abs difference <= 1e-4 in fp32.
+Each optimised module keeps its plain forward (``forward_reference``); ``set_reference_paths`` sets the
+``reference_path`` flag of a whole model. The fused fp32 inference kernels live in ``models/_fused.py``.
+Tolerance: max abs difference <= 1e-4 in fp32.
 """
 import copy
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn as nn
 
 import mednext_zoo.models  # noqa: F401  (registers the models)
+from mednext_zoo.models import _fused
 from mednext_zoo.models.mednext import LAFFN, SEM, MedBlock, MedStage, set_reference_paths
 
 TOL = 1e-4
@@ -93,6 +95,25 @@ def test_block_matches_reference():
         assert _max_diff(y, block(x)) <= TOL
 
 
+def test_reference_flag_of_one_sub_block_inside_a_fused_block(monkeypatch):
+    """A fused block sends each sub-block to its fused form (residual added in the last GEMM) unless that sub-block's
+    own ``reference_path`` flag is set: then it runs its plain forward and the block adds the residual."""
+    torch.manual_seed(0)
+    block = _perturb(MedBlock(16, (6, 5))).eval()
+    x = torch.randn(2, 6, 5, 16)
+    calls = []
+    monkeypatch.setitem(_fused.RESIDUAL_FORMS, LAFFN,
+                        lambda m, t, s, f=_fused.laffn: calls.append('laffn') or f(m, t, s))
+    with torch.no_grad():
+        fused = block(x)
+        set_reference_paths(block.laffn)
+        assert block.laffn.reference_path and not block.reference_path
+        mixed = block(x)
+    if _fused.ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available():
+        assert calls == ['laffn']  # the first call only
+    assert _max_diff(fused, mixed) <= TOL
+
+
 def test_stage_any_input_layout_matches_reference():
     torch.manual_seed(0)
     stage = _perturb(MedStage(8, 16, feat_size=(6, 5), depth=2)).eval()
@@ -112,11 +133,13 @@ def test_model_matches_reference_and_switches_back():
         out = model(x)
         feats = model.forward_intermediates(x, intermediates_only=True)
         set_reference_paths(model)
-        assert any('forward' in m.__dict__ for m in model.modules())
+        flags = [m.reference_path for m in model.modules() if hasattr(m, 'reference_path')]
+        assert len(flags) > 10 and all(flags)  # an explicit flag per module, not a rebound forward
+        assert not any('forward' in m.__dict__ or 'forward_features' in m.__dict__ for m in model.modules())
         ref = model(x)
         ref_feats = model.forward_intermediates(x, intermediates_only=True)
         set_reference_paths(model, enable=False)
-        assert not any('forward' in m.__dict__ or 'forward_features' in m.__dict__ for m in model.modules())
+        assert not any(m.reference_path for m in model.modules() if hasattr(m, 'reference_path'))
         again = model(x)
     assert _max_diff(out, ref) <= TOL and _max_diff(out, again) == 0
     for a, b in zip(feats, ref_feats, strict=True):
@@ -246,12 +269,11 @@ def test_inductor_compiled_block_matches_eager():
 # ------------------------------------------------------------------ round 2: fused fp32 inference kernels (oneDNN)
 def test_stage_batch_slices_match_reference(monkeypatch):
     """Fused inference runs a stage's blocks on slices of the batch: same output as the whole batch."""
-    from mednext_zoo.models import mednext as mx
     torch.manual_seed(0)
     stage = _perturb(MedStage(8, 16, feat_size=(6, 5), depth=2)).eval()
     x = torch.randn(5, 8, 12, 10)
     calls = []
-    monkeypatch.setattr(mx, '_CHUNK_BYTES', 2 * 6 * 5 * 16 * 4)  # two images per slice: 3 slices of 5 images
+    monkeypatch.setattr(_fused, 'CHUNK_BYTES', 2 * 6 * 5 * 16 * 4)  # two images per slice: 3 slices of 5 images
     monkeypatch.setattr(stage.blocks, 'forward', lambda t, f=stage.blocks.forward: calls.append(len(t)) or f(t))
     with torch.no_grad():
         out, ref = stage(x), stage.forward_reference(x)
@@ -260,13 +282,12 @@ def test_stage_batch_slices_match_reference(monkeypatch):
 
 
 def test_stem_batch_slices_match_reference(monkeypatch):
-    """Fused inference runs the stem on slices of the batch (its widest activation under _STEM_CHUNK_BYTES)."""
-    from mednext_zoo.models import mednext as mx
+    """Fused inference runs the stem on slices of the batch (its widest activation under STEM_CHUNK_BYTES)."""
     model = _small()
     x = torch.randn(5, 3, 64, 64)
     calls = []
-    monkeypatch.setattr(mx, '_STEM_CHUNK_BYTES', 2 * 32 * 32 * 32 * 4)  # two images of 32 ch at 32 x 32 per slice
-    monkeypatch.setattr(model, '_stem_layers', lambda t, f=model._stem_layers: calls.append(len(t)) or f(t))
+    monkeypatch.setattr(_fused, 'STEM_CHUNK_BYTES', 2 * 32 * 32 * 32 * 4)  # two images of 32 ch at 32 x 32 per slice
+    monkeypatch.setattr(_fused, 'stem_layers', lambda m, t, f=_fused.stem_layers: calls.append(len(t)) or f(m, t))
     with torch.no_grad():
         out = model(x)
         ref = set_reference_paths(model)(x)
@@ -277,8 +298,7 @@ def test_stem_batch_slices_match_reference(monkeypatch):
 @pytest.mark.parametrize('lever', ['onednn', 'gelu', 'residual', 'chunk', 'packed', 'stem_chunk'])
 def test_each_inference_lever_off_matches_reference(lever, monkeypatch):
     """round2.py times the fused path with each lever off: every such setting computes the same outputs."""
-    from mednext_zoo.models import mednext as mx
-    monkeypatch.setitem(mx._INFERENCE_KERNELS, lever, False)
+    monkeypatch.setitem(_fused.KERNELS, lever, False)
     model = _small()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -308,7 +328,6 @@ def test_cached_folds_follow_weight_changes():
 
 def test_fused_kernels_are_inference_only(monkeypatch):
     """Training (autograd on), autocast and train-mode BatchNorm never reach a fused kernel; no_grad eval does."""
-    from mednext_zoo.models import mednext as mx
     calls = []
 
     def spy(fn):
@@ -317,8 +336,8 @@ def test_fused_kernels_are_inference_only(monkeypatch):
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(mx, '_linear', spy(mx._linear))
-    monkeypatch.setattr(mx, '_forward_conv_bn_fused', spy(mx._forward_conv_bn_fused))
+    monkeypatch.setattr(_fused, 'linear', spy(_fused.linear))
+    monkeypatch.setattr(_fused, 'conv_bn_fused', spy(_fused.conv_bn_fused))
     model = _small().train()
     x = torch.randn(2, 3, 64, 64)
     model(x).sum().backward()  # training step
@@ -330,12 +349,12 @@ def test_fused_kernels_are_inference_only(monkeypatch):
     model.train()
     with torch.no_grad():
         model(x)  # train mode without autograd: BatchNorm normalises with batch statistics, so it is not folded
-    assert '_forward_conv_bn_fused' not in calls
+    assert 'conv_bn_fused' not in calls
     model.eval()
     with torch.no_grad():
         model(x)
-    if mx._ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available():
-        assert '_linear' in calls and '_forward_conv_bn_fused' in calls
+    if _fused.ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available():
+        assert 'linear' in calls and 'conv_bn_fused' in calls
 
 
 @pytest.mark.parametrize('batch, size', [(1, 64), (3, 64), (1, (40, 56)), (2, (72, 40))])
@@ -351,8 +370,7 @@ def test_prepacked_weights_match_reference_any_batch(batch, size):
             ref = set_reference_paths(copy.deepcopy(model))(x)
             assert _max_diff(out, ref) <= TOL
     cache = model.stages[0].blocks[0].laffn.proj.__dict__.get('_derived_weights', {})
-    from mednext_zoo.models import mednext as mx
-    if mx._ONEDNN_PACK_LINEAR is not None and torch.backends.mkldnn.is_available():
+    if _fused.ONEDNN_PACK_LINEAR is not None and torch.backends.mkldnn.is_available():
         assert cache['packed'][1].is_mkldnn  # the fused path did run on a prepacked weight
 
 

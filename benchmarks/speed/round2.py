@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..',
 import timm  # noqa: E402
 
 import mednext_zoo.models  # noqa: E402,F401  (registers the models)
+from mednext_zoo.models import _fused  # noqa: E402
 from mednext_zoo.models import mednext as mx  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,40 +83,46 @@ class Variant:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        saved = dict(mx._INFERENCE_KERNELS)
-        mx._INFERENCE_KERNELS.update(ROUND2)
-        mx._INFERENCE_KERNELS.update(self.levers)
+        saved = dict(_fused.KERNELS)
+        _fused.KERNELS.update(ROUND2)
+        _fused.KERNELS.update(self.levers)
         try:
             with (self.patch() if self.patch else contextlib.nullcontext()):
                 yield
         finally:
-            mx._INFERENCE_KERNELS.clear()
-            mx._INFERENCE_KERNELS.update(saved)
+            _fused.KERNELS.clear()
+            _fused.KERNELS.update(saved)
 
 
 @contextlib.contextmanager
-def _patched(cls: type, name: str, fn: Callable) -> Iterator[None]:
-    """``cls.name`` replaced by ``fn`` inside the block (a lever we measured), restored after it."""
-    saved = getattr(cls, name)
-    setattr(cls, name, fn)
+def _patched(name: str, fn: Callable, cls: Optional[type] = None) -> Iterator[None]:
+    """``_fused.name`` (and the residual form registered for ``cls``) replaced by ``fn`` inside the block (a lever we
+    measured), restored after it."""
+    saved = getattr(_fused, name)
+    saved_form = _fused.RESIDUAL_FORMS.get(cls)
+    setattr(_fused, name, fn)
+    if cls is not None:
+        _fused.RESIDUAL_FORMS[cls] = fn
     try:
         yield
     finally:
-        setattr(cls, name, saved)
+        setattr(_fused, name, saved)
+        if cls is not None:
+            _fused.RESIDUAL_FORMS[cls] = saved_form
 
 
 def merged_laffn_gemm() -> contextlib.AbstractContextManager:
     """Rejected lever: LAFFN's W1 and W2 read the same input, so one ``(C, 2C)`` GEMM; the two softmaxes then
     read strided halves, which PyTorch's CPU softmax copies to contiguous memory first."""
-    def forward_fused(self, x, shortcut=None):
+    def laffn(self, x, shortcut=None):
         B, H, W, C = x.shape
         weight = torch.cat([self.fc_channel.weight, self.fc_token.weight])
         bias = torch.cat([self.fc_channel.bias, torch.zeros_like(self.fc_token.bias)])
-        logits = mx._linear(x, weight, bias)
+        logits = _fused.linear(x, weight, bias)
         attn = logits[..., :C].softmax(dim=-1)
         attn.mul_(logits[..., C:].reshape(B, H * W, C).softmax(dim=1).view(B, H, W, C))
-        return mx._linear(attn, self.proj.weight, self.proj.bias, add=shortcut)
-    return _patched(mx.LAFFN, 'forward_fused', forward_fused)
+        return _fused.linear(attn, self.proj.weight, self.proj.bias, add=shortcut)
+    return _patched('laffn', laffn, mx.LAFFN)
 
 
 def folded_layernorm_affine() -> contextlib.AbstractContextManager:
@@ -124,7 +131,7 @@ def folded_layernorm_affine() -> contextlib.AbstractContextManager:
     def fold(linear: nn.Linear, g: torch.Tensor, b: torch.Tensor) -> SimpleNamespace:
         return SimpleNamespace(weight=linear.weight * g, bias=linear.bias + linear.weight @ b)
 
-    def block_fused(self, x):
+    def med_block(self, x):
         for norm, sub in ((self.norm1, self.laffn), (self.norm2, self.token_mixer), (self.norm3, self.ffn)):
             if sub is None:
                 continue
@@ -134,32 +141,32 @@ def folded_layernorm_affine() -> contextlib.AbstractContextManager:
             folded._modules = dict(sub._modules)
             for name in names.get(type(sub), ()):
                 folded._modules[name] = fold(getattr(sub, name), norm.weight, norm.bias)
-            x = mx._residual(folded, xn, x)
+            x = _fused.residual(folded, xn, x)
         return x
-    return _patched(mx.MedBlock, '_forward_fused', block_fused)
+    return _patched('med_block', med_block)
 
 
 def sem_agg_one_gemm() -> contextlib.AbstractContextManager:
     """Rejected lever (batch 1): SEM's four ``Wagg`` GEMMs (z0, z1 and the two axial mixes, accumulated) as one GEMM
     with ``K = 4 C`` over the concatenated paths; the concatenation costs what the fewer calls save."""
-    def forward_fused(self, x, shortcut=None):
+    def sem(self, x, shortcut=None):
         B, H, W, C = x.shape
-        u = mx._linear(x, mx._gemm_weight(self.fc_in), self.fc_in.bias, gelu=True)
-        v = mx._linear(x, mx._gemm_weight(self.fc_value), self.fc_value.bias)
+        u = _fused.linear(x, _fused.gemm_weight(self.fc_in), self.fc_in.bias, gelu=True)
+        v = _fused.linear(x, _fused.gemm_weight(self.fc_value), self.fc_value.bias)
         u_2d = u.permute(0, 3, 1, 2)
-        z0 = mx._conv_fused(self.dw0_v, mx._conv_fused(self.dw0_h, u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
-        z1 = mx._conv_fused(self.dw1_v, mx._conv_fused(self.dw1_h, u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        z0 = _fused.conv(self.dw0_v, _fused.conv(self.dw0_h, u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        z1 = _fused.conv(self.dw1_v, _fused.conv(self.dw1_h, u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
         mix_h = torch.bmm(self.mix_h.weight.expand(B, H, H), u.view(B, H, W * C)).view(B, H * W, C)
         mix_w = torch.bmm(self.mix_w.weight.expand(B * H, W, W), u.view(B * H, W, C)).view(B, H * W, C)
 
         def build():
-            *blocks, bias = self._agg_weights(C)
-            return mx._pack_linear_weight(torch.cat(blocks, 1)), bias
-        weight, bias = mx._derived(self, 'agg_one_gemm', self._agg_sources(), build)
-        attn = mx._linear(torch.cat([z0, z1, mix_h, mix_w], -1), weight, add=bias.expand(B, H * W, C))
+            *blocks, bias = _fused.sem_agg_weights(self, C)
+            return _fused.pack_linear_weight(torch.cat(blocks, 1)), bias
+        weight, bias = _fused.derived(self, 'agg_one_gemm', _fused.sem_agg_sources(self), build)
+        attn = _fused.linear(torch.cat([z0, z1, mix_h, mix_w], -1), weight, add=bias.expand(B, H * W, C))
         attn = attn.mul_(v.view(B, H * W, C)).view(B, H, W, C)
-        return mx._linear(attn, mx._gemm_weight(self.proj), self.proj.bias, add=shortcut)
-    return _patched(mx.SEM, 'forward_fused', forward_fused)
+        return _fused.linear(attn, _fused.gemm_weight(self.proj), self.proj.bias, add=shortcut)
+    return _patched('sem', sem, mx.SEM)
 
 
 def _build_timm(name: str, **kwargs) -> nn.Module:

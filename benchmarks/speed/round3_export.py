@@ -98,7 +98,7 @@ class Runner:
 
 
 def _torch_fn(model: nn.Module, layout: str, dtype: str, levers: Optional[Dict[str, bool]] = None) -> Callable:
-    from mednext_zoo.models import mednext as mx
+    from mednext_zoo.models import _fused
     model = copy.deepcopy(model)
     if layout == 'channels_last':
         model = model.to(memory_format=torch.channels_last)
@@ -107,13 +107,13 @@ def _torch_fn(model: nn.Module, layout: str, dtype: str, levers: Optional[Dict[s
     def run(x: torch.Tensor) -> torch.Tensor:
         if layout == 'channels_last':
             x = x.contiguous(memory_format=torch.channels_last)
-        saved = dict(mx._INFERENCE_KERNELS)
-        mx._INFERENCE_KERNELS.update(levers or {})
+        saved = dict(_fused.KERNELS)
+        _fused.KERNELS.update(levers or {})
         try:
             with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
                 return model(x)
         finally:
-            mx._INFERENCE_KERNELS.update(saved)
+            _fused.KERNELS.update(saved)
     return run
 
 

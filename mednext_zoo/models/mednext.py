@@ -14,6 +14,8 @@ built of MED blocks, each a pre-norm residual stack of
 The layout follows timm's ``convnext.py``: blocks, stage, model, ``checkpoint_filter_fn``,
 ``_cfg``, ``default_cfgs`` and the registered entry points. Blocks work on channels-last
 tensors (``B, H, W, C``); stages take and return ``B, C, H, W`` like every timm feature map.
+Eager fp32 CPU inference runs on fused oneDNN kernels kept in ``_fused.py``; each module here holds its
+plain forward and one call into it. ``set_reference_paths`` switches a model to the plain reference paths.
 
 The axial mixing matrices (``H x H`` and ``W x W``) fix the input resolution: build the model
 with ``img_size=...`` or call ``set_input_size``; weights loaded at another size have those
@@ -28,7 +30,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
-    BatchNormAct2d,
     ConvNormAct,
     DropPath,
     LayerNorm2d,
@@ -45,7 +46,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 
 from ..errors import UserInputError
-from . import _export_form
+from . import _export_form, _fused
+from ._fused import fused_inference_ok  # noqa: F401  (public since round 2: docs/reference/models.md)
 from ._pretrained import build_model_with_pretrained, pretrained_cfg_kwargs
 
 __all__ = ['MedNeXt', 'MedBlock', 'MedStage', 'LAFFN', 'SEM', 'SDFFN', 'ConvFFN', 'DwConvMixer', 'set_reference_paths']
@@ -82,218 +84,6 @@ def resample_axial_bias(bias: torch.Tensor, new_len: int) -> torch.Tensor:
         return bias
     b = F.interpolate(bias[None, None].float(), size=new_len, mode='linear', align_corners=False)
     return b[0, 0].to(bias.dtype)
-
-
-def _foldable_conv_bn(module: nn.Module) -> bool:
-    """True for a timm ``ConvNormAct`` whose BatchNorm (eval, running stats) can fold into its conv."""
-    conv, bn = getattr(module, 'conv', None), getattr(module, 'bn', None)
-    return (
-        type(conv) is nn.Conv2d and isinstance(bn, BatchNormAct2d) and not bn.training
-        and bn.running_mean is not None and bn.running_var is not None and bn.weight is not None
-        and bn.bias is not None and conv.padding_mode == 'zeros'
-    )
-
-
-def _forward_conv_bn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, with an eval-mode BatchNorm folded into the conv (one conv + bias, no BN pass).
-
-    ``W' = W * g / sqrt(var + eps)``, ``b' = beta + (b - mean) * g / sqrt(var + eps)``: same maths,
-    recomputed per call (weights are tiny), so it never goes stale.
-    """
-    if not _foldable_conv_bn(module):
-        return module(x)
-    if fused_inference_ok(x) and _cacheable(module.conv.weight):
-        return _forward_conv_bn_fused(module, x)
-    conv, bn = module.conv, module.bn
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    shift = bn.running_mean if conv.bias is None else bn.running_mean - conv.bias
-    x = F.conv2d(
-        x, conv.weight * scale.reshape(-1, 1, 1, 1), bn.bias - shift * scale,
-        conv.stride, conv.padding, conv.dilation, conv.groups,
-    )
-    x = bn.act(bn.drop(x))
-    aa = getattr(module, 'aa', None)
-    if aa is not None:
-        x = aa(x)
-    return x
-
-
-def _forward_conv_bn_fused(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """fp32 inference: the folded conv (weights cached, channels-last) with its ReLU as a oneDNN post-op."""
-    conv, bn = module.conv, module.bn
-
-    def fold() -> Tuple[torch.Tensor, torch.Tensor]:
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        shift = bn.running_mean if conv.bias is None else bn.running_mean - conv.bias
-        # channels-last weights: oneDNN then skips a reorder of the weights on every call (2x at batch 1)
-        weight = torch.empty_like(conv.weight, memory_format=torch.channels_last)
-        torch.mul(conv.weight, scale.reshape(-1, 1, 1, 1), out=weight)
-        return weight, bn.bias - shift * scale
-
-    sources = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    act, aa = bn.act, getattr(module, 'aa', None)
-    post_op = {nn.ReLU: 'relu', nn.Identity: 'none'}.get(type(act))
-    if (_ONEDNN_CONV is not None and post_op is not None and isinstance(bn.drop, nn.Identity) and aa is None
-            and not isinstance(conv.padding, str)):
-        if _INFERENCE_KERNELS['packed']:
-            def fold_packed() -> Tuple[torch.Tensor, torch.Tensor]:
-                weight, bias = fold()
-                return _pack_conv_weight(weight, conv), bias
-            weight, bias = _derived(module, 'conv_bn_packed', sources, fold_packed)
-        else:
-            weight, bias = _derived(module, 'conv_bn', sources, fold)
-        return _ONEDNN_CONV(x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-                            conv.groups, post_op, [], '')
-    weight, bias = _derived(module, 'conv_bn', sources, fold)
-    x = bn.act(bn.drop(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)))
-    return x if aa is None else aa(x)
-
-
-def _derived(module: nn.Module, name: str, sources: Tuple[Optional[torch.Tensor], ...], build: Callable[[], Any],
-             ) -> Any:
-    """``build()`` (weights derived from ``module``'s parameters: folds, slices, prepacked layouts), cached on
-    ``module`` for fused inference until a tensor in ``sources`` changes: replaced, or updated in place (its version
-    counter moves). Inference tensors have no version counter: with one among ``sources`` nothing is cached and
-    ``build()`` runs on every call (the modules check ``_cacheable`` first and take their unfused paths)."""
-    if any(t is not None and t.is_inference() for t in sources):
-        return build()
-    key = tuple(None if t is None else (id(t), t.data_ptr(), t._version, t.dtype, t.shape) for t in sources)
-    cache = module.__dict__.get('_derived_weights')
-    if cache is None:
-        cache = module.__dict__['_derived_weights'] = _DerivedCache()
-    hit = cache.get(name)
-    if hit is None or hit[0] != key:
-        hit = cache[name] = (key, build())
-    return hit[1]
-
-
-class _DerivedCache(dict):
-    """``_derived``'s cache on a module: dropped by ``copy.deepcopy`` and pickling (it is rebuilt on the next fused
-    forward; prepacked oneDNN weights are opaque tensors that can be neither copied nor pickled)."""
-
-    def __deepcopy__(self, memo: Dict[int, Any]) -> '_DerivedCache':
-        return _DerivedCache()
-
-    def __reduce__(self) -> Tuple[Any, ...]:
-        return _DerivedCache, ()
-
-
-# oneDNN's fused inference kernels (the ops torch.compile's CPU backend emits): a GEMM with its bias, a GELU
-# and / or a residual add applied as it writes its output, instead of one more pass over memory each. fp32 GEMMs
-# of MedNeXt's shapes also run faster in oneDNN than in MKL (e.g. (50176 x 64) @ (64 x 64): 1.3-1.8x on Zen 4).
-# No autograd formula: used only where autograd is off (see ``fused_inference_ok``). The switches below exist for
-# ``benchmarks/speed/round2.py`` (each lever's share); they are not a public API.
-_INFERENCE_KERNELS = {'onednn': True, 'residual': True, 'gelu': True, 'chunk': True, 'packed': True,
-                      'stem_chunk': True}
-# Fused inference runs a stage's blocks on slices of the batch whose activations (one ``B, H, W, C`` tensor)
-# stay under this size, so a block's ~20 passes over them hit the caches instead of memory (MED blocks mix
-# tokens within an image only: slicing the batch changes nothing).
-_CHUNK_BYTES = 4 * 2 ** 20
-# The stem (three 3x3 convs at half resolution, then a max-pool) runs on slices of the batch whose widest
-# activation (``B, 64, H/2, W/2`` for mednext_base) stays under this size: its four passes then stay in the last-level
-# cache (224 x 224, batch 16, one thread: 1.5x faster stem on a 32 MiB L3).
-_STEM_CHUNK_BYTES = 16 * 2 ** 20
-
-
-def _onednn_op(name: str) -> Optional[Any]:
-    try:
-        return getattr(torch.ops.mkldnn, name)
-    except (AttributeError, RuntimeError):  # a build without oneDNN (mkldnn)
-        return None
-
-
-_ONEDNN_LINEAR = _onednn_op('_linear_pointwise')
-_ONEDNN_CONV = _onednn_op('_convolution_pointwise')
-# Weights prepacked once into oneDNN's blocked layout (what torch.compile's CPU backend does with constant weights):
-# the kernels then skip a reorder of every weight on every call, which matters most at batch 1 (e.g. 1.6x for the
-# 3x3 conv into stage 4, 1.1x for stage 4's 512 x 512 GEMMs).
-_ONEDNN_PACK_LINEAR = _onednn_op('_reorder_linear_weight')
-_ONEDNN_PACK_CONV = _onednn_op('_reorder_convolution_weight')
-
-
-def _pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` (``C_out, C_in``) in oneDNN's blocked GEMM layout (an opaque tensor only ``_linear`` reads)."""
-    weight = weight.contiguous()  # a strided weight (a column slice) sends oneDNN to a reference kernel
-    return weight if _ONEDNN_PACK_LINEAR is None else _ONEDNN_PACK_LINEAR(weight)
-
-
-def _pack_conv_weight(weight: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """A conv weight (``weight`` for ``conv``'s geometry) in oneDNN's blocked layout, for ``_ONEDNN_CONV`` only."""
-    if _ONEDNN_PACK_CONV is None:
-        return weight
-    return _ONEDNN_PACK_CONV(weight, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-
-
-def _gemm_weight(linear: nn.Linear) -> torch.Tensor:
-    """``linear.weight`` for ``_linear``: prepacked (cached on ``linear``) unless the ``packed`` lever is off."""
-    if not _INFERENCE_KERNELS['packed']:
-        return linear.weight
-    return _derived(linear, 'packed', (linear.weight,), lambda: _pack_linear_weight(linear.weight))
-
-
-def _conv_fused(conv: nn.Conv2d, x: torch.Tensor, post_op: str = 'none') -> torch.Tensor:
-    """``conv(x)`` (then an exact GELU with ``post_op='gelu'``) for fused inference, ``x`` channels-last: one oneDNN
-    kernel on the prepacked weight; the module's own forward where that kernel does not apply."""
-    if (_ONEDNN_CONV is None or not _INFERENCE_KERNELS['packed'] or conv.padding_mode != 'zeros'
-            or isinstance(conv.padding, str) or (post_op == 'gelu' and not _INFERENCE_KERNELS['gelu'])):
-        x = conv(x)
-        return F.gelu(x) if post_op == 'gelu' else x
-    weight = _derived(conv, 'packed', (conv.weight,), lambda: _pack_conv_weight(conv.weight, conv))
-    return _ONEDNN_CONV(x, weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-                        conv.groups, post_op, [], 'none' if post_op == 'gelu' else '')
-
-
-@torch.jit.unused
-def fused_inference_ok(x: torch.Tensor) -> bool:
-    """True where MedNeXt's fused fp32 inference kernels apply to ``x``.
-
-    That is: an fp32 CPU tensor, autograd off (``torch.no_grad`` / ``inference_mode``), no autocast, eager
-    execution (not jit scripting / tracing, not ``torch.compile``, which fuses on its own), and a PyTorch built
-    with oneDNN with ``torch.backends.mkldnn.enabled``. Everywhere else the modules take their autograd paths.
-    """
-    return (
-        _INFERENCE_KERNELS['onednn'] and _ONEDNN_LINEAR is not None
-        and isinstance(x, torch.Tensor) and x.device.type == 'cpu' and x.dtype == torch.float32
-        and not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu')
-        and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-        and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-    )
-
-
-@torch.jit.unused
-def _cacheable(param: Optional[torch.Tensor]) -> bool:
-    """False for an inference tensor (a parameter made under ``torch.inference_mode``): it has no version counter, so
-    weights derived from it could not follow in-place updates; such modules take their unfused paths."""
-    return param is None or not param.is_inference()
-
-
-def _linear(
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: Optional[torch.Tensor] = None,
-        gelu: bool = False,
-        add: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """``x @ weight.T + bias`` then GELU (exact) or ``+ add``, one oneDNN kernel: ``..., C_in`` -> ``..., C_out``.
-
-    For fused inference only (``fused_inference_ok``). ``weight`` dense or prepacked (``_pack_linear_weight``); ``add``
-    has the output's shape or broadcasts to it.
-    """
-    if not weight.is_mkldnn:  # a prepacked weight (``_pack_linear_weight``) is in oneDNN's layout already
-        weight = weight.contiguous()  # strided (a column slice): oneDNN would take a reference kernel, ~500x slower
-    if add is not None:
-        if not _INFERENCE_KERNELS['residual']:
-            return _ONEDNN_LINEAR(x, weight, bias, 'none', [], '') + add
-        return _ONEDNN_LINEAR.binary(x, add, weight, bias, 'add')
-    if gelu:
-        if not _INFERENCE_KERNELS['gelu']:
-            return F.gelu(_ONEDNN_LINEAR(x, weight, bias, 'none', [], ''))
-        return _ONEDNN_LINEAR(x, weight, bias, 'gelu', [], 'none')
-    return _ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
-
-
-def _is_exact_gelu(act: nn.Module) -> bool:
-    return type(act) is nn.GELU and act.approximate == 'none'
 
 
 def check_rank_and_channels(x: torch.Tensor, in_chans: int, model_name: str) -> None:
@@ -338,13 +128,15 @@ class LAFFN(nn.Module):
         self.fc_channel = nn.Linear(dim, dim, **dd)  # W1, softmax over channels
         self.fc_token = nn.Linear(dim, dim, **dd)  # W2, softmax over tokens
         self.proj = nn.Linear(dim, dim, **dd)  # W3
+        self.reference_path = False  # see set_reference_paths
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``B, H, W, C`` -> ``B, H, W, C`` (fused path; :meth:`forward_reference` under jit tracing)."""
-        if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
+        """``B, H, W, C`` -> ``B, H, W, C`` (:meth:`forward_reference` in reference mode and under jit tracing)."""
+        if self.reference_path or torch.jit.is_tracing():  # tracers (legacy ONNX export, fvcore) get the plain graph
             return self.forward_reference(x)
-        if not torch.jit.is_scripting() and fused_inference_ok(x) and _cacheable(self.proj.weight):
-            return self.forward_fused(x)
+        if not torch.jit.is_scripting():  # eager fp32 inference: oneDNN kernels (_fused.py)
+            if _fused.use_fused(x, self.proj.weight):
+                return _fused.laffn(self, x)
         B, H, W, C = x.shape
         n = H * W
         attn_c = self.fc_channel(x).softmax(dim=-1, dtype=torch.float32)
@@ -361,19 +153,6 @@ class LAFFN(nn.Module):
         out = out.float()  # addcmul, not add(alpha=1/n): inductor (torch 2.14) miscompiles that after a mm
         out = torch.addcmul(self.proj.bias.float(), out, out.new_full((), 1.0 / n))
         return out.view(B, H, W, C).to(x.dtype)
-
-    @torch.jit.unused
-    def forward_fused(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """fp32 inference on oneDNN kernels (``fused_inference_ok``): ``shortcut + LAFFN(x)`` (``shortcut`` optional).
-
-        In fp32 the product ``softmax_C * softmax_N`` (~1/(N C)) is an ordinary number, so the ``N`` scaling
-        that keeps fp16 safe is left out, and ``b3`` and the residual are added by the last GEMM as it writes.
-        """
-        B, H, W, C = x.shape
-        attn = _linear(x, _gemm_weight(self.fc_channel), self.fc_channel.bias).softmax(dim=-1)
-        logits_n = _linear(x, _gemm_weight(self.fc_token))  # W2's bias cancels in the softmax over tokens
-        attn.mul_(logits_n.view(B, H * W, C).softmax(dim=1).view(B, H, W, C))
-        return _linear(attn, _gemm_weight(self.proj), self.proj.bias, add=shortcut)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Plain reference path (same maths and weights as ``forward``), kept for equivalence tests."""
@@ -421,6 +200,7 @@ class SEM(nn.Module):
         self.fc_agg = nn.Linear(3 * dim, dim, **dd)  # Wagg
         self.fc_value = nn.Linear(dim, dim, **dd)  # Wv
         self.proj = nn.Linear(dim, dim, **dd)  # Wo
+        self.reference_path = False  # see set_reference_paths
 
     def set_feat_size(self, feat_size: Tuple[int, int]) -> None:
         """Resize the axial mixing matrices for a new feature size (weights resampled)."""
@@ -439,10 +219,11 @@ class SEM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B, H, W, C`` -> ``B, H, W, C``; raises UserInputError unless ``(H, W) == feat_size``."""
-        if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
+        if self.reference_path or torch.jit.is_tracing():  # tracers (legacy ONNX export, fvcore) get the plain graph
             return self.forward_reference(x)
-        if not torch.jit.is_scripting() and fused_inference_ok(x) and _cacheable(self.proj.weight):
-            return self.forward_fused(x)
+        if not torch.jit.is_scripting():  # eager fp32 inference: oneDNN kernels (_fused.py)
+            if _fused.use_fused(x, self.proj.weight):
+                return _fused.sem(self, x)
         B, H, W, C = x.shape
         self._check_size(H, W)
         # Wa and Wv read the same input: one GEMM for both.
@@ -474,49 +255,6 @@ class SEM(nn.Module):
             attn.addmm_(z2, wg[:, 2 * C:].t())
         attn = attn.view(B, H * W, C).add_(self._agg_bias(C).to(dt))
         return self.proj(attn.view(B, H, W, C) * v)
-
-    @torch.jit.unused
-    def forward_fused(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """fp32 inference on oneDNN kernels (``fused_inference_ok``): ``shortcut + SEM(x)`` (``shortcut`` optional).
-
-        The same sums as ``forward``, with GELU applied by the ``Wa`` GEMM, the position bias added by the first
-        ``Wagg`` GEMM, each further projection accumulated by its GEMM, and the residual added by ``Wo``'s.
-        """
-        B, H, W, C = x.shape
-        self._check_size(H, W)
-        if _is_exact_gelu(self.act):
-            u = _linear(x, _gemm_weight(self.fc_in), self.fc_in.bias, gelu=True)
-        else:
-            u = self.act(_linear(x, _gemm_weight(self.fc_in), self.fc_in.bias))
-        v = _linear(x, _gemm_weight(self.fc_value), self.fc_value.bias)
-        u_2d = u.permute(0, 3, 1, 2)  # channels-last view: the depth-wise convs run in NHWC
-        z0 = _conv_fused(self.dw0_v, _conv_fused(self.dw0_h, u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
-        z1 = _conv_fused(self.dw1_v, _conv_fused(self.dw1_h, u_2d)).permute(0, 2, 3, 1).reshape(B, H * W, C)
-        mix_h = torch.bmm(self.mix_h.weight.expand(B, H, H), u.view(B, H, W * C)).view(B, H * W, C)
-        mix_w = torch.bmm(self.mix_w.weight.expand(B * H, W, W), u.view(B * H, W, C)).view(B, H * W, C)
-        if _INFERENCE_KERNELS['packed']:
-            wg0, wg1, wh, ww, bias = _derived(self, 'agg_packed', self._agg_sources(), lambda: self._agg_weights(
-                C, pack=True))
-        else:
-            wg0, wg1, wh, ww, bias = _derived(self, 'agg', self._agg_sources(), lambda: self._agg_weights(C))
-        attn = _linear(z0, wg0, add=bias.expand(B, H * W, C))
-        attn = _linear(z1, wg1, add=attn)
-        attn = _linear(mix_w, ww, add=_linear(mix_h, wh, add=attn))
-        return _linear(attn.mul_(v.view(B, H * W, C)).view(B, H, W, C), _gemm_weight(self.proj), self.proj.bias,
-                       add=shortcut)
-
-    def _agg_sources(self) -> Tuple[torch.Tensor, ...]:
-        return (self.fc_agg.weight, self.fc_agg.bias, self.fc_mix.weight, self.fc_mix.bias, self.mix_h.bias,
-                self.mix_w.bias)
-
-    def _agg_weights(self, C: int, pack: bool = False) -> Tuple[torch.Tensor, ...]:
-        """``Wagg``'s per-path blocks for ``z0``, ``z1``, with ``Wg2 Wf`` folded (cached: 2 C^3 MACs once) for the
-        two axial mixes (prepacked for oneDNN with ``pack``), and the position bias ``(H W, C)``."""
-        wg = self.fc_agg.weight
-        wf = wg[:, 2 * C:] @ self.fc_mix.weight
-        blocks = (wg[:, :C], wg[:, C:2 * C], wf[:, :C], wf[:, C:])
-        blocks = tuple(_pack_linear_weight(w) if pack else w.contiguous() for w in blocks)
-        return blocks + (self._agg_bias(C),)
 
     def _check_size(self, H: int, W: int) -> None:
         if H != self.feat_size[0] or W != self.feat_size[1]:
@@ -584,28 +322,12 @@ class SDFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B, H, W, C`` -> ``B, H, W, C``."""
-        if not torch.jit.is_scripting() and fused_inference_ok(x) and _cacheable(self.fc2.weight):
-            return self.forward_fused(x)
+        if not torch.jit.is_scripting():  # eager fp32 inference: oneDNN kernels (_fused.py)
+            if _fused.use_fused(x, self.fc2.weight):
+                return _fused.sdffn(self, x)
         x = self.fc1(x)
         x = self.conv_dw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.fc2(self.act(x))
-
-    @torch.jit.unused
-    def forward_fused(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """fp32 inference on oneDNN kernels: ``shortcut + SDFFN(x)``; GELU applied by the depth-wise conv."""
-        x = _linear(x, _gemm_weight(self.fc1), self.fc1.bias).permute(0, 3, 1, 2)  # channels-last B, C, H, W view
-        conv = self.conv_dw
-        if _ONEDNN_CONV is not None and _INFERENCE_KERNELS['gelu'] and _is_exact_gelu(self.act) \
-                and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str):
-            if _INFERENCE_KERNELS['packed']:
-                x = _conv_fused(conv, x, 'gelu')
-            else:
-                x = _ONEDNN_CONV(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
-                                 list(conv.dilation), conv.groups, 'gelu', [], 'none')
-        else:
-            x = self.act(conv(x))
-        return _linear(x.permute(0, 2, 3, 1), _gemm_weight(self.fc2), self.fc2.bias, add=shortcut)
-
 
 class ConvFFN(nn.Module):
     """Plain ratio-r FFN for ablations (SDFFN off): ``W2 GELU(X W1)``. ``B, H, W, C`` -> same."""
@@ -663,33 +385,13 @@ class MedBlock(nn.Module):
         self.norm3 = norm_layer(dim, **dd)
         self.ffn = FFNS[ffn](dim, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.reference_path = False  # see set_reference_paths
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B, H, W, C`` -> ``B, H, W, C``."""
-        if not torch.jit.is_scripting() and fused_inference_ok(x) and self._fusable():
-            return self._forward_fused(x)
-        if self.laffn is not None:
-            x = x + self.drop_path(self.laffn(self.norm1(x)))
-        x = x + self.drop_path(self.token_mixer(self.norm2(x)))
-        x = x + self.drop_path(self.ffn(self.norm3(x)))
-        return x
-
-    @torch.jit.unused
-    def _fusable(self) -> bool:
-        if not _cacheable(next(self.parameters(), None)):  # built under inference_mode: the unfused paths
-            return False
-        return not self.training or not isinstance(self.drop_path, DropPath)  # stochastic depth is per sample
-
-    @torch.jit.unused
-    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """fp32 inference: each sub-block adds its residual in its last GEMM (no separate add pass)."""
-        if self.laffn is not None:
-            x = _residual(self.laffn, self.norm1(x), x)
-        x = _residual(self.token_mixer, self.norm2(x), x)
-        return _residual(self.ffn, self.norm3(x), x)
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """Plain reference path, kept for equivalence tests."""
+        if not torch.jit.is_scripting():  # eager fp32 inference: oneDNN kernels (_fused.py)
+            if not self.reference_path and _fused.block_fusable(self, x):
+                return _fused.med_block(self, x)
         if self.laffn is not None:
             x = x + self.drop_path(self.laffn(self.norm1(x)))
         x = x + self.drop_path(self.token_mixer(self.norm2(x)))
@@ -697,15 +399,8 @@ class MedBlock(nn.Module):
         return x
 
 
+_fused.RESIDUAL_FORMS.update({LAFFN: _fused.laffn, SEM: _fused.sem, SDFFN: _fused.sdffn})
 _export_form.register_types(MedBlock=MedBlock, LAFFN=LAFFN, SEM=SEM, SDFFN=SDFFN)
-
-
-def _residual(module: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """``shortcut + module(x)``: fused into the module's last GEMM where it has a ``forward_fused``."""
-    fused = getattr(module, 'forward_fused', None)
-    if fused is None or 'forward' in module.__dict__:  # no fused kernel, or switched to its reference path
-        return shortcut + module(x)
-    return fused(x, shortcut)
 
 
 class MedStage(nn.Module):
@@ -736,6 +431,7 @@ class MedStage(nn.Module):
             MedBlock(out_chs, feat_size, drop_path=drop_path_rates[i], **(block_kwargs or {}), **dd)
             for i in range(depth)
         ])
+        self.reference_path = False  # see set_reference_paths
 
     def set_feat_size(self, feat_size: Tuple[int, int]) -> None:
         """Resize every SEM's axial mixing matrices to ``feat_size`` (h, w) (weights resampled)."""
@@ -748,41 +444,28 @@ class MedStage(nn.Module):
         not the stage's feature size."""
         # Channels-last end to end: a channels-last NCHW input is a free view as (B, H, W, C), and the
         # (B, C, H, W) output is a channels-last view, so the next stage's conv runs in NHWC too.
+        if self.reference_path:
+            return self.forward_reference(x)
+        if torch.jit.is_scripting():
+            return self.blocks(self.downsample(x).permute(0, 2, 3, 1).contiguous()).permute(0, 3, 1, 2)
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """Under jit tracing the reference path, or inside ``export_form`` the export form (``_export_form.py``);
+        otherwise BatchNorm folded into the downsampling conv and, in fused inference, the blocks on batch slices."""
         if torch.jit.is_tracing():  # jit tracers (legacy ONNX export, fvcore FLOP counts) get the plain graph
-            return self._forward_traced(x)
-        x = self._downsample(x).permute(0, 2, 3, 1).contiguous()
-        if self.grad_checkpointing and not torch.jit.is_scripting():
+            if _export_form.export_form_active():
+                return _export_form.stage_forward(self, x)
+            return self.forward_reference(x)
+        x = _fused.conv_bn(self.downsample, x).permute(0, 2, 3, 1).contiguous()
+        if self.grad_checkpointing:
             x = checkpoint_seq(self.blocks, x)
-        elif not torch.jit.is_scripting() and fused_inference_ok(x):
-            x = self._blocks_chunked(x)
+        elif _fused.fused_inference_ok(x):
+            x = _fused.blocks_chunked(self.blocks, x)
         else:
             x = self.blocks(x)
         return x.permute(0, 3, 1, 2)
-
-    @torch.jit.unused
-    def _forward_traced(self, x: torch.Tensor) -> torch.Tensor:
-        """Under jit tracing: the reference path, or inside ``export_form`` the export form (``_export_form.py``)."""
-        if _export_form.export_form_active():
-            return _export_form.stage_forward(self, x)
-        return self.forward_reference(x)
-
-    @torch.jit.unused
-    def _blocks_chunked(self, x: torch.Tensor) -> torch.Tensor:
-        """The blocks on near-equal slices of the batch, each under ``_CHUNK_BYTES`` of activations."""
-        per_image = x[0].numel() * x.element_size()
-        chunks = -(-x.shape[0] * per_image // _CHUNK_BYTES) if _INFERENCE_KERNELS['chunk'] else 1
-        if chunks <= 1 or x.shape[0] == 1:
-            return self.blocks(x)
-        return torch.cat([self.blocks(c) for c in x.tensor_split(min(chunks, x.shape[0]))])
-
-    def _downsample(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            return self.downsample(x)
-        return self._downsample_folded(x)
-
-    @torch.jit.unused
-    def _downsample_folded(self, x: torch.Tensor) -> torch.Tensor:
-        return _forward_conv_bn(self.downsample, x)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Plain reference path, kept for equivalence tests."""
@@ -885,6 +568,7 @@ class MedNeXt(nn.Module):
             **dd,
         )
         self.head_hidden_size = self.head.num_features
+        self.reference_path = False  # see set_reference_paths
         named_apply(partial(_init_weights, block_init=block_init), self)
         conv_weights_channels_last(self)  # the layout their gradients come in (DDP buckets)
 
@@ -953,19 +637,8 @@ class MedNeXt(nn.Module):
 
     @torch.jit.unused
     def _stem_folded(self, x: torch.Tensor) -> torch.Tensor:
-        if fused_inference_ok(x) and _INFERENCE_KERNELS['stem_chunk'] and x.shape[0] > 1:
-            widest = max(layer.conv.out_channels for layer in self.stem if hasattr(layer, 'conv'))
-            h, w = (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2
-            chunks = min(x.shape[0], -(-x.shape[0] * widest * h * w * x.element_size() // _STEM_CHUNK_BYTES))
-            if chunks > 1:  # conv-BN-ReLU and max-pool work per image: slicing the batch changes nothing
-                return torch.cat([self._stem_layers(c) for c in x.tensor_split(chunks)])
-        return self._stem_layers(x)
-
-    @torch.jit.unused
-    def _stem_layers(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.stem:
-            x = _forward_conv_bn(layer, x)
-        return x
+        """Eager: each BatchNorm folded into its conv; in fused inference on slices of the batch (``_fused.stem``)."""
+        return _fused.stem(self.stem, x)
 
     def forward_intermediates(
             self,
@@ -1012,6 +685,8 @@ class MedNeXt(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``B, in_chans, H, W`` -> ``B, num_features, H/32, W/32``."""
+        if self.reference_path:
+            return self.forward_features_reference(x)
         check_input_2d(x, self.in_chans, self.img_size, 'MedNeXt')
         return self.stages(self._stem(x))
 
@@ -1032,21 +707,17 @@ class MedNeXt(nn.Module):
 
 
 def set_reference_paths(model: nn.Module, enable: bool = True) -> nn.Module:
-    """Run ``model`` (any module holding MedNeXt blocks) on the plain reference forwards, or back.
+    """Run ``model`` (any module holding MedNeXt / MedUNeXt blocks) on the plain reference paths, or back.
 
-    Every module with a ``forward_reference`` (LAFFN, SEM, MedStage, ...) gets it bound as its
-    ``forward``; ``enable=False`` restores the optimised paths. Same weights, same ``state_dict``:
-    for equivalence tests and before/after benchmarks, not for scripting.
+    Sets the ``reference_path`` flag of every module that has one (LAFFN, SEM, MedBlock, MedStage, MedNeXt,
+    MedUNeXt's UpBlock): LAFFN, SEM, MedStage and UpBlock then run ``forward_reference``, MedNeXt
+    ``forward_features_reference`` (NCHW stem, BatchNorm unfolded), and MedBlock adds each sub-block's residual on its
+    own. ``enable=False`` restores the optimised paths. Same weights, same ``state_dict``: for equivalence tests and
+    before/after benchmarks. Returns ``model``.
     """
     for module in model.modules():
-        for name in ('forward', 'forward_features'):
-            ref = getattr(module, f'{name}_reference', None)
-            if ref is None:
-                continue
-            if enable:
-                setattr(module, name, ref)
-            elif name in module.__dict__:
-                delattr(module, name)
+        if hasattr(module, 'reference_path'):
+            module.reference_path = enable
     return model
 
 

@@ -229,10 +229,11 @@ class UpBlock(nn.Module):
         else:
             self.conv = nn.ConvTranspose2d(in_chs, out_chs, 2, stride=2, bias=False, **dd)
         self.bn = get_norm_act_layer(norm_layer, nn.ReLU)(out_chs, apply_act=apply_act, **dd)  # norm (+ ReLU)
+        self.reference_path = False  # see mednext.set_reference_paths
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B, C, H, W`` -> ``B, C', 2H, 2W``."""
-        if torch.jit.is_tracing():
+        if torch.jit.is_tracing() and not self.reference_path:
             return self._forward_traced(x)
         return self.forward_reference(x)
 
