@@ -31,9 +31,16 @@ def test_docs_page_is_the_committed_json_rendered():
     assert '--8<-- "docs/capabilities.md"' in models_page  # docs/models.md includes it
 
 
+FAMILIES = {  # one test class each (below)
+    'mednext': lambda n: n.startswith('mednext_'),
+    'medunext': lambda n: n.startswith('medunext_') and not n.endswith('_hr'),
+    'medunext_hr': lambda n: n.startswith('medunext_') and n.endswith('_hr'),
+}
+
+
 def _params(family):
     return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in caps.registered_models()
-            if family(n)]
+            if FAMILIES[family](n)]
 
 
 def _agree_with_committed_matrix(name):
@@ -49,28 +56,25 @@ def _agree_with_committed_matrix(name):
 # One class per family: `pytest -n auto --dist loadscope` (the README's command) gives each class to a worker,
 # so the three families' checks (about 8 CPU minutes in all) run side by side instead of on one worker.
 class TestMedNeXtChecksAgreeWithCommittedMatrix:
-    @pytest.mark.parametrize('name', _params(lambda n: n.startswith('mednext_')))
+    @pytest.mark.parametrize('name', _params('mednext'))
     def test_checks_agree_with_committed_matrix(self, name):
         _agree_with_committed_matrix(name)
 
 
 class TestMedUNeXtChecksAgreeWithCommittedMatrix:
-    @pytest.mark.parametrize('name', _params(lambda n: n.startswith('medunext_') and not n.endswith('_hr')))
+    @pytest.mark.parametrize('name', _params('medunext'))
     def test_checks_agree_with_committed_matrix(self, name):
         _agree_with_committed_matrix(name)
 
 
 class TestMedUNeXtHrChecksAgreeWithCommittedMatrix:
-    @pytest.mark.parametrize('name', _params(lambda n: n.startswith('medunext_') and n.endswith('_hr')))
+    @pytest.mark.parametrize('name', _params('medunext_hr'))
     def test_checks_agree_with_committed_matrix(self, name):
         _agree_with_committed_matrix(name)
 
 
 def test_every_model_has_a_matrix_check():
-    families = [_params(lambda n: n.startswith('mednext_')),
-                _params(lambda n: n.startswith('medunext_') and not n.endswith('_hr')),
-                _params(lambda n: n.startswith('medunext_') and n.endswith('_hr'))]
-    assert sorted(p.values[0] for f in families for p in f) == sorted(caps.registered_models())
+    assert sorted(p.values[0] for f in FAMILIES for p in _params(f)) == sorted(caps.registered_models())
 
 
 def test_a_failing_check_becomes_a_no_cell(monkeypatch):
