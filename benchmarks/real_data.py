@@ -7,7 +7,7 @@ models x several seeds, with per-step curves (issue 21).
 ``--set KEY=VALUE`` overrides a ClassificationConfig field for every row, e.g. ``--set crop_scale=0.5,1.0``.)
 
 Every run is ``finetune`` with the CLI's defaults (``ClassificationConfig``'s, which the CLI passes unchanged) plus the
-``--set`` overrides, identical for every row: from random weights, AdamW lr 3e-3, gradient clipping 1.0, cosine
+``--set`` overrides, identical for every row: from random weights, AdamW lr 1e-3, gradient clipping 1.0, cosine
 with 2 warm-up epochs, batch 32, RandomResizedCrop + flips, the best checkpoint by validation loss, scored once on
 the file's official test split. Each run is its own process with one torch thread (``--jobs`` at a time) and logs
 every ``--log-every`` optimiser steps: the running train loss, the lr and the process CPU seconds

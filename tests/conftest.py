@@ -7,7 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from huggingface_hub import constants as hf_constants
+
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    # `pytest -n 2` (the README's test command): one intra-op thread per worker process, so that two workers on two
+    # cores do not run four threads (oversubscribed oneDNN / OpenMP threads wait on each other)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

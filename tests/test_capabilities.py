@@ -31,10 +31,19 @@ def test_docs_page_is_the_committed_json_rendered():
     assert '--8<-- "docs/capabilities.md"' in models_page  # docs/models.md includes it
 
 
-@pytest.mark.parametrize('name', [
-    pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in caps.registered_models()
-])
-def test_checks_agree_with_committed_matrix(name):
+FAMILIES = {  # one test class each (below)
+    'mednext': lambda n: n.startswith('mednext_'),
+    'medunext': lambda n: n.startswith('medunext_') and not n.endswith('_hr'),
+    'medunext_hr': lambda n: n.startswith('medunext_') and n.endswith('_hr'),
+}
+
+
+def _params(family):
+    return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in caps.registered_models()
+            if FAMILIES[family](n)]
+
+
+def _agree_with_committed_matrix(name):
     committed, _ = caps.load_committed()
     live = caps.check_model(name)
     skipped = [c for c, cell in live.items() if cell.status == caps.SKIP]
@@ -42,6 +51,30 @@ def test_checks_agree_with_committed_matrix(name):
         pytest.skip(f'{name}: not checkable here ({", ".join(f"{c}: {live[c].note}" for c in skipped)})')
     diff = {c: (str(committed[name].get(c)), str(cell)) for c, cell in live.items() if committed[name].get(c) != cell}
     assert not diff, f'{name}: the committed matrix says / the checks say: {diff}. {REGENERATE}'
+
+
+# One class per family: `pytest -n auto --dist loadscope` (the README's command) gives each class to a worker,
+# so the three families' checks (about 8 CPU minutes in all) run side by side instead of on one worker.
+class TestMedNeXtChecksAgreeWithCommittedMatrix:
+    @pytest.mark.parametrize('name', _params('mednext'))
+    def test_checks_agree_with_committed_matrix(self, name):
+        _agree_with_committed_matrix(name)
+
+
+class TestMedUNeXtChecksAgreeWithCommittedMatrix:
+    @pytest.mark.parametrize('name', _params('medunext'))
+    def test_checks_agree_with_committed_matrix(self, name):
+        _agree_with_committed_matrix(name)
+
+
+class TestMedUNeXtHrChecksAgreeWithCommittedMatrix:
+    @pytest.mark.parametrize('name', _params('medunext_hr'))
+    def test_checks_agree_with_committed_matrix(self, name):
+        _agree_with_committed_matrix(name)
+
+
+def test_every_model_has_a_matrix_check():
+    assert sorted(p.values[0] for f in FAMILIES for p in _params(f)) == sorted(caps.registered_models())
 
 
 def test_a_failing_check_becomes_a_no_cell(monkeypatch):

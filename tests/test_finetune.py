@@ -872,7 +872,7 @@ def test_lr_and_clipping_defaults_depend_on_the_start():
     from mednext_zoo.benchmark.training import classification_recipe
     from mednext_zoo.finetune.classification import task as T
     scratch = ClassificationConfig(model='mednext_tiny', data='d', out='o')
-    assert (scratch.lr, scratch.clip_grad) == (T.SCRATCH_LR, T.SCRATCH_CLIP_GRAD) == (3e-3, 1.0)
+    assert (scratch.lr, scratch.clip_grad) == (T.SCRATCH_LR, T.SCRATCH_CLIP_GRAD) == (1e-3, 1.0)
     tuned = ClassificationConfig(model='mednext_tiny', data='d', out='o', pretrained='w.safetensors')
     assert (tuned.lr, tuned.clip_grad) == (T.FINETUNE_LR, None)
     mine = ClassificationConfig(model='mednext_tiny', data='d', out='o', lr=1e-4, clip_grad=0.0)

@@ -296,13 +296,6 @@ def test_bf16_autocast_matches_fp32(tiny):
     assert (out.float().argmax(1) == ref.argmax(1)).float().mean() > 0.9
 
 
-def test_torchscript(tiny):
-    scripted = torch.jit.script(tiny)
-    x = torch.randn(2, 1, SMALL, SMALL)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), tiny(x))
-
-
 def test_onnx_matches_pytorch(tiny):
     ort = pytest.importorskip('onnxruntime')
     pytest.importorskip('onnx')

@@ -136,7 +136,7 @@ def register(subparsers) -> None:
     o.add_argument('--epochs', type=int, default=30, help='training epochs')
     o.add_argument('--batch-size', type=int, default=32, help='per process')
     o.add_argument('--lr', type=float, default=None,
-                   help='peak learning rate (after warm-up); default 5e-4 with --pretrained, 3e-3 from random weights')
+                   help='peak learning rate (after warm-up); default 5e-4 with --pretrained, 1e-3 from random weights')
     o.add_argument('--min-lr', type=float, default=1e-6, help='learning rate at the end of the cosine decay')
     o.add_argument('--weight-decay', type=float, default=0.05, help='AdamW weight decay (none on biases / norms)')
     o.add_argument('--warmup-epochs', type=float, default=2.0, help='linear warm-up length in epochs')

@@ -70,7 +70,7 @@ __all__ = ['ClassificationConfig', 'ClassificationTask', 'fit', 'evaluate', 'pre
 
 
 FINETUNE_LR = 5e-4  # from pretrained weights (the paper's recipe)
-SCRATCH_LR = 3e-3  # from random weights: the training-efficiency suite's lr sweep (docs/benchmarks.md, issue 11)
+SCRATCH_LR = 1e-3  # from random weights; 3e-3 before 0.2 was unstable on real X-rays (docs/real-data.md, issue 21)
 SCRATCH_CLIP_GRAD = 1.0  # from random weights: lr 4e-3 diverged on some seeds without it
 
 
