@@ -207,11 +207,3 @@ def test_bf16_model_keeps_dtype():
 # model in one place: the capability matrix checks (tests/test_capabilities.py, mednext_zoo.benchmark.capabilities).
 
 
-@pytest.mark.slow
-def test_torch_compile_inductor():
-    model = small(num_classes=3)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(torch.compile(model)(x), model(x), atol=1e-4)
-
-

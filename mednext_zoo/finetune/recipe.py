@@ -104,8 +104,8 @@ class TrainingRecipe:
         if self.ce_weight < 0 or self.dice_weight < 0 or self.ce_weight + self.dice_weight <= 0:
             bad('ce_weight', f'CE and Dice weights must be >= 0 and not both 0 (got {self.ce_weight}, '
                              f'{self.dice_weight}).')
-        if not self.lr > 0 or self.min_lr < 0:
-            bad('lr', f'lr must be > 0 and min_lr >= 0 (got {self.lr}, {self.min_lr}).')
+        if not self.lr >= 0 or self.min_lr < 0:  # lr 0 is allowed: a run that only evaluates (the classifier's rule)
+            bad('lr', f'lr and min_lr must be >= 0 (got {self.lr}, {self.min_lr}).')
         if self.warmup_steps < 0 or not 0.0 <= self.warmup_frac < 1.0:
             bad('warmup_steps', f'warm-up steps >= 0 and fraction in [0, 1) (got {self.warmup_steps}, '
                                 f'{self.warmup_frac}).')
