@@ -8,7 +8,7 @@ adjusted in the downloaded copy, nothing else:
 * ``mednext`` / ``medunext`` are added to ``FEAT_INTER_FILTERS``, the list of model modules whose
   ``forward_intermediates`` and pruning tests run.
 
-Usage: python .ci/timm_suite.py [WORKDIR] [extra pytest args]
+Usage: python .ci/timm_suite.py [WORKDIR] [--all-models] [extra pytest args]
 """
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ OUR_MODULES = ('mednext', 'medunext')
 # and our loader refuses to return random weights, so they are left out until the first tag is published.
 SELECTION = ('(mednext or (medunext and not test_model_backward and not test_model_default_cfgs'
              ' and not test_model_forward_fx)) and not pretrained')
+# `.ci/run` runs the suite on the smallest model of each family (mednext_tiny, medunext_tiny, medunext_tiny_hr: the
+# same classes and code paths as their larger siblings, about 1/6 of the time); the capability matrix
+# (tests/test_capabilities.py) checks features, intermediates, TorchScript, ONNX and compile for all 12 models in
+# the README's test command. `--all-models` runs every registered model (the `timm-suite` job of the CI workflow).
+TINY = '(mednext_tiny or medunext_tiny)'
 
 
 def fetch_test_file(workdir: Path) -> Path:
@@ -69,10 +74,13 @@ def main() -> int:
         workdir = Path(args.pop(0))
     else:
         workdir = Path(tempfile.mkdtemp(prefix='timm-suite-'))
+    all_models = '--all-models' in args
+    args = [a for a in args if a != '--all-models']
     test_file = fetch_test_file(workdir)
     env = dict(os.environ, TORCH_BACKEND='mednext_zoo')
+    selection = SELECTION if all_models else f'{TINY} and {SELECTION}'
     cmd = [sys.executable, '-m', 'pytest', str(test_file), '-q', '-p', 'no:cacheprovider',
-           '-k', SELECTION, '--rootdir', str(test_file.parent), *args]
+           '-k', selection, '--rootdir', str(test_file.parent), *args]
     return subprocess.run(cmd, env=env, cwd=test_file.parent).returncode
 
 
