@@ -1,10 +1,11 @@
 """Pinned logits: what every registered model computes on fixed inputs, on each of its forward paths.
 
-``python tests/test_pinned_logits.py --write`` records, for each of the 12 models (``mednext_*``, ``medunext_*``; 64 x
-64, batch 2, eval, seeded weights with non-zero biases and BatchNorm statistics) and each path -- ``fused`` (fp32
-inference under ``no_grad``: the oneDNN kernels of ``models/_fused.py``), ``autograd`` (eval with autograd on: the
-plain optimised forwards) and ``reference`` (``set_reference_paths``) -- the SHA-256 of the logits' bytes, their shape
-and 32 values spread over them, with the machine that wrote them (``tests/data/pinned_logits.json``).
+``python -m tests.test_pinned_logits --write`` (from the repository root) records, for each of the 12 models
+(``mednext_*``, ``medunext_*``; 64 x 64, batch 2, eval, seeded weights with non-zero biases and BatchNorm
+statistics) and each path -- ``fused`` (fp32 inference under ``no_grad``: the oneDNN kernels of
+``models/_fused.py``), ``autograd`` (eval with autograd on: the plain optimised forwards) and ``reference``
+(``set_reference_paths``) -- the SHA-256 of the logits' bytes, their shape and 32 values spread over them, with the
+machine that wrote them (``tests/data/pinned_logits.json``).
 
 On any machine the values must agree to 1e-4: moving code around (issue 22 moved the fused kernels out of
 ``mednext.py``) must not change what a model computes. On the machine that wrote the file (same CPU, torch version;
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
+
+from tests._perturb import perturb
 
 PINNED = Path(__file__).parent / 'data' / 'pinned_logits.json'
 PATHS = ('fused', 'autograd', 'reference')
@@ -36,21 +38,6 @@ def _machine() -> dict:
             'machine': platform.machine(), 'cpu': cpu, 'threads': 1}
 
 
-def _perturb(module: nn.Module) -> nn.Module:
-    """Non-zero biases and BatchNorm statistics (init zeroes them), so every fold is exercised."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith('bias'):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-    return module
-
-
 def logits(name: str) -> dict:
     """``{path: logits}`` of ``name`` on its fixed input, one thread."""
     import timm
@@ -61,7 +48,7 @@ def logits(name: str) -> dict:
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
-        model = _perturb(timm.create_model(name, img_size=SIZE, num_classes=CLASSES)).eval()
+        model = perturb(timm.create_model(name, img_size=SIZE, num_classes=CLASSES)).eval()
         x = torch.randn(BATCH, model.in_chans, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
         out = {}
         with torch.no_grad():
@@ -109,7 +96,7 @@ def test_logits_match_the_pinned_ones(name):
 
 if __name__ == '__main__':
     if sys.argv[1:] != ['--write']:
-        sys.exit('usage: python tests/test_pinned_logits.py --write')
+        sys.exit('usage: python -m tests.test_pinned_logits --write')
     doc = {'machine': _machine(), 'input': f'randn({BATCH}, in_chans, {SIZE}, {SIZE}), seed 1; weights seed 0',
            'models': {n: {p: _record(t) for p, t in logits(n).items()} for n in _models()}}
     PINNED.write_text(json.dumps(doc, indent=1) + '\n')

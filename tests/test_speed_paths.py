@@ -14,28 +14,14 @@ import torch.nn as nn
 import mednext_zoo.models  # noqa: F401  (registers the models)
 from mednext_zoo.models import _fused
 from mednext_zoo.models.mednext import LAFFN, SEM, MedBlock, MedStage, set_reference_paths
+from tests._perturb import perturb
 
 TOL = 1e-4
 
 
-def _perturb(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-zero biases and BatchNorm statistics (init zeroes them), so every bias fold is exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith('bias'):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-    return module
-
-
 def _small(name: str = 'mednext_tiny', **kwargs) -> nn.Module:
     torch.manual_seed(0)
-    return _perturb(timm.create_model(name, img_size=kwargs.pop('img_size', 64), num_classes=3, **kwargs)).eval()
+    return perturb(timm.create_model(name, img_size=kwargs.pop('img_size', 64), num_classes=3, **kwargs)).eval()
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -44,7 +30,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_laffn_matches_reference():
     torch.manual_seed(0)
-    m = _perturb(LAFFN(32))
+    m = perturb(LAFFN(32))
     x = torch.randn(2, 7, 9, 32)
     with torch.no_grad():
         assert _max_diff(m(x), m.forward_reference(x)) <= TOL
@@ -54,7 +40,7 @@ def test_sem_matches_reference_non_square():
     # (2, 10, 13, 24): B H W > 2 C, Wagg folds Wf; (1, 3, 3, 64): small map, Wf applied on its own
     for B, H, W, C in ((2, 10, 13, 24), (1, 3, 3, 64)):
         torch.manual_seed(0)
-        m = _perturb(SEM(C, (H, W)))
+        m = perturb(SEM(C, (H, W)))
         x = torch.randn(B, H, W, C)
         with torch.no_grad():
             out, ref = m(x), m.forward_reference(x)
@@ -65,7 +51,7 @@ def test_sem_matches_reference_non_square():
 def test_sem_folded_biases_matter():
     """The mixing / Wf / Wagg biases folded into one position bias still change the output."""
     torch.manual_seed(0)
-    m = _perturb(SEM(16, (6, 7)))
+    m = perturb(SEM(16, (6, 7)))
     x = torch.randn(1, 6, 7, 16)
     with torch.no_grad():
         before = m(x)
@@ -88,7 +74,7 @@ def test_sem_wrong_size_raises_clear_error():
 def test_block_matches_reference():
     torch.manual_seed(0)
     x = torch.randn(2, 6, 5, 16)
-    block = _perturb(MedBlock(16, (6, 5))).eval()
+    block = perturb(MedBlock(16, (6, 5))).eval()
     with torch.no_grad():
         y = block(x)
         set_reference_paths(block)
@@ -99,7 +85,7 @@ def test_reference_flag_of_one_sub_block_inside_a_fused_block(monkeypatch):
     """A fused block sends each sub-block to its fused form (residual added in the last GEMM) unless that sub-block's
     own ``reference_path`` flag is set: then it runs its plain forward and the block adds the residual."""
     torch.manual_seed(0)
-    block = _perturb(MedBlock(16, (6, 5))).eval()
+    block = perturb(MedBlock(16, (6, 5))).eval()
     x = torch.randn(2, 6, 5, 16)
     calls = []
     monkeypatch.setitem(_fused.RESIDUAL_FORMS, LAFFN,
@@ -116,7 +102,7 @@ def test_reference_flag_of_one_sub_block_inside_a_fused_block(monkeypatch):
 
 def test_stage_any_input_layout_matches_reference():
     torch.manual_seed(0)
-    stage = _perturb(MedStage(8, 16, feat_size=(6, 5), depth=2)).eval()
+    stage = perturb(MedStage(8, 16, feat_size=(6, 5), depth=2)).eval()
     x = torch.randn(2, 8, 12, 10)
     with torch.no_grad():
         out = stage(x)
@@ -202,7 +188,7 @@ def test_laffn_low_precision_keeps_small_product():
     here (N C = 2**20); the scaled one by ~0.5% (the fp16 logits' own rounding).
     """
     torch.manual_seed(0)
-    half = _perturb(LAFFN(64)).half()
+    half = perturb(LAFFN(64)).half()
     nn.init.zeros_(half.proj.bias)
     x = torch.randn(1, 128, 128, 64).half()
     with torch.no_grad():
@@ -247,7 +233,7 @@ def test_meta_device_forward():
 def test_inductor_compiled_block_matches_eager():
     """Inductor once miscompiled ``add(bias, mm_out, alpha=1/N)`` in LAFFN: guard the block under inductor."""
     torch.manual_seed(0)
-    block = _perturb(MedBlock(32, (16, 16))).eval()
+    block = perturb(MedBlock(32, (16, 16))).eval()
     x = torch.randn(2, 16, 16, 32)
     with torch.no_grad():
         assert _max_diff(torch.compile(block)(x), block(x)) <= TOL
@@ -257,7 +243,7 @@ def test_inductor_compiled_block_matches_eager():
 def test_stage_batch_slices_match_reference(monkeypatch):
     """Fused inference runs a stage's blocks on slices of the batch: same output as the whole batch."""
     torch.manual_seed(0)
-    stage = _perturb(MedStage(8, 16, feat_size=(6, 5), depth=2)).eval()
+    stage = perturb(MedStage(8, 16, feat_size=(6, 5), depth=2)).eval()
     x = torch.randn(5, 8, 12, 10)
     calls = []
     monkeypatch.setattr(_fused, 'CHUNK_BYTES', 2 * 6 * 5 * 16 * 4)  # two images per slice: 3 slices of 5 images
@@ -297,7 +283,7 @@ def test_each_inference_lever_off_matches_reference(lever, monkeypatch):
 def test_cached_folds_follow_weight_changes():
     """Folded conv-BN and SEM weights are cached for fused inference; new weights (load_state_dict, in-place
     updates such as an EMA's foreach lerp) must never be served from a stale cache."""
-    model, other = _small(), _perturb(_small(), seed=1)
+    model, other = _small(), perturb(_small(), seed=1)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         before = model(x)
@@ -383,7 +369,7 @@ def test_model_built_under_inference_mode_runs():
     reference path."""
     with torch.inference_mode():
         torch.manual_seed(0)
-        model = _perturb(timm.create_model('mednext_tiny', img_size=64, num_classes=3)).eval()
+        model = perturb(timm.create_model('mednext_tiny', img_size=64, num_classes=3)).eval()
         x = torch.randn(2, 3, 64, 64)
         out = model(x)
         ref = set_reference_paths(copy.deepcopy(model))(x)
