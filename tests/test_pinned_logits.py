@@ -28,14 +28,9 @@ SIZE, BATCH, CLASSES = 64, 2, 3
 
 
 def _machine() -> dict:
-    cpu = ''
-    try:
-        cpu = next((ln.split(':', 1)[1].strip() for ln in Path('/proc/cpuinfo').read_text().splitlines()
-                    if ln.startswith('model name')), '')
-    except OSError:
-        pass
+    from mednext_zoo.machine import machine_info
     return {'torch': torch.__version__, 'cpu_capability': torch.backends.cpu.get_cpu_capability(),
-            'machine': platform.machine(), 'cpu': cpu, 'threads': 1}
+            'machine': platform.machine(), 'cpu': machine_info()['cpu'], 'threads': 1}
 
 
 def logits(name: str) -> dict:
